@@ -1,0 +1,93 @@
+"""ice-servers: STUN/TURN settings with short-lived Cloudflare TURN credentials for WebRTC clients."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+from flask_cors import CORS
+
+from app import api, cli
+from app.cloudflare import CloudflareClient
+from app.config import ConfigError, Settings, load_settings
+from app.service import IceService
+from app.store import MemoryStore, RedisStore, StoreUnavailable
+
+MAX_BODY_BYTES = 64 * 1024
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+log = logging.getLogger("ice_servers")
+
+
+def create_app(settings: Settings | None = None, service: IceService | None = None) -> Flask:
+    """Build the app: settings, logging, store, providers, service, blueprint, CLI, errors.
+
+    A bad setting stops the start with one line naming the variable (``SystemExit``).
+    """
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"ice-servers: configuration error: {exc}") from None
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["ice_service"] = service or build_service(settings)
+    if settings.cors_origins:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+            methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"],
+            supports_credentials=False,
+            max_age=600,
+        )
+    api.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def build_service(settings: Settings) -> IceService:
+    """Build the store and providers that ``settings`` name, warning loudly about unsafe defaults."""
+    if settings.redis_url:
+        store = RedisStore.from_url(settings.redis_url)
+        try:
+            store.ping()
+        except StoreUnavailable as exc:
+            log.warning("REDIS_URL does not answer (%s): starting anyway, each worker caching alone until it does", exc)
+    else:
+        store = MemoryStore()
+        log.warning(
+            "REDIS_URL is not set: using an in-process cache, so every worker fetches and holds its own "
+            "credential. Set REDIS_URL in production."
+        )
+    providers = []
+    if settings.cloudflare_configured:
+        providers.append(CloudflareClient(settings.turn_key_id, settings.api_token, settings.api_base))
+    else:
+        log.warning(
+            "No Cloudflare TURN key configured (CLOUDFLARE_TURN_TOKEN_ID, CLOUDFLARE_API_TOKEN): serving %s. "
+            "Calls behind strict NATs will fail: fine for development, not for production.",
+            "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
+        )
+    return IceService(
+        store,
+        providers,
+        credential_ttl=settings.credential_ttl,
+        cache_ttl=settings.cache_ttl,
+        turn_servers=settings.turn_servers,
+        stun_urls=settings.stun_urls,
+    )
+
+
+def configure_logging(level: str) -> None:
+    """Send the app's log to stderr, one line per event (pm2 and journald collect it)."""
+    logger = logging.getLogger("ice_servers")
+    logger.setLevel(level)
+    if not any(getattr(handler, "ice_servers", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.ice_servers = True
+        logger.addHandler(handler)

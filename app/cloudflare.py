@@ -1,0 +1,117 @@
+"""Cloudflare Realtime TURN client: one call, explicit timeouts, a validated answer, clean errors.
+
+Every failure leaves this module as an ``UpstreamError`` whose message is one line (status and
+Cloudflare's own message) and never holds the API token: the token travels only in the
+``Authorization`` header, which no message, log line or exception here ever formats.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import requests
+
+from app.ice import parse_ice_servers
+
+CONNECT_TIMEOUT = 2.0  # seconds to open the connection
+READ_TIMEOUT = 3.5  # seconds between bytes of the answer; with the connect, a cold request stays under ~6 s
+MAX_ANSWER_BYTES = 64 * 1024  # a real answer is under 2 KiB
+
+
+class UpstreamError(Exception):
+    """Cloudflare could not give a credential; ``retry_after`` is its 429 hint in seconds, if any."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        """Keep the HTTP status and Retry-After beside the one-line message."""
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No answer: connection refused, DNS, TLS or timeout."""
+
+
+class UpstreamRejected(UpstreamError):
+    """Cloudflare answered with an error status (401, 404, 429, 5xx...)."""
+
+
+class UpstreamInvalid(UpstreamError):
+    """Cloudflare answered success, but not with usable ICE servers."""
+
+
+class CloudflareClient:
+    """Generate TURN credentials with a TURN key id and its API token."""
+
+    source = "cloudflare"
+    label = "Cloudflare"
+
+    def __init__(
+        self,
+        key_id: str,
+        api_token: str,
+        base_url: str,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    ):
+        """Keep the settings; the session is injectable for tests and reused for keep-alive."""
+        self._generate_url = f"{base_url}/turn/keys/{key_id}/credentials/generate-ice-servers"
+        self._headers = {"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"}
+        self._session = session or requests.Session()
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        """Show the endpoint, never the token."""
+        return f"CloudflareClient({self._generate_url!r})"
+
+    def issue(self, ttl: int) -> list[dict]:
+        """POST generate-ice-servers for a credential living ``ttl`` s; return its ICE servers, port 53 dropped."""
+        try:
+            response = self._session.post(self._generate_url, json={"ttl": ttl}, headers=self._headers, timeout=self._timeout)
+        except requests.Timeout:
+            raise UpstreamUnavailable(f"Cloudflare did not answer within {sum(self._timeout):g} s") from None
+        except requests.RequestException as exc:
+            # The exception text can hold the URL (with the key id) and resolver noise: keep the class only.
+            raise UpstreamUnavailable(f"could not reach Cloudflare ({type(exc).__name__})") from None
+        if response.status_code not in (200, 201):
+            raise UpstreamRejected(
+                f"Cloudflare answered {response.status_code}: {_error_message(response)}",
+                status=response.status_code,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        try:
+            payload = response.json() if len(response.content) <= MAX_ANSWER_BYTES else None
+            if not isinstance(payload, dict):
+                raise ValueError("the answer is not a JSON object")
+            return parse_ice_servers(payload.get("iceServers"))
+        except ValueError as exc:
+            raise UpstreamInvalid(
+                f"Cloudflare answered {response.status_code} without usable ICE servers: {exc}", status=response.status_code
+            ) from None
+
+
+def _error_message(response: requests.Response) -> str:
+    """Pull Cloudflare's message out of its error envelope, or say what came instead."""
+    try:
+        errors = response.json().get("errors") or []
+        messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
+    except (ValueError, AttributeError):
+        messages = []
+    if messages:
+        return "; ".join(messages)[:200].replace("\n", " ")
+    return response.reason or "no error message"
+
+
+def _retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Parse Retry-After, in seconds or as an HTTP date, into seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,173 @@
+"""Settings: the one place the environment is read.
+
+Every variable is parsed and checked here, once, into a frozen ``Settings``. A bad value raises
+``ConfigError`` whose message is one line naming the variable, so that the operator sees what to
+fix instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from app.ice import parse_ice_servers
+
+MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
+DEFAULT_CREDENTIAL_TTL = 86_400
+DEFAULT_CACHE_TTL = 82_800
+DEFAULT_API_BASE = "https://rtc.live.cloudflare.com/v1"
+DEFAULT_STUN_URLS = ("stun:stun.cloudflare.com:3478",)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The project's own .env, wherever the process was started from (pm2, systemd, flask CLI).
+DEFAULT_ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+
+# (primary name, alias): the second guide's names first, the first guide's as aliases.
+KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
+API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; build it with ``load_settings``."""
+
+    turn_key_id: str | None = None
+    api_token: str | None = field(default=None, repr=False)
+    api_base: str = DEFAULT_API_BASE
+    credential_ttl: int = DEFAULT_CREDENTIAL_TTL
+    cache_ttl: int = DEFAULT_CACHE_TTL
+    redis_url: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    turn_servers: tuple[dict, ...] = ()
+    stun_urls: tuple[str, ...] = DEFAULT_STUN_URLS
+    log_level: str = "INFO"
+
+    @property
+    def cloudflare_configured(self) -> bool:
+        """Tell whether a Cloudflare TURN key is configured."""
+        return bool(self.turn_key_id and self.api_token)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings from ``environ`` (default: the process environment and ``.env``).
+
+    ``.env`` is the project's own, or the file ``ICE_ENV_FILE`` names (empty: none). The real
+    environment wins over it, as python-dotenv does with ``override=False``.
+    """
+    if environ is None:
+        env_file = os.environ.get("ICE_ENV_FILE", str(DEFAULT_ENV_FILE))
+        if env_file and Path(env_file).is_file():
+            load_dotenv(env_file, override=False)
+        environ = os.environ
+    env = {name: value.strip() for name, value in environ.items() if value.strip()}
+
+    key_id = _aliased(env, *KEY_ID_VARS)
+    api_token = _aliased(env, *API_TOKEN_VARS)
+    if bool(key_id) != bool(api_token):
+        missing = API_TOKEN_VARS[0] if key_id else KEY_ID_VARS[0]
+        present = KEY_ID_VARS[0] if key_id else API_TOKEN_VARS[0]
+        raise ConfigError(f"{missing} is not set but {present} is: set both, or neither for STUN only")
+
+    credential_ttl = _integer(env, "TURN_CREDENTIAL_TTL", DEFAULT_CREDENTIAL_TTL, 1, MAX_CREDENTIAL_TTL)
+    cache_ttl = _integer(env, "ICE_CACHE_TTL", DEFAULT_CACHE_TTL, 1, MAX_CREDENTIAL_TTL)
+    if cache_ttl >= credential_ttl:
+        raise ConfigError(
+            f"ICE_CACHE_TTL ({cache_ttl}) must be less than TURN_CREDENTIAL_TTL ({credential_ttl}), "
+            "so that every credential served has validity left"
+        )
+
+    return Settings(
+        turn_key_id=key_id,
+        api_token=api_token,
+        api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE, ("https://", "http://")).rstrip("/"),
+        credential_ttl=credential_ttl,
+        cache_ttl=cache_ttl,
+        redis_url=_url(env, "REDIS_URL", None, ("redis://", "rediss://", "unix://")),
+        cors_origins=_origins(env),
+        turn_servers=_turn_servers(env),
+        stun_urls=_stun_urls(env),
+        log_level=_log_level(env),
+    )
+
+
+def _aliased(env: Mapping[str, str], name: str, alias: str) -> str | None:
+    """Return the value of ``name`` or its alias; refuse two different values."""
+    value, alias_value = env.get(name), env.get(alias)
+    if value and alias_value and value != alias_value:
+        raise ConfigError(f"{name} and {alias} are both set, to different values: keep one")
+    return value or alias_value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Parse an integer setting within [low, high]."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} seconds, got {value}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    """Return a URL setting after checking its scheme; never echo it (it may hold a password)."""
+    value = env.get(name, default)
+    if value is not None and not value.startswith(schemes):
+        raise ConfigError(f"{name} must start with one of {', '.join(schemes)}")
+    return value
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Parse CORS_ORIGINS: a comma list of exact origins such as https://app.example.com."""
+    origins = tuple(item.strip().rstrip("/") for item in env.get("CORS_ORIGINS", "").split(",") if item.strip())
+    for origin in origins:
+        if origin == "*":
+            raise ConfigError("CORS_ORIGINS must list origins explicitly; '*' would hand credentials to any site")
+        if not origin.startswith(("https://", "http://")) or "/" in origin.split("://", 1)[1]:
+            raise ConfigError(f"CORS_ORIGINS entry {origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
+def _turn_servers(env: Mapping[str, str]) -> tuple[dict, ...]:
+    """Parse TURN_SERVERS: a JSON array of RTCIceServer objects."""
+    raw = env.get("TURN_SERVERS")
+    if raw is None:
+        return ()
+    try:
+        servers = parse_ice_servers(json.loads(raw), require_credential=False)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TURN_SERVERS is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:
+        raise ConfigError(f"TURN_SERVERS: {exc}") from None
+    return tuple(servers)
+
+
+def _stun_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Parse STUN_URLS: a comma list of stun:/stuns: URLs."""
+    raw = env.get("STUN_URLS")
+    if raw is None:
+        return DEFAULT_STUN_URLS
+    urls = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for url in urls:
+        if not url.startswith(("stun:", "stuns:")):
+            raise ConfigError(f"STUN_URLS entry {url!r} must start with stun: or stuns:")
+    return urls
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    """Parse ICE_LOG_LEVEL."""
+    level = env.get("ICE_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"ICE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level

@@ -1,0 +1,171 @@
+"""Pure ICE logic: URL filtering, answer validation, the credential record, response bodies.
+
+Nothing here does I/O or reads a clock: time comes in as a parameter, so expiry arithmetic is
+tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+TURN_SCHEMES = ("turn:", "turns:")
+
+# Browsers block port 53; ICE then stalls on it when trickle ICE is off. Match the port exactly:
+# ":53" followed by "?" or the end. A substring test on ":53" would also drop ":5349".
+_PORT_53 = re.compile(r"^[a-z]+:(\[[^\]]*\]|[^:?\[\]]*):53(\?|$)", re.IGNORECASE)
+
+
+def is_blocked_url(url: str) -> bool:
+    """Tell whether an ICE URL uses port 53, which browsers refuse."""
+    return bool(_PORT_53.match(url))
+
+
+def parse_ice_servers(payload: object, require_credential: bool = True) -> list[dict]:
+    """Validate a list (or the older single object) of RTCIceServer dicts and drop port-53 URLs.
+
+    Returns clean dicts holding only ``urls`` (a list) and, when present, ``username`` and
+    ``credential``. Raises ``ValueError`` with a one-line reason when the shape is wrong, or
+    when ``require_credential`` is set and no TURN entry with a username and credential is left.
+    """
+    entries = [payload] if isinstance(payload, dict) else payload
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("expected a non-empty list of ICE server objects")
+    servers = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("every ICE server must be an object")
+        urls = entry.get("urls")
+        urls = [urls] if isinstance(urls, str) else urls
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ValueError("every ICE server needs 'urls': a URL or a non-empty list of URLs")
+        bad = [u for u in urls if not u.lower().startswith(ICE_SCHEMES)]
+        if bad:
+            raise ValueError(f"not a stun:, stuns:, turn: or turns: URL: {bad[0][:80]!r}")
+        server: dict = {"urls": [u for u in urls if not is_blocked_url(u)]}
+        for name in ("username", "credential"):
+            if name in entry:
+                if not isinstance(entry[name], str) or not entry[name]:
+                    raise ValueError(f"'{name}' must be a non-empty string")
+                server[name] = entry[name]
+        if ("username" in server) != ("credential" in server):
+            raise ValueError("an ICE server needs both 'username' and 'credential', or neither")
+        if server["urls"]:
+            servers.append(server)
+    if require_credential and not any(_is_turn_with_credential(s) for s in servers):
+        raise ValueError("no TURN server with a username and credential in the answer")
+    if not servers:
+        raise ValueError("no usable URL left after dropping port 53")
+    return servers
+
+
+def _is_turn_with_credential(server: dict) -> bool:
+    """Tell whether a server entry is a TURN server carrying its credential."""
+    has_turn = any(u.lower().startswith(TURN_SCHEMES) for u in server["urls"])
+    return has_turn and "username" in server and "credential" in server
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A TURN credential as served: its ICE servers, where it came from, and its life span.
+
+    ``refresh_at`` ends the cache window: after it the credential is only served when no newer
+    one can be had (stale-if-error), and never after ``expires_at``.
+    """
+
+    ice_servers: tuple[dict, ...]
+    source: str
+    issued_at: float
+    refresh_at: float
+    expires_at: float
+
+    @property
+    def username(self) -> str | None:
+        """Return the TURN username (Cloudflare revokes by it)."""
+        return next((s["username"] for s in self.ice_servers if _is_turn_with_credential(s)), None)
+
+    def is_valid(self, now: float) -> bool:
+        """Tell whether the credential may still be handed out at ``now``: a whole second left, so ``ttl`` >= 1."""
+        return self.expires_at - now >= 1
+
+    def is_fresh(self, now: float) -> bool:
+        """Tell whether ``now`` is inside the cache window."""
+        return now < min(self.refresh_at, self.expires_at)
+
+    def to_json(self) -> str:
+        """Serialize for the shared cache."""
+        return json.dumps(
+            {
+                "source": self.source,
+                "iceServers": list(self.ice_servers),
+                "issuedAt": self.issued_at,
+                "refreshAt": self.refresh_at,
+                "expiresAt": self.expires_at,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> Credential | None:
+        """Parse a cache entry; anything that does not parse or lacks a field is a miss (None)."""
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            credential = cls(
+                ice_servers=tuple(parse_ice_servers(data["iceServers"], require_credential=False)),
+                source=str(data["source"]),
+                issued_at=float(data["issuedAt"]),
+                refresh_at=float(data["refreshAt"]),
+                expires_at=float(data["expiresAt"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        return credential
+
+
+def new_credential(ice_servers: list[dict], source: str, issued_at: float, credential_ttl: int, cache_ttl: int) -> Credential:
+    """Build a credential issued at ``issued_at`` (the time the request was sent, to err early)."""
+    return Credential(
+        ice_servers=tuple(ice_servers),
+        source=source,
+        issued_at=issued_at,
+        refresh_at=issued_at + cache_ttl,
+        expires_at=issued_at + credential_ttl,
+    )
+
+
+def rfc3339(timestamp: float) -> str:
+    """Format a Unix time as RFC 3339 UTC with a Z, to the second."""
+    return datetime.fromtimestamp(int(timestamp), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def answer_body(ice_servers: list[dict] | tuple[dict, ...], source: str, expires_at: float, now: float) -> dict:
+    """Build the ``GET /api/ice-servers`` body: ``ttl`` counts the seconds left from ``now``."""
+    return {
+        "iceServers": list(ice_servers),
+        "ttl": max(0, int(expires_at - now)),
+        "expiresAt": rfc3339(expires_at),
+        "source": source,
+    }
+
+
+def legacy_body(ice_servers: list[dict] | tuple[dict, ...]) -> dict:
+    """Build the first guide's single-object form: every URL in one entry with one credential.
+
+    Only the first entry carrying a credential lends its username and password; URLs of other
+    credentialed entries would be handed the wrong password, so they are left out.
+    """
+    with_credential = next((s for s in ice_servers if "username" in s and "credential" in s), None)
+    urls = [u for s in ice_servers if "username" not in s for u in s["urls"]]
+    merged: dict = {"urls": urls}
+    if with_credential:
+        merged = {
+            "urls": urls + with_credential["urls"],
+            "username": with_credential["username"],
+            "credential": with_credential["credential"],
+        }
+    return {"iceServers": merged}

@@ -1,0 +1,388 @@
+"""IceService: what to hand a caller, and when to ask the upstream again.
+
+Read path: the in-process copy (trusted for ``LOCAL_STALENESS`` seconds, never past its cache
+window) -> the shared cache -> a refill, which one worker fleet-wide performs under the store's
+lock while the others wait a bounded time. Before the window ends one worker refreshes in the
+background. When the upstream fails the last credential is served while still valid, never
+after; then ``TURN_SERVERS``, then STUN only. When Redis fails the process carries on with its
+in-process store and goes back to Redis once it answers.
+
+Nothing here knows Flask. Time, sleeping, randomness and thread spawning are injectable.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.cloudflare import UpstreamError
+from app.ice import Credential, answer_body, legacy_body, new_credential, rfc3339
+from app.store import MemoryStore, StoreUnavailable
+
+log = logging.getLogger("ice_servers")
+
+LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeouts) and the store write
+WAIT_BUDGET = 6.0  # seconds a request on a cold cache may wait in all before it gets the fallback
+POLL_INTERVAL = 0.05  # seconds between looks at the shared cache while another worker refills
+LOCAL_STALENESS = 2.0  # seconds the in-process copy is served without asking the shared cache
+SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
+REFRESH_AHEAD_FRACTION = 0.25  # refresh in the background during the last quarter of the window...
+REFRESH_AHEAD_MAX = 600.0  # ...or its last ten minutes, whichever is shorter
+BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
+DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
+DEGRADED_LOG_INTERVAL = 60.0  # seconds between repeated "degraded" warnings of one process
+
+
+class Provider(Protocol):
+    """A source of TURN credentials (Cloudflare today)."""
+
+    source: str  # the ``source`` field of the answer
+    label: str  # the name in log lines
+
+    def issue(self, ttl: int) -> list[dict]:
+        """Return ICE servers whose credential lives ``ttl`` seconds; raise UpstreamError."""
+
+
+class RefreshError(Exception):
+    """A forced refresh failed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send a caller: ICE servers, their source and life span, and how long to cache."""
+
+    ice_servers: tuple[dict, ...]
+    source: str
+    expires_at: float
+    now: float
+    max_age: int | None  # None: nothing to cache (no TURN credential)
+
+    def body(self) -> dict:
+        """Return the ``GET /api/ice-servers`` body."""
+        return answer_body(self.ice_servers, self.source, self.expires_at, self.now)
+
+    def legacy_body(self) -> dict:
+        """Return the single-object body of ``POST /api/turn-credentials``."""
+        return legacy_body(self.ice_servers)
+
+    @property
+    def cache_control(self) -> str:
+        """Return the Cache-Control value: private while the credential is fresh, else no-store."""
+        return "no-store" if self.max_age is None else f"private, max-age={self.max_age}"
+
+
+class IceService:
+    """Hand out ICE servers from a shared cache, refilled once per window fleet-wide."""
+
+    def __init__(
+        self,
+        store,
+        providers: Sequence[Provider],
+        credential_ttl: int,
+        cache_ttl: int,
+        turn_servers: Sequence[dict] = (),
+        stun_urls: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+    ):
+        """Wire the store and providers; the callables are injectable for tests."""
+        self.store = store
+        self.providers = tuple(providers)
+        self.credential_ttl = credential_ttl
+        self.cache_ttl = cache_ttl
+        self.turn_servers = tuple(turn_servers)
+        self.stun_urls = tuple(stun_urls)
+        self._clock, self._sleep, self._jitter = clock, sleep, jitter
+        self._spawn = spawn or _spawn_daemon
+        # The in-process store: the whole cache without Redis, the fallback while Redis is down.
+        self._local = store if not store.shared else MemoryStore(clock)
+        self._hot: Credential | None = None  # the in-process copy...
+        self._hot_until = 0.0  # ...and until when it is trusted without asking the shared cache
+        self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet
+        self._refreshing = threading.Lock()  # one background refresh per process
+        self._shared_down_until = 0.0
+        self._shared_down = False
+        self._degraded_logged_at = float("-inf")
+
+    # -- read path -----------------------------------------------------------------------
+
+    def answer(self) -> Answer:
+        """Return what to send a caller now: a TURN credential if one can be had, else the fallback."""
+        credential = self.credential()
+        now = self._clock()
+        if credential is not None and credential.is_valid(now):
+            max_age = int(min(credential.refresh_at, credential.expires_at) - now)
+            return Answer(credential.ice_servers, credential.source, credential.expires_at, now, max(0, max_age))
+        return self._fallback(now)
+
+    def credential(self) -> Credential | None:
+        """Return a valid credential, refilling the cache if need be; None when none can be had."""
+        if not self.providers:
+            return None
+        now = self._clock()
+        hot = self._hot
+        if hot is not None and now < self._hot_until and hot.is_fresh(now):
+            self._maybe_refresh_ahead(hot, now)
+            return hot
+        store = self._store(now)
+        try:
+            credential = store.get()
+        except StoreUnavailable as exc:
+            store = self._shared_failed(exc)
+            credential = store.get()
+        if credential is not None:
+            log.debug("Using cached %s TURN credentials, valid until %s", _label(credential), rfc3339(credential.expires_at))
+            self._remember(credential, store, now)
+            self._maybe_refresh_ahead(credential, now)
+            return credential
+        return self._refill(now + WAIT_BUDGET)
+
+    def _refill(self, deadline: float) -> Credential | None:
+        """Refill on a miss: one thread per process, one process per fleet; bounded by ``deadline``."""
+        if not self._refill_mutex.acquire(timeout=max(0.0, deadline - self._clock())):
+            return self._last_valid(self._store(self._clock()))
+        try:
+            return self._refill_locked(deadline)
+        finally:
+            self._refill_mutex.release()
+
+    def _refill_locked(self, deadline: float) -> Credential | None:
+        """Wait for the fleet's refill, or take the store's lock and refill."""
+        while True:
+            now = self._clock()
+            store = self._store(now)
+            try:
+                credential = store.get()
+                if credential is not None:
+                    self._remember(credential, store, now)
+                    return credential
+                if store.cooldown_remaining() > 0:
+                    return self._last_valid(store)
+                token = store.acquire_lock(LOCK_TTL)
+            except StoreUnavailable as exc:
+                self._shared_failed(exc)
+                continue  # the in-process store answers from now on
+            if token is not None:
+                return self._fill_holding_lock(store, token)
+            if self._clock() + POLL_INTERVAL >= deadline:
+                log.warning("Gave up waiting for another worker to fetch TURN credentials")
+                return self._last_valid(store)
+            self._sleep(POLL_INTERVAL)
+
+    def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
+        """Check again holding the lock, then ask the providers and store what they give."""
+        try:
+            current = store.get()
+            if current is not None and (seen is None or current.issued_at > seen.issued_at):
+                self._remember(current, store, self._clock())
+                return current
+            credential = self._issue(store)
+            return credential if credential is not None else self._last_valid(store)
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+            return self._last_valid(self._local)
+        finally:
+            self._release(store, token)
+
+    def _issue(self, store) -> Credential | None:
+        """Ask each provider in turn; store and return the first credential; cool down on failure."""
+        for provider in self.providers:
+            issued_at = self._clock()
+            log.info("Generating new %s TURN credentials", provider.label)
+            try:
+                ice_servers = provider.issue(self.credential_ttl)
+            except UpstreamError as exc:
+                self._cool_down(store, provider, exc)
+                continue
+            credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+            self._store_new(store, credential)
+            return credential
+        return None
+
+    def _store_new(self, store, credential: Credential) -> None:
+        """Store a new credential (a newer one already held wins) and end any cool-down."""
+        try:
+            if not store.put(credential):
+                log.info("A newer TURN credential was already cached; keeping it")
+            store.clear_failures()
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+        self._remember(credential, store, self._clock())
+        log.info(
+            "Generated new %s TURN credentials, valid until %s (refresh at %s)",
+            _label(credential),
+            rfc3339(credential.expires_at),
+            rfc3339(credential.refresh_at),
+        )
+
+    def _cool_down(self, store, provider: Provider, exc: UpstreamError) -> None:
+        """Start a fleet-wide cool-down: exponential with jitter, at least the 429's Retry-After."""
+        try:
+            failures = store.failures() + 1
+        except StoreUnavailable as failure:
+            store = self._shared_failed(failure)
+            failures = store.failures() + 1
+        seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
+        if exc.retry_after is not None:
+            seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
+        try:
+            store.start_cooldown(seconds)
+        except StoreUnavailable as failure:
+            self._shared_failed(failure).start_cooldown(seconds)
+        log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
+
+    def _last_valid(self, store) -> Credential | None:
+        """Return the newest credential still valid (stale-if-error), from the store or this process."""
+        now = self._clock()
+        candidates = [self._hot]
+        try:
+            candidates.append(store.get_last())
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+        candidates.append(self._local.get_last())
+        valid = [c for c in candidates if c is not None and c.is_valid(now)]
+        if not valid:
+            return None
+        credential = max(valid, key=lambda c: c.expires_at)
+        if not credential.is_fresh(now):
+            self._warn_degraded(
+                now, f"serving the last TURN credential past its refresh point; it expires at {rfc3339(credential.expires_at)}"
+            )
+        return credential
+
+    def _fallback(self, now: float) -> Answer:
+        """Answer without a TURN credential: TURN_SERVERS, else STUN only; never cached."""
+        if self.turn_servers:
+            servers, source = self.turn_servers, "static"
+        else:
+            servers, source = tuple({"urls": [url]} for url in self.stun_urls), "stun-only"
+        if self.providers:  # without any, STUN only is the configuration, warned about at start
+            what = "static TURN_SERVERS" if source == "static" else "STUN only: calls behind strict NATs will fail"
+            self._warn_degraded(now, f"no valid TURN credential: serving {what}")
+        ttl = min(DEGRADED_TTL, self.cache_ttl)
+        return Answer(servers, source, now + ttl, now, None)
+
+    def _warn_degraded(self, now: float, message: str) -> None:
+        """Log a degraded answer, at most once a minute per process so an outage does not flood the log."""
+        if now - self._degraded_logged_at >= DEGRADED_LOG_INTERVAL:
+            self._degraded_logged_at = now
+            log.warning(message[0].upper() + message[1:])
+
+    # -- refresh ahead -------------------------------------------------------------------
+
+    def _maybe_refresh_ahead(self, credential: Credential, now: float) -> None:
+        """Late in the window, start one background refresh in this process (the lock makes it one per fleet)."""
+        window = credential.refresh_at - credential.issued_at
+        if now < credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
+            return
+        if not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            self._spawn(lambda: self._refresh_ahead(credential))
+        except RuntimeError:  # no thread could be started (interpreter shutting down)
+            self._refreshing.release()
+
+    def _refresh_ahead(self, seen: Credential) -> None:
+        """Replace ``seen`` unless another worker already did, while callers keep being served."""
+        try:
+            store = self._store(self._clock())
+            if store.cooldown_remaining() > 0:
+                return
+            token = store.acquire_lock(LOCK_TTL)
+            if token is not None:
+                self._fill_holding_lock(store, token, seen=seen)
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+        finally:
+            self._refreshing.release()
+
+    # -- forced refresh (CLI) ------------------------------------------------------------
+
+    def refresh(self) -> Credential:
+        """Fetch a credential now and store it in the shared cache; raise RefreshError on failure."""
+        if not self.providers:
+            raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN")
+        if not self.store.shared:
+            raise RefreshError("REDIS_URL is not set: running workers keep their own in-process cache, which this command cannot reach")
+        deadline = self._clock() + LOCK_TTL
+        try:
+            while (token := self.store.acquire_lock(LOCK_TTL)) is None:
+                if self._clock() >= deadline:
+                    raise RefreshError("another refresh still holds the lock; try again in a few seconds")
+                self._sleep(POLL_INTERVAL)
+            try:
+                provider = self.providers[0]
+                issued_at = self._clock()
+                log.info("Generating new %s TURN credentials", provider.label)
+                ice_servers = provider.issue(self.credential_ttl)
+                credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+                self._store_new(self.store, credential)
+                return credential
+            finally:
+                self.store.release_lock(token)
+        except UpstreamError as exc:
+            raise RefreshError(f"{self.providers[0].label}: {exc}") from None
+        except StoreUnavailable as exc:
+            raise RefreshError(f"shared cache: {exc}") from None
+
+    # -- health --------------------------------------------------------------------------
+
+    def shared_store_answers(self) -> bool:
+        """Tell whether the shared cache answers now."""
+        try:
+            self.store.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
+    # -- Redis failure policy ------------------------------------------------------------
+
+    def _store(self, now: float):
+        """Return the shared store, or the in-process one while the shared store is in its time-out."""
+        if now < self._shared_down_until:
+            return self._local
+        if self._shared_down:
+            self._shared_down = False
+            log.info("Trying the shared cache again")
+        return self.store
+
+    def _shared_failed(self, exc: StoreUnavailable):
+        """Put the shared store in a short time-out and return the in-process store."""
+        if not self._shared_down:
+            log.warning("Shared cache unavailable (%s): serving from this process's cache", exc)
+        self._shared_down = True
+        self._shared_down_until = self._clock() + SHARED_RETRY_AFTER
+        return self._local
+
+    def _remember(self, credential: Credential, store, now: float) -> None:
+        """Keep ``credential`` as the in-process copy, and in the in-process store for Redis outages."""
+        self._hot = credential
+        self._hot_until = now + LOCAL_STALENESS
+        if store is not self._local:
+            self._local.put(credential)
+
+    def _release(self, store, token: str) -> None:
+        """Release the store's lock; if the store is gone the lock's expiry frees it."""
+        try:
+            store.release_lock(token)
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+
+
+def _label(credential: Credential) -> str:
+    """Name a credential's source for log lines."""
+    return {"cloudflare": "Cloudflare"}.get(credential.source, credential.source)
+
+
+def _spawn_daemon(target: Callable[[], None]) -> None:
+    """Run ``target`` in a daemon thread, so a stuck upstream never blocks shutdown."""
+    threading.Thread(target=target, name="ice-refresh-ahead", daemon=True).start()

@@ -1,0 +1,255 @@
+"""The shared cache: the credential, the refill lock and the upstream cool-down.
+
+``RedisStore`` is shared by every worker of every host; ``MemoryStore`` keeps the same contract
+inside one process (no ``REDIS_URL``, or while Redis is down). The contract, for both:
+
+- ``get`` returns the credential inside its cache window, or None on a miss. An entry that does
+  not parse, lacks a field or has the wrong Redis type is a miss, never an error.
+- ``get_last`` returns the newest credential whatever its window (for stale-if-error), or None.
+  Callers still check ``is_valid``: an entry never outlives its credential, but clocks drift.
+- ``put`` stores a credential unless one expiring later is already held (a late writer never
+  replaces a newer credential), in one atomic step.
+- ``acquire_lock`` returns a token or None; the lock expires by itself so that a dead holder
+  cannot block the fleet; ``release_lock`` deletes it only if the token still matches.
+- Any I/O failure raises ``StoreUnavailable``; nothing else leaves these methods.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.ice import Credential
+
+SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
+KEY_PREFIX = "ice-servers:"
+FAILURES_MEMORY = 3600  # seconds a run of upstream failures is remembered, for the backoff exponent
+
+# KEYS: fresh, last. ARGV: entry, expires_at, fresh ms, last ms. Wrong-type keys are replaced.
+_PUT_IF_NEWER = """
+for i = 1, 2 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[i]) end
+end
+local current = redis.call('GET', KEYS[2])
+if current then
+  local ok, entry = pcall(cjson.decode, current)
+  if ok and type(entry) == 'table' and tonumber(entry['expiresAt'])
+     and tonumber(entry['expiresAt']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+return 1
+"""
+
+_RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class StoreUnavailable(Exception):
+    """The shared cache did not answer in time."""
+
+
+class RedisStore:
+    """The shared cache in Redis, with short socket timeouts and no retry storms."""
+
+    shared = True
+
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
+        """Use ``client``; ``clock`` turns absolute expiries into Redis PX values."""
+        self._redis = client
+        self._clock = clock
+        self._put_if_newer = client.register_script(_PUT_IF_NEWER)
+        self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
+        self._keys = {name: KEY_PREFIX + name for name in ("credential", "credential:last", "lock", "cooldown", "failures")}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """Connect lazily to ``url`` with sub-second timeouts and one immediate reconnect."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(client)
+
+    def __repr__(self) -> str:
+        """Name the store without the URL, which may carry a password."""
+        return "RedisStore()"
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        self._call(self._redis.ping)
+
+    def get(self) -> Credential | None:
+        """Return the credential inside its cache window, or None."""
+        return self._read(self._keys["credential"])
+
+    def get_last(self) -> Credential | None:
+        """Return the newest credential stored, whatever its window, or None."""
+        return self._read(self._keys["credential:last"])
+
+    def put(self, credential: Credential) -> bool:
+        """Store ``credential`` unless a later-expiring one is held; tell whether it was stored."""
+        now = self._clock()
+        fresh_ms = int((min(credential.refresh_at, credential.expires_at) - now) * 1000)
+        last_ms = int((credential.expires_at - now) * 1000)
+        if last_ms <= 0:
+            return False
+        keys = [self._keys["credential"], self._keys["credential:last"]]
+        args = [credential.to_json(), repr(credential.expires_at), max(fresh_ms, 0), last_ms]
+        return bool(self._call(self._put_if_newer, keys=keys, args=args))
+
+    def acquire_lock(self, ttl: float) -> str | None:
+        """Take the refill lock for ``ttl`` seconds; return its token, or None if it is held."""
+        token = secrets.token_hex(16)
+        taken = self._call(self._redis.set, self._keys["lock"], token, nx=True, px=int(ttl * 1000))
+        return token if taken else None
+
+    def release_lock(self, token: str) -> None:
+        """Release the lock if ``token`` still owns it (it may have expired and passed on)."""
+        self._call(self._release_if_owner, keys=[self._keys["lock"]], args=[token])
+
+    def cooldown_remaining(self) -> float:
+        """Return the seconds left of the fleet-wide upstream cool-down (0 when none)."""
+        remaining_ms = self._call(self._redis.pttl, self._keys["cooldown"])
+        return max(0, remaining_ms) / 1000
+
+    def start_cooldown(self, seconds: float) -> None:
+        """Start a cool-down of ``seconds`` and count one more failure in a row."""
+        pipe = self._redis.pipeline()
+        pipe.set(self._keys["cooldown"], "1", px=max(1, int(seconds * 1000)))
+        pipe.incr(self._keys["failures"])
+        pipe.expire(self._keys["failures"], FAILURES_MEMORY)
+        self._call(pipe.execute)
+
+    def failures(self) -> int:
+        """Return how many upstream failures in a row are remembered."""
+        value = self._call(self._redis.get, self._keys["failures"])
+        try:
+            return int(value or 0)
+        except ValueError:
+            return 0
+
+    def clear_failures(self) -> None:
+        """Forget the failure run after a success."""
+        self._call(self._redis.delete, self._keys["cooldown"], self._keys["failures"])
+
+    def _read(self, key: str) -> Credential | None:
+        """GET ``key`` and parse it; the wrong type or junk is a miss."""
+        try:
+            raw = self._redis.get(key)
+        except redis.ResponseError:  # WRONGTYPE: someone wrote another type there
+            return None
+        except redis.RedisError as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+        return Credential.from_json(raw)
+
+    def _call(self, function, *args, **kwargs):
+        """Run one Redis call, turning its failures into StoreUnavailable."""
+        try:
+            return function(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+
+
+def _describe(exc: Exception) -> str:
+    """Describe a Redis failure in one line without the URL or its password."""
+    if isinstance(exc, redis.TimeoutError):
+        return f"Redis did not answer within {SOCKET_TIMEOUT:g} s"
+    if isinstance(exc, redis.AuthenticationError):
+        return "Redis refused the password in REDIS_URL"
+    if isinstance(exc, redis.ConnectionError):
+        return "could not connect to Redis"
+    return f"Redis failed ({type(exc).__name__})"
+
+
+class MemoryStore:
+    """The same contract inside one process: for no ``REDIS_URL``, and while Redis is down."""
+
+    shared = False
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        """Start empty; ``clock`` is injectable for expiry tests."""
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._last: Credential | None = None
+        self._lock: tuple[str, float] | None = None
+        self._cooldown_until = 0.0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        """Name the store."""
+        return "MemoryStore()"
+
+    def ping(self) -> None:
+        """Answer always: the process is alive."""
+
+    def get(self) -> Credential | None:
+        """Return the credential inside its cache window, or None."""
+        credential = self._last
+        return credential if credential and credential.is_fresh(self._clock()) else None
+
+    def get_last(self) -> Credential | None:
+        """Return the newest credential while it is valid, or None."""
+        credential = self._last
+        return credential if credential and credential.is_valid(self._clock()) else None
+
+    def put(self, credential: Credential) -> bool:
+        """Store ``credential`` unless a later-expiring one is held."""
+        with self._mutex:
+            if self._last and self._last.expires_at > credential.expires_at:
+                return False
+            self._last = credential
+            return True
+
+    def acquire_lock(self, ttl: float) -> str | None:
+        """Take the lock for ``ttl`` seconds; return its token, or None if it is held."""
+        with self._mutex:
+            now = self._clock()
+            if self._lock and self._lock[1] > now:
+                return None
+            token = secrets.token_hex(16)
+            self._lock = (token, now + ttl)
+            return token
+
+    def release_lock(self, token: str) -> None:
+        """Release the lock if ``token`` still owns it."""
+        with self._mutex:
+            if self._lock and self._lock[0] == token:
+                self._lock = None
+
+    def cooldown_remaining(self) -> float:
+        """Return the seconds left of the cool-down (0 when none)."""
+        return max(0.0, self._cooldown_until - self._clock())
+
+    def start_cooldown(self, seconds: float) -> None:
+        """Start a cool-down of ``seconds`` and count one more failure in a row."""
+        with self._mutex:
+            self._cooldown_until = self._clock() + seconds
+            self._failures += 1
+
+    def failures(self) -> int:
+        """Return how many upstream failures in a row are remembered."""
+        return self._failures
+
+    def clear_failures(self) -> None:
+        """Forget the failure run after a success."""
+        with self._mutex:
+            self._cooldown_until = 0.0
+            self._failures = 0

@@ -1,0 +1,138 @@
+"""Fixtures: the app through the real factory, a fake clock, the Cloudflare stand-in, a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from app.cloudflare import UpstreamRejected
+from app.config import Settings
+from app.service import IceService
+from app.store import MemoryStore
+from tests.cloudflare_stub import CloudflareStub
+from tests.servers import RedisServer
+
+T0 = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
+
+
+class FakeClock:
+    """A clock the test moves by hand; ``sleep`` advances it instead of waiting."""
+
+    def __init__(self, now: float = T0):
+        """Start at ``now``."""
+        self.now = now
+
+    def __call__(self) -> float:
+        """Return the current fake time."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+    sleep = advance
+
+
+class FakeProvider:
+    """A provider that counts calls and fails on demand."""
+
+    source = "cloudflare"
+    label = "Cloudflare"
+
+    def __init__(self):
+        """Start healthy."""
+        self.calls = 0
+        self.failure: Exception | None = None
+
+    def issue(self, ttl: int) -> list[dict]:
+        """Return a new credential, or raise the failure set."""
+        self.calls += 1
+        if self.failure is not None:
+            raise self.failure
+        return [
+            {"urls": ["stun:stun.example.test:3478"]},
+            {
+                "urls": ["turn:turn.example.test:3478?transport=udp"],
+                "username": f"user-{self.calls}",
+                "credential": f"password-{self.calls}",
+            },
+        ]
+
+    def fail(self, status: int = 500, retry_after: float | None = None) -> None:
+        """Make every later call fail like Cloudflare answering ``status``."""
+        self.failure = UpstreamRejected(f"Cloudflare answered {status}: Internal server error", status=status, retry_after=retry_after)
+
+
+@pytest.fixture(autouse=True)
+def no_dotenv(monkeypatch):
+    """Keep a developer's own .env out of every test; tests that want one point ICE_ENV_FILE at it."""
+    monkeypatch.setenv("ICE_ENV_FILE", "")
+
+
+@pytest.fixture
+def clock():
+    """Return a fake clock."""
+    return FakeClock()
+
+
+@pytest.fixture
+def provider():
+    """Return a counting fake provider."""
+    return FakeProvider()
+
+
+@pytest.fixture
+def make_service(clock, provider):
+    """Build an IceService on an in-process store with the fake clock; background work runs inline."""
+
+    def make(store=None, providers=None, **kwargs) -> IceService:
+        kwargs.setdefault("credential_ttl", 24)
+        kwargs.setdefault("cache_ttl", 12)
+        kwargs.setdefault("stun_urls", ("stun:stun.example.test:3478",))
+        return IceService(
+            store if store is not None else MemoryStore(clock),
+            [provider] if providers is None else providers,
+            clock=clock,
+            sleep=clock.sleep,
+            jitter=lambda: 1.0,
+            spawn=lambda target: target(),
+            **kwargs,
+        )
+
+    return make
+
+
+@pytest.fixture
+def app(make_service):
+    """Build the app through the real factory around a test service."""
+    return create_app(Settings(cors_origins=("https://app.example.test",)), service=make_service())
+
+
+@pytest.fixture
+def client(app):
+    """Return a test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def cloudflare():
+    """Run the Cloudflare stand-in on loopback for one test."""
+    with CloudflareStub() as stub:
+        yield stub
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Run one real redis-server for the session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """Return the URL of the real Redis, emptied for this test (restarted if a test killed it)."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server.url

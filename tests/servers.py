@@ -1,0 +1,172 @@
+"""Real servers for the tests: redis-server and gunicorn on free loopback ports, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A throwaway redis-server on loopback, without persistence."""
+
+    def __init__(self, workdir: Path):
+        """Pick a port; ``start`` runs the server."""
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the redis:// URL."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """Return a client to this server."""
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def start(self) -> RedisServer:
+        """Start on the same port as before and wait until it answers."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, what="redis-server start")
+        return self
+
+    def stop(self) -> None:
+        """Kill the server (as a crash would) and wait for it."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def _answers(self) -> bool:
+        """Tell whether the server answers PING."""
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+
+class Gunicorn:
+    """The app under its own gunicorn.conf.py, on a free port, with the given environment."""
+
+    def __init__(self, env: dict[str, str], workers: int = 4, log_path: Path | None = None):
+        """Prepare; ``start`` runs it."""
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Gunicorn:
+        """Start and wait until every worker can answer /healthz."""
+        env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} --workers {self.workers}"}
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        wait_until(self._healthy, 20, what="gunicorn start")
+        return self
+
+    def stop(self) -> None:
+        """Stop gracefully, then kill whatever is left of the process group."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+    def get(self, path: str = "/api/ice-servers", **kwargs) -> requests.Response:
+        """GET a path of this host."""
+        return requests.get(self.base_url + path, timeout=kwargs.pop("timeout", 15), **kwargs)
+
+    def _healthy(self) -> bool:
+        """Tell whether /healthz answers 200."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}; see {self.log_path}")
+        try:
+            return requests.get(self.base_url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+def clean_environ() -> dict[str, str]:
+    """Return the process environment without any ice-servers setting or .env, so tests set their own."""
+    names = (
+        "CLOUDFLARE_",
+        "TURN_",
+        "ICE_",
+        "REDIS_URL",
+        "CORS_ORIGINS",
+        "STUN_URLS",
+        "GUNICORN_CMD_ARGS",
+    )
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(names)}, "ICE_ENV_FILE": ""}
+
+
+def app_env(cloudflare_base: str | None, redis_url: str | None, **extra: str) -> dict[str, str]:
+    """Build the environment for the app talking to the stand-in and Redis."""
+    from tests.cloudflare_stub import API_TOKEN, KEY_ID
+
+    env = {"ICE_LOG_LEVEL": "DEBUG"}
+    if cloudflare_base:
+        env.update(CLOUDFLARE_TURN_TOKEN_ID=KEY_ID, CLOUDFLARE_API_TOKEN=API_TOKEN, CLOUDFLARE_API_BASE=cloudflare_base)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run ``flask --app wsgi ARGS`` in the repo with ``env``."""
+    return subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "wsgi", *args],
+        cwd=ROOT,
+        env={**clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -1,0 +1,127 @@
+"""The HTTP contract through the real factory: shapes, caching headers, CORS, JSON errors."""
+
+import logging
+
+import pytest
+
+from app import create_app
+from app.config import Settings
+
+ORIGIN = "https://app.example.test"
+
+
+def test_ice_servers_answer_has_the_contract_shape(client):
+    response = client.get("/api/ice-servers")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"iceServers", "ttl", "expiresAt", "source"}
+    assert body["source"] == "cloudflare" and body["ttl"] == 24
+    assert body["expiresAt"] == "2027-01-15T08:00:24Z"
+    assert body["iceServers"][1] == {
+        "urls": ["turn:turn.example.test:3478?transport=udp"],
+        "username": "user-1",
+        "credential": "password-1",
+    }
+    assert response.headers["Cache-Control"] == "private, max-age=12"
+
+
+def test_legacy_post_serves_the_same_credential_as_one_object(client, provider):
+    modern = client.get("/api/ice-servers").get_json()
+    legacy = client.post("/api/turn-credentials", json={"anything": True})
+    assert legacy.status_code == 200 and provider.calls == 1
+    assert legacy.get_json() == {
+        "iceServers": {
+            "urls": ["stun:stun.example.test:3478", "turn:turn.example.test:3478?transport=udp"],
+            "username": modern["iceServers"][1]["username"],
+            "credential": modern["iceServers"][1]["credential"],
+        }
+    }
+
+
+def test_degraded_answer_is_not_cached(client, provider):
+    provider.fail(500)
+    response = client.get("/api/ice-servers")
+    assert response.status_code == 200
+    assert response.get_json()["source"] == "stun-only"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_healthz_touches_nothing(client, provider):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert provider.calls == 0
+
+
+def test_unknown_path_is_json_404(client):
+    response = client.get("/wp-login.php")
+    assert response.status_code == 404 and response.get_json() == {"error": "Not Found", "status": 404}
+
+
+def test_wrong_method_is_json_405_with_allow(client):
+    response = client.delete("/api/ice-servers")
+    assert response.status_code == 405 and response.get_json()["status"] == 405
+    assert "GET" in response.headers["Allow"]
+
+
+def test_large_body_is_refused_before_it_is_read(client, provider):
+    response = client.post("/api/turn-credentials", data=b"x" * (64 * 1024 + 1), content_type="application/octet-stream")
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "request body larger than 64 KiB", "status": 413}
+    assert provider.calls == 0
+
+
+def test_body_at_the_limit_is_accepted(client):
+    assert client.post("/api/turn-credentials", data=b"x" * (64 * 1024)).status_code == 200
+
+
+def test_unexpected_failure_is_json_500_without_traceback(make_service, caplog):
+    service = make_service()
+    service.answer = lambda: 1 / 0
+    client = create_app(Settings(), service=service).test_client()
+    with caplog.at_level(logging.ERROR, logger="ice_servers"):
+        response = client.get("/api/ice-servers")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "Internal Server Error", "status": 500}
+    assert "ZeroDivisionError" in caplog.text and b"Traceback" not in response.data
+
+
+def test_allowed_origin_is_echoed(client):
+    response = client.get("/api/ice-servers", headers={"Origin": ORIGIN})
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_other_origin_gets_no_cors_header(client):
+    response = client.get("/api/ice-servers", headers={"Origin": "https://evil.example.test"})
+    assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_preflight_is_answered_for_an_allowed_origin(client):
+    response = client.options(
+        "/api/turn-credentials",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Content-Type"},
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_without_cors_origins_no_origin_is_allowed(make_service):
+    client = create_app(Settings(), service=make_service()).test_client()
+    response = client.get("/api/ice-servers", headers={"Origin": ORIGIN})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_bad_setting_stops_the_start_with_one_line(monkeypatch):
+    monkeypatch.setenv("TURN_CREDENTIAL_TTL", "forever")
+    with pytest.raises(SystemExit) as excinfo:
+        create_app()
+    assert str(excinfo.value) == "ice-servers: configuration error: TURN_CREDENTIAL_TTL must be a whole number of seconds, got 'forever'"
+
+
+def test_missing_redis_and_cloudflare_are_warned_about_at_start(monkeypatch, caplog):
+    for name in ("REDIS_URL", "CLOUDFLARE_TURN_TOKEN_ID", "CLOUDFLARE_API_TOKEN", "TURN_KEY_ID", "TURN_KEY_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.WARNING, logger="ice_servers"):
+        create_app().test_client().get("/api/ice-servers")
+    assert "REDIS_URL is not set" in caplog.text
+    assert "No Cloudflare TURN key configured" in caplog.text

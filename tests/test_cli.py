@@ -1,0 +1,70 @@
+"""flask refresh-turn through the CLI runner: fakeredis for the store, responses for Cloudflare."""
+
+import fakeredis
+import pytest
+import responses
+
+from app import create_app
+from app.cloudflare import CloudflareClient
+from app.config import Settings
+from app.ice import rfc3339
+from app.service import IceService
+from app.store import MemoryStore, RedisStore
+
+BASE = "https://cloudflare.example.test/v1"
+URL = f"{BASE}/turn/keys/test-key-id/credentials/generate-ice-servers"
+TOKEN = "test-api-token-not-a-secret"
+ANSWER = {"iceServers": [{"urls": ["turn:turn.cloudflare.com:3478"], "username": "test-user", "credential": "test-password"}]}
+
+
+@pytest.fixture
+def redis_client():
+    return fakeredis.FakeRedis()
+
+
+def make_runner(store):
+    service = IceService(store, [CloudflareClient("test-key-id", TOKEN, BASE)], credential_ttl=86400, cache_ttl=82800)
+    return create_app(Settings(), service=service).test_cli_runner(), service
+
+
+@responses.activate
+def test_refresh_turn_stores_a_new_credential_and_prints_its_expiry(redis_client):
+    responses.post(URL, json=ANSWER, status=201)
+    runner, service = make_runner(RedisStore(redis_client))
+    result = runner.invoke(args=["refresh-turn"])
+    assert result.exit_code == 0, result.output
+    assert len(responses.calls) == 1
+    stored = RedisStore(redis_client).get()
+    assert stored.username == "test-user"
+    assert f"expires at {rfc3339(stored.expires_at)}" in result.output
+    assert "(in 86399 s)" in result.output or "(in 86400 s)" in result.output
+    assert "test-password" not in result.output and TOKEN not in result.output
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "reason"), [(401, "Cloudflare answered 401: Authentication error"), (500, "Cloudflare answered 500: Internal error")]
+)
+def test_refresh_turn_fails_with_one_line_when_cloudflare_fails(redis_client, status, reason):
+    responses.post(URL, json={"success": False, "errors": [{"code": 1, "message": reason.split(": ", 1)[1]}]}, status=status)
+    runner, _ = make_runner(RedisStore(redis_client))
+    result = runner.invoke(args=["refresh-turn"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: Cloudflare: {reason}\n"
+    assert RedisStore(redis_client).get() is None
+
+
+@responses.activate
+def test_refresh_turn_fails_when_redis_is_down():
+    responses.post(URL, json=ANSWER, status=201)
+    runner, _ = make_runner(RedisStore.from_url("redis://127.0.0.1:1/0"))
+    result = runner.invoke(args=["refresh-turn"])
+    assert result.exit_code == 1
+    assert result.output == "Error: shared cache: could not connect to Redis\n"
+    assert len(responses.calls) == 0
+
+
+def test_refresh_turn_without_redis_url_explains_why_it_cannot_help():
+    runner, _ = make_runner(MemoryStore())
+    result = runner.invoke(args=["refresh-turn"])
+    assert result.exit_code == 1 and "REDIS_URL is not set" in result.output

@@ -1,0 +1,132 @@
+"""Real parts: gunicorn with 4 workers (two such hosts), a real redis-server, the Cloudflare stand-in."""
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.cloudflare_stub import API_TOKEN
+from tests.servers import ROOT, Gunicorn, app_env, clean_environ, run_cli, wait_until
+
+
+@pytest.fixture
+def start_host(tmp_path):
+    """Start gunicorn hosts with a given environment; stop them all afterwards."""
+    hosts = []
+
+    def start(env, name="host"):
+        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log")
+        hosts.append(host)
+        return host.start()
+
+    yield start
+    for host in hosts:
+        host.stop()
+
+
+def concurrent_get(host, count):
+    """Send ``count`` requests at once; return the responses."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: host.get(), range(count)))
+
+
+def turn_username(response):
+    """Return the TURN username a response carries."""
+    return next(s["username"] for s in response.json()["iceServers"] if "username" in s)
+
+
+def test_cold_burst_makes_one_upstream_call_and_all_hosts_share_it(start_host, cloudflare, redis_url, tmp_path):
+    cloudflare.delay = 1.0
+    env = app_env(cloudflare.base_url, redis_url)
+    host_a, host_b = start_host(env, "a"), start_host(env, "b")
+
+    burst = concurrent_get(host_a, 200)
+    assert [r.status_code for r in burst] == [200] * 200
+    assert {turn_username(r) for r in burst} == {"stub-user-1"}
+    assert {r.json()["source"] for r in burst} == {"cloudflare"}
+    assert cloudflare.call_count == 1
+
+    assert {turn_username(r) for r in concurrent_get(host_b, 50)} == {"stub-user-1"}
+    assert cloudflare.call_count == 1
+
+    result = run_cli(env, "refresh-turn")
+    refreshed_at = time.monotonic()
+    assert result.returncode == 0, result.stderr
+    assert "expires at" in result.stdout
+    assert cloudflare.call_count == 2
+
+    def everyone_serves_the_new_one():
+        return all({turn_username(r) for r in concurrent_get(host, 40)} == {"stub-user-2"} for host in (host_a, host_b))
+
+    wait_until(everyone_serves_the_new_one, 10, interval=0.2, what="new credential on every worker")
+    assert time.monotonic() - refreshed_at < 10
+    assert cloudflare.call_count == 2
+
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log")) + result.stdout + result.stderr
+    assert "Generating new Cloudflare TURN credentials" in logs
+    assert "Using cached Cloudflare TURN credentials" in logs
+    assert API_TOKEN not in logs and "stub-password" not in logs
+
+
+@pytest.mark.parametrize("mode", ["error500", "unauthorized", "garbage", "missing-credential", "hang"])
+def test_upstream_failure_on_a_cold_cache_serves_the_fallback(start_host, cloudflare, redis_url, tmp_path, mode):
+    cloudflare.mode = mode
+    static = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_SERVERS=static))
+
+    responses = concurrent_get(host, 20)
+    assert [r.status_code for r in responses] == [200] * 20
+    assert {r.json()["source"] for r in responses} == {"static"}
+    assert {r.headers["Cache-Control"] for r in responses} == {"no-store"}
+    assert 1 <= cloudflare.call_count <= 4  # one attempt, then the shared cool-down (at most one per worker racing it)
+
+    log = (tmp_path / "host.log").read_text()
+    assert "Failed to fetch TURN credentials from Cloudflare" in log
+    assert API_TOKEN not in log
+
+
+def test_without_redis_or_cloudflare_it_serves_stun_only_and_says_so(start_host, tmp_path):
+    host = start_host({})
+    response = host.get()
+    assert response.status_code == 200 and response.json()["source"] == "stun-only"
+    assert response.json()["iceServers"] == [{"urls": ["stun:stun.cloudflare.com:3478"]}]
+    log = (tmp_path / "host.log").read_text()
+    assert "REDIS_URL is not set" in log and "No Cloudflare TURN key configured" in log
+
+
+def test_unreachable_redis_at_start_is_a_warning_not_a_crash(start_host, cloudflare, tmp_path):
+    host = start_host(app_env(cloudflare.base_url, "redis://127.0.0.1:1/0"))
+    response = host.get()
+    assert response.status_code == 200 and response.json()["source"] == "cloudflare"
+    assert "REDIS_URL does not answer" in (tmp_path / "host.log").read_text()
+
+
+def test_invalid_setting_stops_gunicorn_with_one_line():
+    env = {**clean_environ(), "ICE_CACHE_TTL": "90000", "GUNICORN_CMD_ARGS": "--bind 127.0.0.1:0"}
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/gunicorn") if (ROOT / ".venv/bin/gunicorn").exists() else "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "ice-servers: configuration error: ICE_CACHE_TTL (90000) must be less than TURN_CREDENTIAL_TTL (86400)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refresh_turn_exits_non_zero_with_one_line_when_cloudflare_fails(cloudflare, redis_url):
+    cloudflare.mode = "unauthorized"
+    result = run_cli(app_env(cloudflare.base_url, redis_url), "refresh-turn")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: Cloudflare: Cloudflare answered 401: Authentication error"
+    assert API_TOKEN not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_refresh_turn_exits_non_zero_when_redis_is_down(cloudflare):
+    result = run_cli(app_env(cloudflare.base_url, "redis://127.0.0.1:1/0"), "refresh-turn")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: shared cache: could not connect to Redis"
+    assert cloudflare.call_count == 0

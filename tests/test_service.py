@@ -1,0 +1,291 @@
+"""IceService read path, refill, refresh ahead, stale-if-error, cool-down and Redis failure, on a fake clock."""
+
+import logging
+
+import pytest
+
+from app.service import LOCAL_STALENESS, SHARED_RETRY_AFTER, WAIT_BUDGET, RefreshError
+from app.store import MemoryStore, StoreUnavailable
+from tests.conftest import T0
+
+STATIC = ({"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"},)
+
+
+class SwitchableStore(MemoryStore):
+    """A shared store that can be made unreachable, like Redis going down."""
+
+    shared = True
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.down = False
+        self.calls = 0
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if name in (
+            "get",
+            "get_last",
+            "put",
+            "acquire_lock",
+            "release_lock",
+            "cooldown_remaining",
+            "start_cooldown",
+            "failures",
+            "clear_failures",
+            "ping",
+        ):
+            self.calls += 1
+            if super().__getattribute__("down"):
+                raise StoreUnavailable("could not connect to Redis")
+        return attribute
+
+
+def test_cold_cache_fetches_once_and_serves_the_credential(make_service, provider):
+    answer = make_service().answer()
+    assert provider.calls == 1
+    assert answer.source == "cloudflare" and answer.body()["ttl"] == 24
+    assert answer.ice_servers[1]["username"] == "user-1"
+
+
+def test_warm_cache_serves_without_upstream_calls(make_service, provider, clock):
+    service = make_service()
+    for _ in range(50):
+        service.answer()
+        clock.advance(0.1)
+    assert provider.calls == 1
+
+
+def test_cache_control_stops_at_the_refresh_point(make_service, clock):
+    service = make_service()
+    assert service.answer().cache_control == "private, max-age=12"
+    clock.advance(5)
+    assert service.answer().cache_control == "private, max-age=7"
+
+
+def test_credential_is_replaced_after_its_window(make_service, provider, clock):
+    service = make_service()
+    service.answer()
+    clock.advance(12)
+    assert service.answer().ice_servers[1]["username"] == "user-2"
+    assert provider.calls == 2
+
+
+def test_refresh_ahead_replaces_the_credential_before_the_window_ends(make_service, provider, clock):
+    service = make_service()
+    service.answer()
+    clock.advance(9.5)  # last quarter of the 12 s window
+    assert service.answer().ice_servers[1]["username"] == "user-1"  # callers keep the current one
+    assert provider.calls == 2
+    clock.advance(LOCAL_STALENESS)
+    assert service.answer().ice_servers[1]["username"] == "user-2"
+
+
+def test_every_credential_served_keeps_the_promised_validity(make_service, clock):
+    service = make_service()
+    ttls = []
+    for _ in range(400):
+        ttls.append(service.answer().body()["ttl"])
+        clock.advance(0.25)
+    assert min(ttls) >= 24 - 12
+
+
+def test_workers_sharing_a_store_call_upstream_once_per_window(make_service, provider, clock):
+    store = MemoryStore(clock)
+    workers = [make_service(store=store) for _ in range(4)]
+    for _ in range(200):
+        for worker in workers:
+            worker.answer()
+        clock.advance(0.25)  # 50 s: about four windows
+    # As one worker alone: at 0 s, then every 9 s (refresh ahead in the last quarter of 12 s).
+    assert provider.calls == 6
+
+
+def test_waiter_gets_the_fallback_after_the_bounded_wait(make_service, provider, clock):
+    store = MemoryStore(clock)
+    store.acquire_lock(60)  # another worker holds the lock and never delivers
+    service = make_service(store=store, turn_servers=STATIC)
+    started = clock()
+    answer = service.answer()
+    assert answer.source == "static" and provider.calls == 0
+    assert clock() - started <= WAIT_BUDGET
+
+
+def test_waiter_serves_what_the_lock_holder_stores(make_service, provider, clock):
+    store = MemoryStore(clock)
+    holder, waiter = make_service(store=store), make_service(store=store)
+    token = store.acquire_lock(60)
+
+    def sleep_then_deliver(seconds):
+        clock.advance(seconds)
+        if clock() - 1_800_000_000 > 1 and store.get() is None:
+            holder._fill_holding_lock(store, token)
+
+    waiter._sleep = sleep_then_deliver
+    assert waiter.answer().source == "cloudflare"
+    assert provider.calls == 1
+
+
+def test_stale_credential_is_served_until_expiry_when_upstream_fails(make_service, provider, clock):
+    service = make_service(turn_servers=STATIC)
+    service.answer()
+    provider.fail(500)
+    served = []
+    for _ in range(60):
+        clock.advance(0.5)
+        answer = service.answer()
+        served.append((clock() - T0, answer.source, answer.body()["ttl"]))
+    assert all(source == "cloudflare" and ttl >= 1 for at, source, ttl in served if at <= 23)
+    assert all(source == "static" for at, source, ttl in served if at > 23)
+    assert provider.calls < 10  # cool-downs, not one try per request
+
+
+def test_fallback_is_stun_only_without_turn_servers(make_service, provider):
+    provider.fail(500)
+    answer = make_service().answer()
+    assert answer.source == "stun-only" and answer.cache_control == "no-store"
+    assert answer.body()["iceServers"] == [{"urls": ["stun:stun.example.test:3478"]}]
+
+
+def test_degraded_answer_logs_a_warning(make_service, provider, caplog):
+    provider.fail(401)
+    with caplog.at_level(logging.WARNING, logger="ice_servers"):
+        make_service(turn_servers=STATIC).answer()
+    assert "Failed to fetch TURN credentials from Cloudflare: Cloudflare answered 401" in caplog.text
+    assert "serving static TURN_SERVERS" in caplog.text
+
+
+def test_no_provider_means_stun_only_without_store_traffic(make_service, clock):
+    store = SwitchableStore(clock)
+    answer = make_service(store=store, providers=[]).answer()
+    assert answer.source == "stun-only" and store.calls == 0
+
+
+def test_cool_down_blocks_calls_and_grows(make_service, provider, clock):
+    service = make_service()
+    provider.fail(500)
+    service.answer()  # failure 1: 1 s cool-down (jitter fixed at its top)
+    service.answer()
+    assert provider.calls == 1
+    clock.advance(1.01)
+    service.answer()  # failure 2: 2 s
+    clock.advance(1.01)
+    service.answer()
+    assert provider.calls == 2
+    clock.advance(1.01)
+    service.answer()
+    assert provider.calls == 3
+
+
+def test_retry_after_is_honoured(make_service, provider, clock):
+    service = make_service()
+    provider.fail(429, retry_after=100)
+    service.answer()
+    for _ in range(99):
+        clock.advance(1)
+        service.answer()
+    assert provider.calls == 1
+    clock.advance(1.5)
+    service.answer()
+    assert provider.calls == 2
+
+
+def test_success_ends_the_cool_down_run(make_service, provider, clock):
+    store = MemoryStore(clock)
+    service = make_service(store=store)
+    provider.fail(500)
+    service.answer()
+    provider.failure = None
+    clock.advance(1.01)
+    assert service.answer().source == "cloudflare"
+    assert store.failures() == 0
+
+
+def test_redis_down_refills_once_per_process_and_keeps_serving(make_service, provider, clock, caplog):
+    store = SwitchableStore(clock)
+    store.down = True
+    service = make_service(store=store)
+    with caplog.at_level(logging.WARNING, logger="ice_servers"):
+        answers = [service.answer() for _ in range(20)]
+    assert all(a.source == "cloudflare" for a in answers)
+    assert provider.calls == 1
+    assert "Shared cache unavailable (could not connect to Redis)" in caplog.text
+
+
+def test_redis_down_serves_the_in_process_copy(make_service, provider, clock):
+    store = SwitchableStore(clock)
+    service = make_service(store=store)
+    service.answer()
+    store.down = True
+    for _ in range(20):
+        clock.advance(0.25)
+        assert service.answer().ice_servers[1]["username"] == "user-1"
+    assert provider.calls == 1
+
+
+def test_back_to_redis_when_it_answers(make_service, provider, clock):
+    store = SwitchableStore(clock)
+    store.down = True
+    service = make_service(store=store)
+    service.answer()
+    store.down = False
+    clock.advance(max(SHARED_RETRY_AFTER, LOCAL_STALENESS) + 0.1)
+    calls_before = store.calls
+    service.answer()
+    assert store.calls > calls_before
+
+
+def test_redis_down_and_upstream_down_does_not_retry_per_request(make_service, provider, clock):
+    store = SwitchableStore(clock)
+    store.down = True
+    provider.fail(500)
+    service = make_service(store=store)
+    for _ in range(50):
+        assert service.answer().source == "stun-only"
+    assert provider.calls == 1
+
+
+def test_refresh_fetches_and_stores_a_new_credential(make_service, provider, clock):
+    store = SwitchableStore(clock)
+    service = make_service(store=store)
+    service.answer()
+    credential = service.refresh()
+    assert provider.calls == 2 and store.get() == credential
+    assert credential.username == "user-2"
+
+
+def test_refresh_ignores_the_cool_down_and_ends_it(make_service, provider, clock):
+    store = SwitchableStore(clock)
+    service = make_service(store=store)
+    provider.fail(500)
+    service.answer()
+    provider.failure = None
+    service.refresh()
+    assert store.cooldown_remaining() == 0 and provider.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda store, provider: provider.fail(401), "Cloudflare: Cloudflare answered 401"),
+        (lambda store, provider: setattr(store, "down", True), "shared cache: could not connect to Redis"),
+        (lambda store, provider: store.acquire_lock(60), "another refresh still holds the lock"),
+    ],
+)
+def test_refresh_failure_is_one_line(make_service, provider, clock, setup, message):
+    store = SwitchableStore(clock)
+    service = make_service(store=store)
+    setup(store, provider)
+    with pytest.raises(RefreshError, match=message) as excinfo:
+        service.refresh()
+    assert "\n" not in str(excinfo.value)
+
+
+def test_refresh_needs_a_shared_cache(make_service):
+    with pytest.raises(RefreshError, match="REDIS_URL is not set"):
+        make_service().refresh()
+
+
+def test_refresh_needs_a_provider(make_service, clock):
+    with pytest.raises(RefreshError, match="no TURN provider"):
+        make_service(store=SwitchableStore(clock), providers=[]).refresh()

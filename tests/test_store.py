@@ -1,0 +1,136 @@
+"""One contract, every store: in-process, fakeredis, and a real redis-server."""
+
+import time
+
+import fakeredis
+import pytest
+import redis
+
+from app.ice import new_credential
+from app.store import KEY_PREFIX, MemoryStore, RedisStore, StoreUnavailable
+
+TURN = [{"urls": ["turn:t.example.test:3478"], "username": "u", "credential": "c"}]
+
+
+def credential(issued_at, credential_ttl=24, cache_ttl=12):
+    return new_credential(TURN, "cloudflare", issued_at, credential_ttl, cache_ttl)
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def store(request):
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "fakeredis":
+        return RedisStore(fakeredis.FakeRedis())
+    return RedisStore.from_url(request.getfixturevalue("redis_url"))
+
+
+def test_empty_store_misses(store):
+    assert store.get() is None and store.get_last() is None
+
+
+def test_put_then_get_returns_the_credential(store):
+    stored = credential(time.time())
+    assert store.put(stored)
+    assert store.get() == stored and store.get_last() == stored
+
+
+def test_late_writer_never_replaces_a_newer_credential(store):
+    now = time.time()
+    newer, older = credential(now), credential(now - 5)
+    assert store.put(newer)
+    assert not store.put(older)
+    assert store.get() == newer
+
+
+def test_newer_credential_replaces_an_older_one(store):
+    now = time.time()
+    store.put(credential(now - 5))
+    assert store.put(credential(now))
+    assert store.get().issued_at == now
+
+
+def test_past_its_window_the_credential_is_only_last(store):
+    stale = credential(time.time() - 13)  # window (12 s) over, still valid (24 s)
+    store.put(stale)
+    assert store.get() is None
+    assert store.get_last() == stale
+
+
+def test_lock_is_exclusive_until_released_by_its_owner(store):
+    token = store.acquire_lock(10)
+    assert token and store.acquire_lock(10) is None
+    store.release_lock("someone-else")
+    assert store.acquire_lock(10) is None
+    store.release_lock(token)
+    assert store.acquire_lock(10) is not None
+
+
+def test_cooldown_counts_failures_until_cleared(store):
+    assert store.cooldown_remaining() == 0 and store.failures() == 0
+    store.start_cooldown(30)
+    store.start_cooldown(30)
+    assert 29 < store.cooldown_remaining() <= 30 and store.failures() == 2
+    store.clear_failures()
+    assert store.cooldown_remaining() == 0 and store.failures() == 0
+
+
+def test_memory_store_expires_by_its_clock():
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    store.put(credential(1000.0))
+    token = store.acquire_lock(10)
+    now[0] = 1011.0
+    assert store.acquire_lock(10) is not None and token  # the dead holder's lock expired
+    now[0] = 1012.0
+    assert store.get() is None and store.get_last() is not None
+    now[0] = 1024.0
+    assert store.get_last() is None
+
+
+def test_redis_keys_expire_with_the_cache_window_and_the_credential(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client)
+    store.put(credential(time.time(), credential_ttl=86400, cache_ttl=82800))
+    assert 82790_000 < client.pttl(KEY_PREFIX + "credential") <= 82800_000
+    assert 86390_000 < client.pttl(KEY_PREFIX + "credential:last") <= 86400_000
+
+
+def test_redis_lock_has_an_expiry(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    RedisStore(client).acquire_lock(10)
+    assert 9000 < client.pttl(KEY_PREFIX + "lock") <= 10000
+
+
+@pytest.mark.parametrize("junk", ["not json", '{"iceServers": 1}', '{"source": "cloudflare"}'])
+def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
+    client = redis.Redis.from_url(redis_url)
+    client.set(KEY_PREFIX + "credential", junk)
+    client.set(KEY_PREFIX + "credential:last", junk)
+    store = RedisStore(client)
+    assert store.get() is None and store.get_last() is None
+    assert store.put(credential(time.time()))
+    assert store.get() is not None
+
+
+def test_wrong_redis_type_is_a_miss_and_gets_replaced(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.hset(KEY_PREFIX + "credential", "a", "b")
+    client.lpush(KEY_PREFIX + "credential:last", "x")
+    store = RedisStore(client)
+    assert store.get() is None and store.get_last() is None
+    assert store.put(credential(time.time()))
+    assert store.get() is not None and store.get_last() is not None
+
+
+def test_unreachable_redis_raises_store_unavailable_quickly():
+    store = RedisStore.from_url("redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="could not connect"):
+        store.get()
+    # Bounded by the sub-second socket timeouts (one reconnect), not redis-py's default retries.
+    assert time.monotonic() - started < 2.5
+
+
+def test_store_repr_hides_the_url():
+    assert "secret-password" not in repr(RedisStore.from_url("redis://:secret-password@127.0.0.1:1/0"))
