@@ -149,33 +149,49 @@ class IceService:
     def _refill(self, deadline: float) -> Credential | None:
         """Refill on a miss: one thread per process, one process per fleet; bounded by ``deadline``."""
         if not self._refill_mutex.acquire(timeout=max(0.0, deadline - self._clock())):
-            return self._last_valid(self._store(self._clock()))
+            return self._newest_valid(self._clock())
         try:
             return self._refill_locked(deadline)
         finally:
             self._refill_mutex.release()
 
     def _refill_locked(self, deadline: float) -> Credential | None:
-        """Wait for the fleet's refill, or take the store's lock and refill."""
+        """Decide on one snapshot of the store: serve, put back, revalidate in the background, or fetch."""
         while True:
             now = self._clock()
             store = self._store(now)
             try:
-                credential = store.get()
-                if credential is not None:
-                    self._remember(credential, store, now)
-                    return credential
-                if store.cooldown_remaining() > 0:
-                    return self._last_valid(store)
-                token = store.acquire_lock(LOCK_TTL)
+                snapshot = store.snapshot()
             except StoreUnavailable as exc:
                 self._shared_failed(exc)
                 continue  # the in-process store answers from now on
+            if snapshot.fresh is not None:
+                self._remember(snapshot.fresh, store, now)
+                return snapshot.fresh
+            last = self._newest_valid(now, snapshot.last)
+            if last is not None and last.is_fresh(now):
+                # The store lost it (Redis restarted, junk written over it): put it back, no upstream call.
+                self._put(store, last)
+                self._remember(last, store, now)
+                return last
+            if snapshot.failures or snapshot.cooldown:
+                # The upstream is known to fail: nobody waits on it; one worker retries off the request path.
+                if not snapshot.cooldown:
+                    self._refresh_in_background(last)
+                if last is not None:
+                    expiry = rfc3339(last.expires_at)
+                    self._warn_degraded(now, f"serving the last TURN credential past its refresh point; it expires at {expiry}")
+                return last
+            try:
+                token = store.acquire_lock(LOCK_TTL)
+            except StoreUnavailable as exc:
+                self._shared_failed(exc)
+                continue
             if token is not None:
                 return self._fill_holding_lock(store, token)
             if self._clock() + POLL_INTERVAL >= deadline:
                 log.warning("Gave up waiting for another worker to fetch TURN credentials")
-                return self._last_valid(store)
+                return self._newest_valid(self._clock())
             self._sleep(POLL_INTERVAL)
 
     def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
@@ -185,11 +201,10 @@ class IceService:
             if current is not None and (seen is None or current.issued_at > seen.issued_at):
                 self._remember(current, store, self._clock())
                 return current
-            credential = self._issue(store)
-            return credential if credential is not None else self._last_valid(store)
+            return self._issue(store) or self._newest_valid(self._clock())
         except StoreUnavailable as exc:
             self._shared_failed(exc)
-            return self._last_valid(self._local)
+            return self._newest_valid(self._clock())
         finally:
             self._release(store, token)
 
@@ -210,12 +225,11 @@ class IceService:
 
     def _store_new(self, store, credential: Credential) -> None:
         """Store a new credential (a newer one already held wins) and end any cool-down."""
-        try:
-            if not store.put(credential):
-                log.info("A newer TURN credential was already cached; keeping it")
-            store.clear_failures()
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
+        if self._put(store, credential):
+            try:
+                store.clear_failures()
+            except StoreUnavailable as exc:
+                self._shared_failed(exc)
         self._remember(credential, store, self._clock())
         log.info(
             "Generated new %s TURN credentials, valid until %s (refresh at %s)",
@@ -227,10 +241,10 @@ class IceService:
     def _cool_down(self, store, provider: Provider, exc: UpstreamError) -> None:
         """Start a fleet-wide cool-down: exponential with jitter, at least the 429's Retry-After."""
         try:
-            failures = store.failures() + 1
+            failures = store.snapshot().failures + 1
         except StoreUnavailable as failure:
             store = self._shared_failed(failure)
-            failures = store.failures() + 1
+            failures = store.snapshot().failures + 1
         seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
         if exc.retry_after is not None:
             seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
@@ -240,24 +254,11 @@ class IceService:
             self._shared_failed(failure).start_cooldown(seconds)
         log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
 
-    def _last_valid(self, store) -> Credential | None:
-        """Return the newest credential still valid (stale-if-error), from the store or this process."""
-        now = self._clock()
-        candidates = [self._hot]
-        try:
-            candidates.append(store.get_last())
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-        candidates.append(self._local.get_last())
-        valid = [c for c in candidates if c is not None and c.is_valid(now)]
-        if not valid:
-            return None
-        credential = max(valid, key=lambda c: c.expires_at)
-        if not credential.is_fresh(now):
-            self._warn_degraded(
-                now, f"serving the last TURN credential past its refresh point; it expires at {rfc3339(credential.expires_at)}"
-            )
-        return credential
+    def _newest_valid(self, now: float, *candidates: Credential | None) -> Credential | None:
+        """Return the newest still-valid credential among ``candidates`` and this process's own."""
+        pool = [*candidates, self._hot, self._local.snapshot().last]
+        valid = [c for c in pool if c is not None and c.is_valid(now)]
+        return max(valid, key=lambda c: c.expires_at) if valid else None
 
     def _fallback(self, now: float) -> Answer:
         """Answer without a TURN credential: TURN_SERVERS, else STUN only; never cached."""
@@ -280,22 +281,25 @@ class IceService:
     # -- refresh ahead -------------------------------------------------------------------
 
     def _maybe_refresh_ahead(self, credential: Credential, now: float) -> None:
-        """Late in the window, start one background refresh in this process (the lock makes it one per fleet)."""
+        """Late in the window, refresh in the background while ``credential`` keeps being served."""
         window = credential.refresh_at - credential.issued_at
-        if now < credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
-            return
+        if now >= credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
+            self._refresh_in_background(credential)
+
+    def _refresh_in_background(self, seen: Credential | None) -> None:
+        """Start one background refresh in this process; the store's lock makes it one per fleet."""
         if not self._refreshing.acquire(blocking=False):
             return
         try:
-            self._spawn(lambda: self._refresh_ahead(credential))
+            self._spawn(lambda: self._refresh(seen))
         except RuntimeError:  # no thread could be started (interpreter shutting down)
             self._refreshing.release()
 
-    def _refresh_ahead(self, seen: Credential) -> None:
-        """Replace ``seen`` unless another worker already did, while callers keep being served."""
+    def _refresh(self, seen: Credential | None) -> None:
+        """Replace ``seen`` unless another worker already did or the upstream is cooling down."""
         try:
             store = self._store(self._clock())
-            if store.cooldown_remaining() > 0:
+            if store.snapshot().cooldown:
                 return
             token = store.acquire_lock(LOCK_TTL)
             if token is not None:
@@ -369,6 +373,17 @@ class IceService:
         self._hot_until = now + LOCAL_STALENESS
         if store is not self._local:
             self._local.put(credential)
+
+    def _put(self, store, credential: Credential) -> bool:
+        """Store ``credential``; tell whether it is now the one held (a newer one wins)."""
+        try:
+            stored = store.put(credential)
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+            return False
+        if not stored:
+            log.info("A newer TURN credential was already cached; keeping it")
+        return stored
 
     def _release(self, store, token: str) -> None:
         """Release the store's lock; if the store is gone the lock's expiry frees it."""

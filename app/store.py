@@ -5,8 +5,10 @@ inside one process (no ``REDIS_URL``, or while Redis is down). The contract, for
 
 - ``get`` returns the credential inside its cache window, or None on a miss. An entry that does
   not parse, lacks a field or has the wrong Redis type is a miss, never an error.
-- ``get_last`` returns the newest credential whatever its window (for stale-if-error), or None.
-  Callers still check ``is_valid``: an entry never outlives its credential, but clocks drift.
+- ``snapshot`` returns, in one round trip, what a refill decides on: the fresh credential, the
+  last one whatever its window (for stale-if-error), the cool-down left and the failure count.
+  Callers still check ``is_valid`` on ``last``: an entry never outlives its credential, but
+  clocks drift.
 - ``put`` stores a credential unless one expiring later is already held (a late writer never
   replaces a newer credential), in one atomic step.
 - ``acquire_lock`` returns a token or None; the lock expires by itself so that a dead holder
@@ -20,6 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from redis.backoff import NoBackoff
@@ -64,6 +67,16 @@ class StoreUnavailable(Exception):
     """The shared cache did not answer in time."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store holds, read at once: the refill decides on all of it together."""
+
+    fresh: Credential | None  # inside its cache window
+    last: Credential | None  # the newest stored, whatever its window
+    cooldown: float  # seconds left of the upstream cool-down (0: none)
+    failures: int  # upstream failures in a row
+
+
 class RedisStore:
     """The shared cache in Redis, with short socket timeouts and no retry storms."""
 
@@ -98,11 +111,28 @@ class RedisStore:
 
     def get(self) -> Credential | None:
         """Return the credential inside its cache window, or None."""
-        return self._read(self._keys["credential"])
+        try:
+            return _parse(self._redis.get(self._keys["credential"]))
+        except redis.ResponseError:  # WRONGTYPE: someone wrote another type there
+            return None
+        except redis.RedisError as exc:
+            raise StoreUnavailable(_describe(exc)) from None
 
-    def get_last(self) -> Credential | None:
-        """Return the newest credential stored, whatever its window, or None."""
-        return self._read(self._keys["credential:last"])
+    def snapshot(self) -> Snapshot:
+        """Read the fresh and last credentials, the cool-down and the failure count in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._keys["credential"])
+        pipe.get(self._keys["credential:last"])
+        pipe.pttl(self._keys["cooldown"])
+        pipe.get(self._keys["failures"])
+        # raise_on_error=False leaves a WRONGTYPE error in its slot (a miss); I/O errors still raise.
+        fresh, last, cooldown_ms, failures = self._call(pipe.execute, raise_on_error=False)
+        return Snapshot(
+            fresh=_parse(fresh),
+            last=_parse(last),
+            cooldown=max(0, cooldown_ms) / 1000 if isinstance(cooldown_ms, int) else 0.0,
+            failures=int(failures) if isinstance(failures, bytes) and failures.isdigit() else 0,
+        )
 
     def put(self, credential: Credential) -> bool:
         """Store ``credential`` unless a later-expiring one is held; tell whether it was stored."""
@@ -125,11 +155,6 @@ class RedisStore:
         """Release the lock if ``token`` still owns it (it may have expired and passed on)."""
         self._call(self._release_if_owner, keys=[self._keys["lock"]], args=[token])
 
-    def cooldown_remaining(self) -> float:
-        """Return the seconds left of the fleet-wide upstream cool-down (0 when none)."""
-        remaining_ms = self._call(self._redis.pttl, self._keys["cooldown"])
-        return max(0, remaining_ms) / 1000
-
     def start_cooldown(self, seconds: float) -> None:
         """Start a cool-down of ``seconds`` and count one more failure in a row."""
         pipe = self._redis.pipeline()
@@ -138,27 +163,9 @@ class RedisStore:
         pipe.expire(self._keys["failures"], FAILURES_MEMORY)
         self._call(pipe.execute)
 
-    def failures(self) -> int:
-        """Return how many upstream failures in a row are remembered."""
-        value = self._call(self._redis.get, self._keys["failures"])
-        try:
-            return int(value or 0)
-        except ValueError:
-            return 0
-
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""
         self._call(self._redis.delete, self._keys["cooldown"], self._keys["failures"])
-
-    def _read(self, key: str) -> Credential | None:
-        """GET ``key`` and parse it; the wrong type or junk is a miss."""
-        try:
-            raw = self._redis.get(key)
-        except redis.ResponseError:  # WRONGTYPE: someone wrote another type there
-            return None
-        except redis.RedisError as exc:
-            raise StoreUnavailable(_describe(exc)) from None
-        return Credential.from_json(raw)
 
     def _call(self, function, *args, **kwargs):
         """Run one Redis call, turning its failures into StoreUnavailable."""
@@ -166,6 +173,11 @@ class RedisStore:
             return function(*args, **kwargs)
         except redis.RedisError as exc:
             raise StoreUnavailable(_describe(exc)) from None
+
+
+def _parse(raw: object) -> Credential | None:
+    """Parse a GET result; an error in its place (WRONGTYPE) or junk is a miss."""
+    return Credential.from_json(raw) if isinstance(raw, bytes | str) else None
 
 
 def _describe(exc: Exception) -> str:
@@ -205,10 +217,15 @@ class MemoryStore:
         credential = self._last
         return credential if credential and credential.is_fresh(self._clock()) else None
 
-    def get_last(self) -> Credential | None:
-        """Return the newest credential while it is valid, or None."""
-        credential = self._last
-        return credential if credential and credential.is_valid(self._clock()) else None
+    def snapshot(self) -> Snapshot:
+        """Return the fresh and last (while valid) credentials, the cool-down and the failure count."""
+        now, last = self._clock(), self._last
+        return Snapshot(
+            fresh=last if last and last.is_fresh(now) else None,
+            last=last if last and last.is_valid(now) else None,
+            cooldown=max(0.0, self._cooldown_until - now),
+            failures=self._failures,
+        )
 
     def put(self, credential: Credential) -> bool:
         """Store ``credential`` unless a later-expiring one is held."""
@@ -234,19 +251,11 @@ class MemoryStore:
             if self._lock and self._lock[0] == token:
                 self._lock = None
 
-    def cooldown_remaining(self) -> float:
-        """Return the seconds left of the cool-down (0 when none)."""
-        return max(0.0, self._cooldown_until - self._clock())
-
     def start_cooldown(self, seconds: float) -> None:
         """Start a cool-down of ``seconds`` and count one more failure in a row."""
         with self._mutex:
             self._cooldown_until = self._clock() + seconds
             self._failures += 1
-
-    def failures(self) -> int:
-        """Return how many upstream failures in a row are remembered."""
-        return self._failures
 
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""

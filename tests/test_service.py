@@ -23,18 +23,7 @@ class SwitchableStore(MemoryStore):
 
     def __getattribute__(self, name):
         attribute = super().__getattribute__(name)
-        if name in (
-            "get",
-            "get_last",
-            "put",
-            "acquire_lock",
-            "release_lock",
-            "cooldown_remaining",
-            "start_cooldown",
-            "failures",
-            "clear_failures",
-            "ping",
-        ):
+        if name in ("get", "snapshot", "put", "acquire_lock", "release_lock", "start_cooldown", "clear_failures", "ping"):
             self.calls += 1
             if super().__getattribute__("down"):
                 raise StoreUnavailable("could not connect to Redis")
@@ -190,15 +179,20 @@ def test_retry_after_is_honoured(make_service, provider, clock):
     assert provider.calls == 2
 
 
-def test_success_ends_the_cool_down_run(make_service, provider, clock):
+def test_recovery_after_an_outage_happens_off_the_request_path(make_service, provider, clock):
     store = MemoryStore(clock)
+    background = []
     service = make_service(store=store)
+    service._spawn = background.append
     provider.fail(500)
     service.answer()
     provider.failure = None
     clock.advance(1.01)
+    assert service.answer().source == "stun-only"  # answered at once, the retry is queued
+    assert provider.calls == 1 and len(background) == 1
+    background.pop()()
     assert service.answer().source == "cloudflare"
-    assert store.failures() == 0
+    assert provider.calls == 2 and store.snapshot().failures == 0
 
 
 def test_redis_down_refills_once_per_process_and_keeps_serving(make_service, provider, clock, caplog):
@@ -261,7 +255,7 @@ def test_refresh_ignores_the_cool_down_and_ends_it(make_service, provider, clock
     service.answer()
     provider.failure = None
     service.refresh()
-    assert store.cooldown_remaining() == 0 and provider.calls == 2
+    assert store.snapshot().cooldown == 0 and provider.calls == 2
 
 
 @pytest.mark.parametrize(
@@ -289,3 +283,13 @@ def test_refresh_needs_a_shared_cache(make_service):
 def test_refresh_needs_a_provider(make_service, clock):
     with pytest.raises(RefreshError, match="no TURN provider"):
         make_service(store=SwitchableStore(clock), providers=[]).refresh()
+
+
+def test_emptied_store_is_refilled_from_the_process_without_upstream_calls(make_service, provider, clock):
+    store = MemoryStore(clock)
+    service = make_service(store=store)
+    service.answer()
+    store._last = None  # Redis restarted empty, or junk written over the entry
+    clock.advance(LOCAL_STALENESS + 0.1)
+    assert service.answer().ice_servers[1]["username"] == "user-1"
+    assert provider.calls == 1 and store.get().username == "user-1"

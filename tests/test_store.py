@@ -26,13 +26,13 @@ def store(request):
 
 
 def test_empty_store_misses(store):
-    assert store.get() is None and store.get_last() is None
+    assert store.get() is None and store.snapshot().last is None
 
 
 def test_put_then_get_returns_the_credential(store):
     stored = credential(time.time())
     assert store.put(stored)
-    assert store.get() == stored and store.get_last() == stored
+    assert store.get() == stored and store.snapshot().last == stored
 
 
 def test_late_writer_never_replaces_a_newer_credential(store):
@@ -54,7 +54,7 @@ def test_past_its_window_the_credential_is_only_last(store):
     stale = credential(time.time() - 13)  # window (12 s) over, still valid (24 s)
     store.put(stale)
     assert store.get() is None
-    assert store.get_last() == stale
+    assert store.snapshot().last == stale
 
 
 def test_lock_is_exclusive_until_released_by_its_owner(store):
@@ -67,12 +67,13 @@ def test_lock_is_exclusive_until_released_by_its_owner(store):
 
 
 def test_cooldown_counts_failures_until_cleared(store):
-    assert store.cooldown_remaining() == 0 and store.failures() == 0
+    assert (store.snapshot().cooldown, store.snapshot().failures) == (0, 0)
     store.start_cooldown(30)
     store.start_cooldown(30)
-    assert 29 < store.cooldown_remaining() <= 30 and store.failures() == 2
+    snapshot = store.snapshot()
+    assert 29 < snapshot.cooldown <= 30 and snapshot.failures == 2
     store.clear_failures()
-    assert store.cooldown_remaining() == 0 and store.failures() == 0
+    assert (store.snapshot().cooldown, store.snapshot().failures) == (0, 0)
 
 
 def test_memory_store_expires_by_its_clock():
@@ -83,9 +84,9 @@ def test_memory_store_expires_by_its_clock():
     now[0] = 1011.0
     assert store.acquire_lock(10) is not None and token  # the dead holder's lock expired
     now[0] = 1012.0
-    assert store.get() is None and store.get_last() is not None
+    assert store.get() is None and store.snapshot().last is not None
     now[0] = 1024.0
-    assert store.get_last() is None
+    assert store.snapshot().last is None
 
 
 def test_redis_keys_expire_with_the_cache_window_and_the_credential(redis_url):
@@ -108,7 +109,7 @@ def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
     client.set(KEY_PREFIX + "credential", junk)
     client.set(KEY_PREFIX + "credential:last", junk)
     store = RedisStore(client)
-    assert store.get() is None and store.get_last() is None
+    assert store.get() is None and store.snapshot().last is None
     assert store.put(credential(time.time()))
     assert store.get() is not None
 
@@ -118,9 +119,9 @@ def test_wrong_redis_type_is_a_miss_and_gets_replaced(redis_url):
     client.hset(KEY_PREFIX + "credential", "a", "b")
     client.lpush(KEY_PREFIX + "credential:last", "x")
     store = RedisStore(client)
-    assert store.get() is None and store.get_last() is None
+    assert store.get() is None and store.snapshot().last is None
     assert store.put(credential(time.time()))
-    assert store.get() is not None and store.get_last() is not None
+    assert store.get() is not None and store.snapshot().last is not None
 
 
 def test_unreachable_redis_raises_store_unavailable_quickly():
