@@ -10,7 +10,7 @@ from app.config import Settings
 from app.service import IceService
 from app.store import MemoryStore
 from tests.cloudflare_stub import CloudflareStub
-from tests.servers import RedisServer
+from tests.servers import Gunicorn, RedisServer
 
 T0 = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
 
@@ -136,3 +136,18 @@ def redis_url(redis_server):
         redis_server.start()
     redis_server.client().flushall()
     return redis_server.url
+
+
+@pytest.fixture
+def start_host(tmp_path):
+    """Start gunicorn hosts (4 workers) with a given environment; stop them all afterwards."""
+    hosts = []
+
+    def start(env, name="host"):
+        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log")
+        hosts.append(host)
+        return host.start()
+
+    yield start
+    for host in hosts:
+        host.stop()

@@ -8,7 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -170,3 +173,48 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+def concurrent_get(host: Gunicorn, count: int) -> list[requests.Response]:
+    """Send ``count`` requests at once; return the responses."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: host.get(), range(count)))
+
+
+def turn_username(response: requests.Response) -> str | None:
+    """Return the TURN username a response carries, or None."""
+    return next((s["username"] for s in response.json()["iceServers"] if "username" in s), None)
+
+
+@dataclass
+class Sample:
+    """One request of a load run."""
+
+    sent_at: float  # time.time() when sent
+    latency: float  # seconds
+    status: int
+    body: dict | None
+
+
+def run_load(host: Gunicorn, seconds: float, clients: int = 8) -> list[Sample]:
+    """Keep ``clients`` keep-alive clients busy on /api/ice-servers for ``seconds``; return every sample."""
+    samples: list[Sample] = []
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                sent_at, started = time.time(), time.monotonic()
+                try:
+                    response = session.get(host.base_url + "/api/ice-servers", timeout=15)
+                    status, body = response.status_code, response.json()
+                except (requests.RequestException, ValueError):
+                    status, body = 0, None
+                samples.append(Sample(sent_at, time.monotonic() - started, status, body))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(samples, key=lambda sample: sample.sent_at)

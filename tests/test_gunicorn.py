@@ -2,38 +2,11 @@
 
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.cloudflare_stub import API_TOKEN
-from tests.servers import ROOT, Gunicorn, app_env, clean_environ, run_cli, wait_until
-
-
-@pytest.fixture
-def start_host(tmp_path):
-    """Start gunicorn hosts with a given environment; stop them all afterwards."""
-    hosts = []
-
-    def start(env, name="host"):
-        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log")
-        hosts.append(host)
-        return host.start()
-
-    yield start
-    for host in hosts:
-        host.stop()
-
-
-def concurrent_get(host, count):
-    """Send ``count`` requests at once; return the responses."""
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(lambda _: host.get(), range(count)))
-
-
-def turn_username(response):
-    """Return the TURN username a response carries."""
-    return next(s["username"] for s in response.json()["iceServers"] if "username" in s)
+from tests.servers import ROOT, app_env, clean_environ, concurrent_get, run_cli, turn_username, wait_until
 
 
 def test_cold_burst_makes_one_upstream_call_and_all_hosts_share_it(start_host, cloudflare, redis_url, tmp_path):

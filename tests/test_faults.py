@@ -1,0 +1,181 @@
+"""Fault injection on real parts: gunicorn with 4 workers, a real redis-server, the Cloudflare stand-in.
+
+Second-scale settings (a 24 s credential served for 12 s) so whole windows pass in a test.
+Upstream calls are counted from the stand-in; the only time bounds are the behaviour's own
+(nobody waits on a 1 s upstream; a cold request is answered within its ~6 s budget).
+"""
+
+import contextlib
+import datetime
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+import requests
+
+from app.store import KEY_PREFIX
+from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
+
+SHORT = {"TURN_CREDENTIAL_TTL": "24", "ICE_CACHE_TTL": "12"}
+STATIC = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
+
+
+def epoch(rfc3339: str) -> float:
+    """Parse the answer's expiresAt."""
+    return datetime.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+
+
+def sample_username(sample) -> str | None:
+    """Return the TURN username a load sample carries."""
+    return next((s["username"] for s in sample.body["iceServers"] if "username" in s), None)
+
+
+def gaps(calls: list[dict]) -> list[float]:
+    """Return the seconds between consecutive upstream calls."""
+    times = [call["time"] for call in calls]
+    return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+
+def test_steady_load_never_waits_on_the_upstream_and_calls_it_once_per_window(start_host, cloudflare, redis_url):
+    cloudflare.delay = 1.0
+    host = start_host(app_env(cloudflare.base_url, redis_url, **SHORT))
+    assert host.get().json()["source"] == "cloudflare"  # warm-up: the only request that waits
+
+    samples = run_load(host, 30)
+
+    assert {s.status for s in samples} == {200}
+    assert {s.body["source"] for s in samples} == {"cloudflare"}
+    assert max(s.latency for s in samples) < cloudflare.delay
+    assert min(s.body["ttl"] for s in samples) >= 10
+    # One call per window: refreshed ahead (3/4 through the 12 s window), never twice for one window.
+    assert 3 <= cloudflare.call_count <= 5
+    assert min(gaps(cloudflare.calls)) >= 8
+    assert len({sample_username(s) for s in samples}) >= 3
+
+
+def test_upstream_failure_serves_the_credential_until_it_expires_and_never_after(start_host, cloudflare, redis_url):
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_SERVERS=STATIC, **SHORT))
+    first = host.get().json()
+    expires_at = epoch(first["expiresAt"])
+    cloudflare.mode = "error500"
+
+    samples = run_load(host, expires_at - time.time() + 4)
+
+    assert {s.status for s in samples} == {200}
+    served = [s for s in samples if s.body["source"] == "cloudflare"]
+    assert {sample_username(s) for s in served} == {"stub-user-1"}
+    assert all(s.body["ttl"] >= 1 and s.sent_at < expires_at for s in served)
+    assert any(s.sent_at > expires_at - 12 + 1 for s in served)  # served past its window (stale-if-error)
+    assert all(s.body["source"] == "static" for s in samples if s.sent_at > expires_at)
+    assert any(s.sent_at > expires_at for s in samples)
+    assert cloudflare.call_count < 20  # cool-downs: tens at most, not one try per request
+
+
+def test_hanging_upstream_on_a_cold_cache_is_bounded_then_answered_at_once(start_host, cloudflare, redis_url):
+    cloudflare.mode = "hang"
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_SERVERS=STATIC))
+
+    started = time.monotonic()
+    cold = concurrent_get(host, 20)
+    assert [r.status_code for r in cold] == [200] * 20
+    assert {r.json()["source"] for r in cold} == {"static"}
+    assert time.monotonic() - started < 7  # the ~6 s budget, connect and read timeouts included
+
+    later = run_load(host, 5, clients=4)
+    assert {s.status for s in later} == {200}
+    assert max(s.latency for s in later) < 1  # no request waits on the hanging upstream again
+    assert cloudflare.call_count <= 4
+
+
+def test_redis_killed_under_load_then_restarted_keeps_serving_credentials(start_host, cloudflare, tmp_path):
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        host = start_host(app_env(cloudflare.base_url, own_redis.url))
+        assert host.get().json()["source"] == "cloudflare"
+
+        def outage():
+            time.sleep(3)
+            own_redis.stop()
+            time.sleep(4)
+            own_redis.start()
+
+        chaos = threading.Thread(target=outage)
+        chaos.start()
+        samples = run_load(host, 12)
+        chaos.join()
+
+        assert [s for s in samples if s.status != 200] == []
+        assert {s.body["source"] for s in samples} == {"cloudflare"}
+        assert {sample_username(s) for s in samples} == {"stub-user-1"}
+        assert cloudflare.call_count == 1
+        # The restarted, empty Redis got the credential back from the workers, not from Cloudflare.
+        assert own_redis.client().get(KEY_PREFIX + "credential") is not None
+    finally:
+        own_redis.stop()
+
+
+def test_killed_lock_holder_is_recovered_from_within_the_lock_expiry(start_host, cloudflare, redis_url):
+    cloudflare.delay = 5.0
+    env = app_env(cloudflare.base_url, redis_url, TURN_SERVERS=STATIC)
+    doomed = start_host(env, "doomed")
+
+    def trigger_fetch():
+        with contextlib.suppress(requests.RequestException):  # its server is killed under it
+            doomed.get(timeout=30)
+
+    threading.Thread(target=trigger_fetch, daemon=True).start()
+    wait_until(lambda: cloudflare.call_count == 1, 10, what="fetch in flight")
+    os.killpg(doomed.process.pid, signal.SIGKILL)  # master and every worker, mid-fetch
+    killed_at = time.monotonic()
+    lock_ttl = redis.Redis.from_url(redis_url).pttl(KEY_PREFIX + "lock")
+    assert 0 < lock_ttl <= 10_000  # the dead holder's lock is still there, with its expiry
+    cloudflare.delay = 0.0
+
+    host = start_host(env, "replacement")
+    samples = []
+    while time.monotonic() - killed_at < 20:
+        response = host.get()
+        samples.append((time.monotonic() - killed_at, response.status_code, response.json()["source"]))
+        if samples[-1][2] == "cloudflare":
+            break
+        time.sleep(0.25)
+
+    assert {status for _, status, _ in samples} == {200}
+    assert samples[-1][2] == "cloudflare"
+    assert samples[-1][0] < lock_ttl / 1000 + 7  # the lock expiry plus a few seconds
+    assert cloudflare.call_count == 2
+
+
+@pytest.mark.parametrize("corrupt", ["junk", "other-type"])
+def test_corrupt_cache_entries_are_replaced_and_never_fail_a_request(start_host, cloudflare, redis_url, corrupt):
+    host = start_host(app_env(cloudflare.base_url, redis_url))
+    assert host.get().json()["source"] == "cloudflare"
+    client = redis.Redis.from_url(redis_url)
+    for key in (KEY_PREFIX + "credential", KEY_PREFIX + "credential:last"):
+        client.delete(key)
+        if corrupt == "junk":
+            client.set(key, b"\xff{not json")
+        else:
+            client.hset(key, "iceServers", "[]")
+    time.sleep(2.5)  # past the in-process copy's trust, so every worker reads the shared cache again
+
+    responses = concurrent_get(host, 40)
+    assert [r.status_code for r in responses] == [200] * 40
+    assert {r.json()["source"] for r in responses} == {"cloudflare"}
+    assert client.type(KEY_PREFIX + "credential") == b"string"
+    assert b"iceServers" in client.get(KEY_PREFIX + "credential")
+
+
+def test_retry_after_holds_every_worker_back(start_host, cloudflare, redis_url):
+    cloudflare.mode, cloudflare.retry_after = "rate-limited", 4
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_SERVERS=STATIC))
+
+    samples = run_load(host, 9)
+
+    assert {s.status for s in samples} == {200}
+    assert {s.body["source"] for s in samples} == {"static"}
+    assert cloudflare.call_count >= 2
+    assert min(gaps(cloudflare.calls)) >= cloudflare.retry_after - 0.1
