@@ -1,5 +1,6 @@
 """One contract, every store: in-process, fakeredis, and a real redis-server."""
 
+import socket
 import time
 
 import fakeredis
@@ -135,3 +136,15 @@ def test_unreachable_redis_raises_store_unavailable_quickly():
 
 def test_store_repr_hides_the_url():
     assert "secret-password" not in repr(RedisStore.from_url("redis://:secret-password@127.0.0.1:1/0"))
+
+
+def test_silent_redis_times_out_within_a_second():
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        store = RedisStore.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="did not answer within 0.5 s"):
+            store.get()
+        # One read timeout plus one reconnect-and-retry: about a second, never redis-py's default retries.
+        assert time.monotonic() - started < 2.5
