@@ -4,7 +4,21 @@ Any of these can be overridden without editing this file, as usual with gunicorn
     GUNICORN_CMD_ARGS="--bind 127.0.0.1:9000 --workers 4" .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app
 """
 
+import atexit
 import multiprocessing
+import os
+import shutil
+import tempfile
+
+# Prometheus multiprocess mode: every worker writes its figures to files in this directory and
+# /metrics sums them. It must be set before the app (and prometheus_client) is imported, which is
+# why it is here. An operator may set PROMETHEUS_MULTIPROC_DIR; otherwise a private temp dir.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ice-servers-metrics-")
+    _master_pid = os.getpid()
+    # Removed when the master exits, also when the app refuses to start; workers inherit this
+    # handler, hence the pid check.
+    atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], True))
 
 # nginx (deploy/nginx/ice-servers.conf) proxies to this address; never expose gunicorn directly.
 bind = "127.0.0.1:8000"
@@ -33,3 +47,19 @@ control_socket_disable = True
 # turn them on with GUNICORN_CMD_ARGS="--access-logfile -".
 errorlog = "-"
 loglevel = "info"
+
+
+def on_starting(server):
+    """Start the metrics from zero: files left by an earlier run would be summed in."""
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters keep counting in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import sys
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
 from app.cloudflare import CloudflareClient
@@ -31,8 +34,12 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         except ConfigError as exc:
             raise SystemExit(f"ice-servers: configuration error: {exc}") from None
     configure_logging(settings.log_level)
+    warn_if_env_file_is_readable(settings.env_file)
 
     app = Flask(__name__)
+    if settings.proxy_hops:
+        # Trust X-Forwarded-For/-Proto from exactly that many proxies: a client cannot spoof past them.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["ice_service"] = service or build_service(settings)
     if settings.cors_origins:
@@ -80,6 +87,15 @@ def build_service(settings: Settings) -> IceService:
         turn_servers=settings.turn_servers,
         stun_urls=settings.stun_urls,
     )
+
+
+def warn_if_env_file_is_readable(path: str | None) -> None:
+    """Warn when the dotenv file (it holds the API token) is readable by group or others."""
+    if path is None:
+        return
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        log.warning("%s is readable by group or others (mode %03o): run chmod 600 %s", path, mode, path)
 
 
 def configure_logging(level: str) -> None:

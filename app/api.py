@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Flask, abort, current_app, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app import metrics
 from app.service import Answer
 
 bp = Blueprint("api", __name__)
@@ -31,6 +32,26 @@ def turn_credentials():
 def healthz():
     """Say the process runs; touch nothing."""
     return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """Say whether the shared cache answers and a TURN credential is held or can be had."""
+    checks = _service().readiness()
+    failing = [name for name, ok in checks.items() if not ok]
+    body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
+    if failing:
+        body["error"] = f"not ready: {', '.join(failing)}"
+    response = current_app.json.response(body)
+    response.status_code = body["status"]
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Return Prometheus text summed over all workers."""
+    return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
 
 
 def _service():

@@ -27,6 +27,39 @@ def refresh_turn() -> None:
     )
 
 
+@click.command("ice-status")
+@with_appcontext
+def ice_status() -> None:
+    """Show where credentials come from, what the shared cache holds, and any cool-down."""
+    status = current_app.extensions["ice_service"].status()
+    now = time.time()
+    click.echo(f"Providers:    {', '.join(status.providers) or 'none configured: STUN only'}")
+    if not status.shared:
+        click.echo("Shared cache: in-process (REDIS_URL is not set): each worker holds its own credential, out of reach here")
+        return
+    if status.snapshot is None:
+        raise click.ClickException(f"shared cache: {status.store_error}")
+    click.echo("Shared cache: Redis, answering")
+    credential = status.snapshot.fresh or status.snapshot.last
+    if credential is None:
+        click.echo("Credential:   none cached")
+    else:
+        state = "fresh" if credential.is_fresh(now) else "past its refresh point (served only while no new one can be had)"
+        click.echo(f"Credential:   from {credential.source}, {state}; user {credential.username}")
+        for label, at in (("Issued", credential.issued_at), ("Refresh at", credential.refresh_at), ("Expires at", credential.expires_at)):
+            click.echo(f"{label + ':':<14}{rfc3339(at)} ({_relative(at - now)})")
+    if status.snapshot.cooldown:
+        click.echo(f"Cool-down:    {status.snapshot.cooldown:.1f} s left after {status.snapshot.failures} failure(s) in a row")
+    else:
+        click.echo("Cool-down:    none")
+
+
+def _relative(seconds: float) -> str:
+    """Say how far ``seconds`` from now lies."""
+    return f"in {int(seconds)} s" if seconds >= 0 else f"{int(-seconds)} s ago"
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(refresh_turn)
+    app.cli.add_command(ice_status)

@@ -49,6 +49,8 @@ class Settings:
     turn_servers: tuple[dict, ...] = ()
     stun_urls: tuple[str, ...] = DEFAULT_STUN_URLS
     log_level: str = "INFO"
+    proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
+    env_file: str | None = None  # the dotenv file that was read, if any
 
     @property
     def cloudflare_configured(self) -> bool:
@@ -62,10 +64,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ``.env`` is the project's own, or the file ``ICE_ENV_FILE`` names (empty: none). The real
     environment wins over it, as python-dotenv does with ``override=False``.
     """
+    env_file = None
     if environ is None:
-        env_file = os.environ.get("ICE_ENV_FILE", str(DEFAULT_ENV_FILE))
+        env_file = os.environ.get("ICE_ENV_FILE", str(DEFAULT_ENV_FILE)) or None
         if env_file and Path(env_file).is_file():
             load_dotenv(env_file, override=False)
+        else:
+            env_file = None
         environ = os.environ
     env = {name: value.strip() for name, value in environ.items() if value.strip()}
 
@@ -95,6 +100,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_servers=_turn_servers(env),
         stun_urls=_stun_urls(env),
         log_level=_log_level(env),
+        proxy_hops=_integer(env, "ICE_PROXY_HOPS", 1, 0, 5, unit="proxies"),
+        env_file=env_file,
     )
 
 
@@ -106,7 +113,7 @@ def _aliased(env: Mapping[str, str], name: str, alias: str) -> str | None:
     return value or alias_value
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int, unit: str = "seconds") -> int:
     """Parse an integer setting within [low, high]."""
     raw = env.get(name)
     if raw is None:
@@ -114,9 +121,9 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a whole number of {unit}, got {raw!r}") from None
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high} seconds, got {value}")
+        raise ConfigError(f"{name} must be between {low} and {high} {unit}, got {value}")
     return value
 
 

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.cloudflare import UpstreamError
+from app import metrics
+from app.cloudflare import UpstreamError, UpstreamInvalid, UpstreamUnavailable
 from app.ice import Credential, answer_body, legacy_body, new_credential, rfc3339
-from app.store import MemoryStore, StoreUnavailable
+from app.store import MemoryStore, Snapshot, StoreUnavailable
 
 log = logging.getLogger("ice_servers")
 
@@ -52,6 +53,16 @@ class Provider(Protocol):
 
 class RefreshError(Exception):
     """A forced refresh failed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """What an operator asks about: where credentials come from and what the cache holds."""
+
+    providers: tuple[str, ...]  # labels, in order
+    shared: bool  # Redis configured
+    store_error: str | None  # why the store did not answer, if it did not
+    snapshot: Snapshot | None  # None when the store did not answer
 
 
 @dataclass(frozen=True)
@@ -121,8 +132,11 @@ class IceService:
         now = self._clock()
         if credential is not None and credential.is_valid(now):
             max_age = int(min(credential.refresh_at, credential.expires_at) - now)
-            return Answer(credential.ice_servers, credential.source, credential.expires_at, now, max(0, max_age))
-        return self._fallback(now)
+            answer = Answer(credential.ice_servers, credential.source, credential.expires_at, now, max(0, max_age))
+        else:
+            answer = self._fallback(now)
+        metrics.REQUESTS.labels(answer.source).inc()
+        return answer
 
     def credential(self) -> Credential | None:
         """Return a valid credential, refilling the cache if need be; None when none can be had."""
@@ -131,6 +145,7 @@ class IceService:
         now = self._clock()
         hot = self._hot
         if hot is not None and now < self._hot_until and hot.is_fresh(now):
+            metrics.CACHE_EVENTS.labels("hit").inc()
             self._maybe_refresh_ahead(hot, now)
             return hot
         store = self._store(now)
@@ -140,10 +155,12 @@ class IceService:
             store = self._shared_failed(exc)
             credential = store.get()
         if credential is not None:
+            metrics.CACHE_EVENTS.labels("hit").inc()
             log.debug("Using cached %s TURN credentials, valid until %s", _label(credential), rfc3339(credential.expires_at))
             self._remember(credential, store, now)
             self._maybe_refresh_ahead(credential, now)
             return credential
+        metrics.CACHE_EVENTS.labels("miss").inc()
         return self._refill(now + WAIT_BUDGET)
 
     def _refill(self, deadline: float) -> Credential | None:
@@ -157,6 +174,7 @@ class IceService:
 
     def _refill_locked(self, deadline: float) -> Credential | None:
         """Decide on one snapshot of the store: serve, put back, revalidate in the background, or fetch."""
+        waited = False
         while True:
             now = self._clock()
             store = self._store(now)
@@ -179,6 +197,7 @@ class IceService:
                 if not snapshot.cooldown:
                     self._refresh_in_background(last)
                 if last is not None:
+                    metrics.CACHE_EVENTS.labels("stale").inc()
                     expiry = rfc3339(last.expires_at)
                     self._warn_degraded(now, f"serving the last TURN credential past its refresh point; it expires at {expiry}")
                 return last
@@ -192,6 +211,9 @@ class IceService:
             if self._clock() + POLL_INTERVAL >= deadline:
                 log.warning("Gave up waiting for another worker to fetch TURN credentials")
                 return self._newest_valid(self._clock())
+            if not waited:
+                waited = True
+                metrics.CACHE_EVENTS.labels("lock_wait").inc()
             self._sleep(POLL_INTERVAL)
 
     def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
@@ -212,9 +234,8 @@ class IceService:
         """Ask each provider in turn; store and return the first credential; cool down on failure."""
         for provider in self.providers:
             issued_at = self._clock()
-            log.info("Generating new %s TURN credentials", provider.label)
             try:
-                ice_servers = provider.issue(self.credential_ttl)
+                ice_servers = self._call(provider)
             except UpstreamError as exc:
                 self._cool_down(store, provider, exc)
                 continue
@@ -222,6 +243,19 @@ class IceService:
             self._store_new(store, credential)
             return credential
         return None
+
+    def _call(self, provider: Provider) -> list[dict]:
+        """Ask ``provider`` for a credential, timing and counting the outcome."""
+        log.info("Generating new %s TURN credentials", provider.label)
+        started, outcome = time.perf_counter(), "success"
+        try:
+            return provider.issue(self.credential_ttl)
+        except UpstreamError as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
+            metrics.UPSTREAM_REQUESTS.labels(outcome).inc()
 
     def _store_new(self, store, credential: Credential) -> None:
         """Store a new credential (a newer one already held wins) and end any cool-down."""
@@ -290,6 +324,7 @@ class IceService:
         """Start one background refresh in this process; the store's lock makes it one per fleet."""
         if not self._refreshing.acquire(blocking=False):
             return
+        metrics.CACHE_EVENTS.labels("refresh").inc()
         try:
             self._spawn(lambda: self._refresh(seen))
         except RuntimeError:  # no thread could be started (interpreter shutting down)
@@ -326,8 +361,7 @@ class IceService:
             try:
                 provider = self.providers[0]
                 issued_at = self._clock()
-                log.info("Generating new %s TURN credentials", provider.label)
-                ice_servers = provider.issue(self.credential_ttl)
+                ice_servers = self._call(provider)
                 credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
                 self._store_new(self.store, credential)
                 return credential
@@ -338,15 +372,24 @@ class IceService:
         except StoreUnavailable as exc:
             raise RefreshError(f"shared cache: {exc}") from None
 
-    # -- health --------------------------------------------------------------------------
+    # -- health and status ----------------------------------------------------------------
 
-    def shared_store_answers(self) -> bool:
-        """Tell whether the shared cache answers now."""
+    def readiness(self) -> dict[str, bool]:
+        """Check that the shared cache answers and that a valid TURN credential is held or can be had."""
         try:
             self.store.ping()
+            store_answers = True
         except StoreUnavailable:
-            return False
-        return True
+            store_answers = False
+        return {"redis": store_answers, "upstream": self.credential() is not None}
+
+    def status(self) -> Status:
+        """Describe providers, the store and what it holds, for ``flask ice-status``."""
+        try:
+            snapshot, error = self.store.snapshot(), None
+        except StoreUnavailable as exc:
+            snapshot, error = None, str(exc)
+        return Status(tuple(p.label for p in self.providers), self.store.shared, error, snapshot)
 
     # -- Redis failure policy ------------------------------------------------------------
 
@@ -369,6 +412,8 @@ class IceService:
 
     def _remember(self, credential: Credential, store, now: float) -> None:
         """Keep ``credential`` as the in-process copy, and in the in-process store for Redis outages."""
+        if credential is not self._hot:
+            metrics.CREDENTIAL_EXPIRY.set(credential.expires_at)
         self._hot = credential
         self._hot_until = now + LOCAL_STALENESS
         if store is not self._local:
@@ -391,6 +436,15 @@ class IceService:
             store.release_lock(token)
         except StoreUnavailable as exc:
             self._shared_failed(exc)
+
+
+def _outcome(exc: UpstreamError) -> str:
+    """Name an upstream failure for the metrics."""
+    if isinstance(exc, UpstreamUnavailable):
+        return "unavailable"
+    if isinstance(exc, UpstreamInvalid):
+        return "invalid"
+    return "rate_limited" if exc.status == 429 else "rejected"
 
 
 def _label(credential: Credential) -> str:

@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+from flask import request
 
 from app import create_app
 from app.config import Settings
@@ -125,3 +126,70 @@ def test_missing_redis_and_cloudflare_are_warned_about_at_start(monkeypatch, cap
         create_app().test_client().get("/api/ice-servers")
     assert "REDIS_URL is not set" in caplog.text
     assert "No Cloudflare TURN key configured" in caplog.text
+
+
+def test_readyz_is_200_when_the_cache_answers_and_a_credential_can_be_had(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": 200, "checks": {"redis": "ok", "upstream": "ok"}}
+
+
+def test_readyz_names_the_upstream_when_no_credential_can_be_had(client, provider):
+    provider.fail(401)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": 503, "checks": {"redis": "ok", "upstream": "failing"}, "error": "not ready: upstream"}
+
+
+def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answering(make_service):
+    from app.store import RedisStore
+
+    service = make_service(store=RedisStore.from_url("redis://127.0.0.1:1/0"))
+    client = create_app(Settings(), service=service).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["error"] == "not ready: redis"
+    assert client.get("/api/ice-servers").get_json()["source"] == "cloudflare"
+
+
+def test_metrics_count_answers_by_source_and_upstream_outcomes(client, provider):
+    def value(text, line_start):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client.get("/api/ice-servers")
+    after = client.get("/metrics")
+    text = after.get_data(as_text=True)
+    assert after.mimetype == "text/plain"
+    assert value(text, 'ice_requests_total{source="cloudflare"}') - value(before, 'ice_requests_total{source="cloudflare"}') == 3
+    assert (
+        value(text, 'ice_upstream_requests_total{outcome="success"}') - value(before, 'ice_upstream_requests_total{outcome="success"}') == 1
+    )
+    assert value(text, 'ice_cache_events_total{event="hit"}') - value(before, 'ice_cache_events_total{event="hit"}') == 2
+    assert "ice_credential_expiry_timestamp_seconds" in text and "ice_upstream_request_duration_seconds_bucket" in text
+    assert "password" not in text
+
+
+@pytest.mark.parametrize(("hops", "seen"), [(1, "203.0.113.9"), (0, "127.0.0.1")])
+def test_client_address_comes_from_the_trusted_proxy_only(make_service, hops, seen):
+    app = create_app(Settings(proxy_hops=hops), service=make_service())
+    app.add_url_rule("/test-remote-addr", "remote", lambda: {"remote": request.remote_addr})
+    response = app.test_client().get(
+        "/test-remote-addr", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+    )
+    assert response.get_json() == {"remote": seen}
+
+
+def test_readable_env_file_is_warned_about(monkeypatch, tmp_path, caplog):
+    env_file = tmp_path / ".env"
+    env_file.write_text("ICE_LOG_LEVEL=INFO\n")
+    env_file.chmod(0o644)
+    monkeypatch.setenv("ICE_ENV_FILE", str(env_file))
+    with caplog.at_level(logging.WARNING, logger="ice_servers"):
+        create_app()
+    assert f"{env_file} is readable by group or others (mode 644): run chmod 600 {env_file}" in caplog.text
+    caplog.clear()
+    env_file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="ice_servers"):
+        create_app()
+    assert "readable by group or others" not in caplog.text

@@ -1,5 +1,7 @@
 """flask refresh-turn through the CLI runner: fakeredis for the store, responses for Cloudflare."""
 
+import re
+
 import fakeredis
 import pytest
 import responses
@@ -68,3 +70,32 @@ def test_refresh_turn_without_redis_url_explains_why_it_cannot_help():
     runner, _ = make_runner(MemoryStore())
     result = runner.invoke(args=["refresh-turn"])
     assert result.exit_code == 1 and "REDIS_URL is not set" in result.output
+
+
+@responses.activate
+def test_ice_status_shows_the_credential_and_cool_down_without_secrets(redis_client):
+    responses.post(URL, json=ANSWER, status=201)
+    runner, service = make_runner(RedisStore(redis_client))
+    service.answer()
+    RedisStore(redis_client).start_cooldown(30)
+    result = runner.invoke(args=["ice-status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "Providers:    Cloudflare"
+    assert lines[1] == "Shared cache: Redis, answering"
+    assert lines[2] == "Credential:   from cloudflare, fresh; user test-user"
+    assert [line.split(":")[0] for line in lines[3:6]] == ["Issued", "Refresh at", "Expires at"]
+    assert re.fullmatch(r"Cool-down:    (29\.\d|30\.0) s left after 1 failure\(s\) in a row", lines[6])
+    assert "test-password" not in result.output and TOKEN not in result.output
+
+
+def test_ice_status_fails_when_redis_does_not_answer():
+    runner, _ = make_runner(RedisStore.from_url("redis://127.0.0.1:1/0"))
+    result = runner.invoke(args=["ice-status"])
+    assert result.exit_code == 1 and result.output.endswith("Error: shared cache: could not connect to Redis\n")
+
+
+def test_ice_status_without_redis_says_the_cache_is_per_worker():
+    runner, _ = make_runner(MemoryStore())
+    result = runner.invoke(args=["ice-status"])
+    assert result.exit_code == 0 and "in-process (REDIS_URL is not set)" in result.output

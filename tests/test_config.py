@@ -51,6 +51,8 @@ def test_api_token_never_in_repr():
         ({"TURN_SERVERS": '[{"urls": "turn:t.example.test", "username": "u"}]'}, "TURN_SERVERS"),
         ({"STUN_URLS": "turn:t.example.test"}, "STUN_URLS"),
         ({"ICE_LOG_LEVEL": "LOUD"}, "ICE_LOG_LEVEL"),
+        ({"ICE_PROXY_HOPS": "many"}, "ICE_PROXY_HOPS"),
+        ({"ICE_PROXY_HOPS": "9"}, "ICE_PROXY_HOPS"),
     ],
 )
 def test_invalid_setting_is_refused_naming_the_variable(environ, named):

@@ -1,0 +1,53 @@
+"""Prometheus metrics, summed over all gunicorn workers.
+
+Under gunicorn every worker writes to PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py before
+the app is imported) and /metrics sums the files of all workers.
+
+No label carries a secret: sources, outcomes and cache events are fixed words.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+REQUESTS = Counter("ice_requests", "ICE server answers served, by source.", ["source"])
+UPSTREAM_REQUESTS = Counter(
+    "ice_upstream_requests",
+    "Credential requests to the upstream, by outcome (success, rejected, rate_limited, invalid, unavailable).",
+    ["outcome"],
+)
+UPSTREAM_DURATION = Histogram(
+    "ice_upstream_request_duration_seconds",
+    "Time the upstream took to answer a credential request (or to fail).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+)
+CACHE_EVENTS = Counter(
+    "ice_cache_events",
+    "Cache events: hit, miss, stale (served past its refresh point), lock_wait (waited for another worker), refresh.",
+    ["event"],
+)
+CREDENTIAL_EXPIRY = Gauge(
+    "ice_credential_expiry_timestamp_seconds",
+    "Unix time at which the newest credential held by a live worker expires.",
+    multiprocess_mode="livemax",
+)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def render() -> bytes:
+    """Return the exposition text: summed over all workers in multiprocess mode."""
+    if values.ValueClass is values.MutexValue:  # a single process (flask run, tests)
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
