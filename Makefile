@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PM2_VERSION := 7.0.4
+PM2 := .tools/node_modules/.bin/pm2
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -14,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install what the tests need (redis-server, the venv) and run them all
-test: system-deps lint
+test: system-deps lint $(PM2)
 	$(BIN)/python -m pytest
 
 ## lint: ruff's checks and format check (settings in pyproject.toml)
@@ -22,15 +24,21 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## system-deps: Debian/Ubuntu packages: python3-venv if venv cannot bootstrap pip, redis-server for the tests
+## system-deps: Debian/Ubuntu packages the tests run for real (redis-server, nginx, systemd-analyze, npm for pm2)
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	for need in redis-server:redis-server nginx:nginx systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
+		command -v $${need%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${need%%:*} ] || missing="$$missing $${need#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing:$$missing"; \
 		$(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+
+## pm2 for the deployment tests, pinned, in .tools/ (not global)
+$(PM2):
+	npm install --silent --no-audit --no-fund --prefix .tools pm2@$(PM2_VERSION)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory system-deps

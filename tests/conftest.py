@@ -143,8 +143,8 @@ def start_host(tmp_path):
     """Start gunicorn hosts (4 workers) with a given environment; stop them all afterwards."""
     hosts = []
 
-    def start(env, name="host"):
-        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log")
+    def start(env, name="host", args=""):
+        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log", args=args)
         hosts.append(host)
         return host.start()
 

@@ -88,8 +88,9 @@ class RedisServer:
 class Gunicorn:
     """The app under its own gunicorn.conf.py, on a free port, with the given environment."""
 
-    def __init__(self, env: dict[str, str], workers: int = 4, log_path: Path | None = None):
-        """Prepare; ``start`` runs it."""
+    def __init__(self, env: dict[str, str], workers: int = 4, log_path: Path | None = None, args: str = ""):
+        """Prepare; ``start`` runs it; ``args`` are more gunicorn options."""
+        self.args = args
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -99,7 +100,7 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         """Start and wait until every worker can answer /healthz."""
-        env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} --workers {self.workers}"}
+        env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} --workers {self.workers} {self.args}"}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],

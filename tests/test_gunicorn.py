@@ -103,3 +103,40 @@ def test_refresh_turn_exits_non_zero_when_redis_is_down(cloudflare):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "Error: shared cache: could not connect to Redis"
     assert cloudflare.call_count == 0
+
+
+def metric(text: str, line_start: str) -> float:
+    """Sum the samples of a metric line prefix in Prometheus text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def test_metrics_are_summed_over_all_workers(start_host, cloudflare, redis_url):
+    host = start_host(app_env(cloudflare.base_url, redis_url))
+    responses = concurrent_get(host, 120)
+    assert [r.status_code for r in responses] == [200] * 120
+    for _ in range(8):  # scraped by whichever worker answers: every one must give the fleet's sums
+        text = host.get("/metrics").text
+        assert metric(text, 'ice_requests_total{source="cloudflare"}') == 120
+        assert metric(text, 'ice_upstream_requests_total{outcome="success"}') == 1
+        assert metric(text, "ice_upstream_request_duration_seconds_count") == 1
+    assert metric(text, 'ice_cache_events_total{event="hit"}') + metric(text, 'ice_cache_events_total{event="miss"}') >= 120
+    assert metric(text, "ice_credential_expiry_timestamp_seconds") > time.time() + 86000
+    assert API_TOKEN not in text and "stub-password" not in text
+
+
+def test_readyz_follows_redis_while_the_api_keeps_answering(start_host, cloudflare, tmp_path):
+    from tests.servers import RedisServer
+
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        host = start_host(app_env(cloudflare.base_url, own_redis.url))
+        assert host.get("/readyz").status_code == 200
+        own_redis.stop()
+        down = host.get("/readyz")
+        assert down.status_code == 503 and down.json()["error"] == "not ready: redis"
+        assert host.get().json()["source"] == "cloudflare"
+        own_redis.start()
+        wait_until(lambda: host.get("/readyz").status_code == 200, 10, what="ready again")
+        assert host.get("/healthz").json() == {"status": "ok"}
+    finally:
+        own_redis.stop()
