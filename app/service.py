@@ -34,6 +34,7 @@ LOCAL_STALENESS = 2.0  # seconds the in-process copy is served without asking th
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
 REFRESH_AHEAD_FRACTION = 0.25  # refresh in the background during the last quarter of the window...
 REFRESH_AHEAD_MAX = 600.0  # ...or its last ten minutes, whichever is shorter
+REFRESH_RETRY_INTERVAL = 1.0  # seconds between one process's background refresh attempts
 BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
@@ -119,7 +120,8 @@ class IceService:
         self._hot: Credential | None = None  # the in-process copy...
         self._hot_until = 0.0  # ...and until when it is trusted without asking the shared cache
         self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet
-        self._refreshing = threading.Lock()  # one background refresh per process
+        self._refreshing = threading.Lock()  # one background refresh per process...
+        self._refresh_not_before = 0.0  # ...and not a new thread per request while another worker refreshes
         self._shared_down_until = 0.0
         self._shared_down = False
         self._degraded_logged_at = float("-inf")
@@ -322,8 +324,10 @@ class IceService:
 
     def _refresh_in_background(self, seen: Credential | None) -> None:
         """Start one background refresh in this process; the store's lock makes it one per fleet."""
-        if not self._refreshing.acquire(blocking=False):
+        now = self._clock()
+        if now < self._refresh_not_before or not self._refreshing.acquire(blocking=False):
             return
+        self._refresh_not_before = now + REFRESH_RETRY_INTERVAL
         metrics.CACHE_EVENTS.labels("refresh").inc()
         try:
             self._spawn(lambda: self._refresh(seen))

@@ -293,3 +293,17 @@ def test_emptied_store_is_refilled_from_the_process_without_upstream_calls(make_
     clock.advance(LOCAL_STALENESS + 0.1)
     assert service.answer().ice_servers[1]["username"] == "user-1"
     assert provider.calls == 1 and store.get().username == "user-1"
+
+
+def test_refresh_ahead_attempts_are_throttled_while_another_worker_refreshes(make_service, provider, clock):
+    store = MemoryStore(clock)
+    service = make_service(store=store)
+    service.answer()
+    clock.advance(9.5)  # in the refresh-ahead quarter
+    store.acquire_lock(60)  # another worker is refreshing (a slow upstream)
+    attempts = []
+    service._spawn = lambda target: (attempts.append(clock()), target())
+    for _ in range(100):
+        service.answer()
+        clock.advance(0.01)  # 100 requests within one second
+    assert len(attempts) == 1 and provider.calls == 1
