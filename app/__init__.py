@@ -16,6 +16,7 @@ from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, load_settings
 from app.service import IceService
 from app.store import MemoryStore, RedisStore, StoreUnavailable
+from app.turnsecret import TurnSecretProvider
 
 MAX_BODY_BYTES = 64 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -70,13 +71,15 @@ def build_service(settings: Settings) -> IceService:
             "REDIS_URL is not set: using an in-process cache, so every worker fetches and holds its own "
             "credential. Set REDIS_URL in production."
         )
-    providers = []
-    if settings.cloudflare_configured:
-        providers.append(CloudflareClient(settings.turn_key_id, settings.api_token, settings.api_base))
-    else:
+    builders = {
+        "cloudflare": lambda: CloudflareClient(settings.turn_key_id, settings.api_token, settings.api_base),
+        "turn-secret": lambda: TurnSecretProvider(settings.turn_shared_secret, settings.turn_urls),
+    }
+    providers = [builders[name]() for name in settings.providers]
+    if not providers:
         log.warning(
-            "No Cloudflare TURN key configured (CLOUDFLARE_TURN_TOKEN_ID, CLOUDFLARE_API_TOKEN): serving %s. "
-            "Calls behind strict NATs will fail: fine for development, not for production.",
+            "No TURN provider configured (CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET "
+            "and TURN_URLS): serving %s. Calls behind strict NATs will fail: fine for development, not for production.",
             "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
         )
     return IceService(

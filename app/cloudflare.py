@@ -46,6 +46,7 @@ class CloudflareClient:
 
     source = "cloudflare"
     label = "Cloudflare"
+    remote = True
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-from app.ice import parse_ice_servers
+from app.ice import is_blocked_url, parse_ice_servers
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
 DEFAULT_CREDENTIAL_TTL = 86_400
@@ -29,6 +29,7 @@ DEFAULT_ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 # (primary name, alias): the second guide's names first, the first guide's as aliases.
 KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
 API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
+PROVIDERS = ("cloudflare", "turn-secret")  # the default order when both are configured
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,9 @@ class Settings:
 
     turn_key_id: str | None = None
     api_token: str | None = field(default=None, repr=False)
+    turn_shared_secret: str | None = field(default=None, repr=False)
+    turn_urls: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()  # provider names in the order they are tried
     api_base: str = DEFAULT_API_BASE
     credential_ttl: int = DEFAULT_CREDENTIAL_TTL
     cache_ttl: int = DEFAULT_CACHE_TTL
@@ -51,11 +55,6 @@ class Settings:
     log_level: str = "INFO"
     proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
     env_file: str | None = None  # the dotenv file that was read, if any
-
-    @property
-    def cloudflare_configured(self) -> bool:
-        """Tell whether a Cloudflare TURN key is configured."""
-        return bool(self.turn_key_id and self.api_token)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,9 +88,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "so that every credential served has validity left"
         )
 
+    shared_secret = _shared_secret(env)
+    turn_urls = _turn_urls(env)
+    if bool(shared_secret) != bool(turn_urls):
+        missing = "TURN_URLS" if shared_secret else "TURN_SHARED_SECRET"
+        raise ConfigError(f"{missing} is not set: the TURN shared-secret provider needs TURN_SHARED_SECRET and TURN_URLS")
+    configured = {"cloudflare": bool(key_id), "turn-secret": bool(shared_secret)}
+
     return Settings(
         turn_key_id=key_id,
         api_token=api_token,
+        turn_shared_secret=shared_secret,
+        turn_urls=turn_urls,
+        providers=_providers(env, configured),
         api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE, ("https://", "http://")).rstrip("/"),
         credential_ttl=credential_ttl,
         cache_ttl=cache_ttl,
@@ -170,6 +179,50 @@ def _stun_urls(env: Mapping[str, str]) -> tuple[str, ...]:
         if not url.startswith(("stun:", "stuns:")):
             raise ConfigError(f"STUN_URLS entry {url!r} must start with stun: or stuns:")
     return urls
+
+
+def _shared_secret(env: Mapping[str, str]) -> str | None:
+    """Read TURN_SHARED_SECRET, or the file TURN_SHARED_SECRET_FILE names (kept out of the environment)."""
+    secret, path = env.get("TURN_SHARED_SECRET"), env.get("TURN_SHARED_SECRET_FILE")
+    if secret and path:
+        raise ConfigError("TURN_SHARED_SECRET and TURN_SHARED_SECRET_FILE are both set: keep one")
+    if path:
+        try:
+            secret = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"TURN_SHARED_SECRET_FILE cannot be read ({exc.strerror})") from None
+        if not secret:
+            raise ConfigError("TURN_SHARED_SECRET_FILE names an empty file")
+    return secret
+
+
+def _turn_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Parse TURN_URLS: a comma list of turn:/turns: (and stun:) URLs of your own TURN server."""
+    urls = tuple(item.strip() for item in env.get("TURN_URLS", "").split(",") if item.strip())
+    for url in urls:
+        if not url.lower().startswith(("turn:", "turns:", "stun:", "stuns:")):
+            raise ConfigError(f"TURN_URLS entry {url[:80]!r} must start with turn:, turns:, stun: or stuns:")
+    kept = tuple(url for url in urls if not is_blocked_url(url))
+    if urls and not any(url.lower().startswith(("turn:", "turns:")) for url in kept):
+        raise ConfigError("TURN_URLS has no turn: or turns: URL (port 53 is dropped: browsers block it)")
+    return kept
+
+
+def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[str, ...]:
+    """Parse ICE_PROVIDERS (the order providers are tried); default: every configured one."""
+    raw = env.get("ICE_PROVIDERS")
+    if raw is None:
+        return tuple(name for name in PROVIDERS if configured[name])
+    names = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for name in names:
+        if name not in PROVIDERS:
+            raise ConfigError(f"ICE_PROVIDERS entry {name!r} is not one of {', '.join(PROVIDERS)}")
+        if not configured[name]:
+            needed = "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN" if name == "cloudflare" else "TURN_SHARED_SECRET and TURN_URLS"
+            raise ConfigError(f"ICE_PROVIDERS lists {name} but {needed} are not set")
+    if len(set(names)) != len(names):
+        raise ConfigError("ICE_PROVIDERS lists a provider twice")
+    return names
 
 
 def _log_level(env: Mapping[str, str]) -> str:

@@ -43,10 +43,11 @@ DEGRADED_LOG_INTERVAL = 60.0  # seconds between repeated "degraded" warnings of 
 
 
 class Provider(Protocol):
-    """A source of TURN credentials (Cloudflare today)."""
+    """A source of TURN credentials: Cloudflare, or a TURN shared secret."""
 
     source: str  # the ``source`` field of the answer
     label: str  # the name in log lines
+    remote: bool  # asks an upstream (locked, cooled down) rather than minting locally
 
     def issue(self, ttl: int) -> list[dict]:
         """Return ICE servers whose credential lives ``ttl`` seconds; raise UpstreamError."""
@@ -109,6 +110,7 @@ class IceService:
         """Wire the store and providers; the callables are injectable for tests."""
         self.store = store
         self.providers = tuple(providers)
+        self._labels = {provider.source: provider.label for provider in self.providers}
         self.credential_ttl = credential_ttl
         self.cache_ttl = cache_ttl
         self.turn_servers = tuple(turn_servers)
@@ -158,7 +160,7 @@ class IceService:
             credential = store.get()
         if credential is not None:
             metrics.CACHE_EVENTS.labels("hit").inc()
-            log.debug("Using cached %s TURN credentials, valid until %s", _label(credential), rfc3339(credential.expires_at))
+            log.debug("Using cached %s TURN credentials, valid until %s", self._label(credential), rfc3339(credential.expires_at))
             self._remember(credential, store, now)
             self._maybe_refresh_ahead(credential, now)
             return credential
@@ -195,7 +197,10 @@ class IceService:
                 self._remember(last, store, now)
                 return last
             if snapshot.failures or snapshot.cooldown:
-                # The upstream is known to fail: nobody waits on it; one worker retries off the request path.
+                # The upstream is known to fail: nobody waits on it. With nothing valid left a local
+                # provider serves at once; otherwise one worker retries off the request path.
+                if last is None and (minted := self._issue(store, remote=False)) is not None:
+                    return minted
                 if not snapshot.cooldown:
                     self._refresh_in_background(last)
                 if last is not None:
@@ -232,19 +237,35 @@ class IceService:
         finally:
             self._release(store, token)
 
-    def _issue(self, store) -> Credential | None:
-        """Ask each provider in turn; store and return the first credential; cool down on failure."""
+    def _issue(self, store, remote: bool = True) -> Credential | None:
+        """Ask the providers in order (only local ones unless ``remote``); store and return the first credential.
+
+        A failing remote provider starts the cool-down; the next provider is asked only when no valid
+        credential is left, so a cached credential is served until it expires (stale-if-error).
+        """
         for provider in self.providers:
+            if provider.remote and not remote:
+                continue
             issued_at = self._clock()
             try:
                 ice_servers = self._call(provider)
             except UpstreamError as exc:
                 self._cool_down(store, provider, exc)
+                if self._newest_valid(self._clock(), self._last_stored(store)) is not None:
+                    return None
                 continue
             credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
             self._store_new(store, credential)
             return credential
         return None
+
+    def _last_stored(self, store) -> Credential | None:
+        """Return the store's last credential, or None when it does not answer."""
+        try:
+            return store.snapshot().last
+        except StoreUnavailable as exc:
+            self._shared_failed(exc)
+            return None
 
     def _call(self, provider: Provider) -> list[dict]:
         """Ask ``provider`` for a credential, timing and counting the outcome."""
@@ -269,7 +290,7 @@ class IceService:
         self._remember(credential, store, self._clock())
         log.info(
             "Generated new %s TURN credentials, valid until %s (refresh at %s)",
-            _label(credential),
+            self._label(credential),
             rfc3339(credential.expires_at),
             rfc3339(credential.refresh_at),
         )
@@ -351,9 +372,12 @@ class IceService:
     # -- forced refresh (CLI) ------------------------------------------------------------
 
     def refresh(self) -> Credential:
-        """Fetch a credential now and store it in the shared cache; raise RefreshError on failure."""
+        """Fetch a credential now, from the first provider that gives one, into the shared cache.
+
+        The cool-down is ignored (an operator asked) and ended by a success. Raises RefreshError.
+        """
         if not self.providers:
-            raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN")
+            raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET")
         if not self.store.shared:
             raise RefreshError("REDIS_URL is not set: running workers keep their own in-process cache, which this command cannot reach")
         deadline = self._clock() + LOCK_TTL
@@ -363,16 +387,20 @@ class IceService:
                     raise RefreshError("another refresh still holds the lock; try again in a few seconds")
                 self._sleep(POLL_INTERVAL)
             try:
-                provider = self.providers[0]
-                issued_at = self._clock()
-                ice_servers = self._call(provider)
-                credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
-                self._store_new(self.store, credential)
-                return credential
+                failures = []
+                for provider in self.providers:
+                    issued_at = self._clock()
+                    try:
+                        ice_servers = self._call(provider)
+                    except UpstreamError as exc:
+                        failures.append(f"{provider.label}: {exc}")
+                        continue
+                    credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+                    self._store_new(self.store, credential)
+                    return credential
+                raise RefreshError("; ".join(failures))
             finally:
                 self.store.release_lock(token)
-        except UpstreamError as exc:
-            raise RefreshError(f"{self.providers[0].label}: {exc}") from None
         except StoreUnavailable as exc:
             raise RefreshError(f"shared cache: {exc}") from None
 
@@ -423,6 +451,10 @@ class IceService:
         if store is not self._local:
             self._local.put(credential)
 
+    def _label(self, credential: Credential) -> str:
+        """Name a credential's source for log lines (a provider may have been removed since it was cached)."""
+        return self._labels.get(credential.source, credential.source)
+
     def _put(self, store, credential: Credential) -> bool:
         """Store ``credential``; tell whether it is now the one held (a newer one wins)."""
         try:
@@ -449,11 +481,6 @@ def _outcome(exc: UpstreamError) -> str:
     if isinstance(exc, UpstreamInvalid):
         return "invalid"
     return "rate_limited" if exc.status == 429 else "rejected"
-
-
-def _label(credential: Credential) -> str:
-    """Name a credential's source for log lines."""
-    return {"cloudflare": "Cloudflare"}.get(credential.source, credential.source)
 
 
 def _spawn_daemon(target: Callable[[], None]) -> None:

@@ -33,11 +33,29 @@ class FakeClock:
     sleep = advance
 
 
+class LocalProvider:
+    """A provider minting locally, like the TURN shared secret, counting calls."""
+
+    source = "turn-secret"
+    label = "TURN shared secret"
+    remote = False
+
+    def __init__(self):
+        """Start at zero calls."""
+        self.calls = 0
+
+    def issue(self, ttl: int) -> list[dict]:
+        """Mint a credential."""
+        self.calls += 1
+        return [{"urls": ["turn:own.example.test:3478"], "username": f"local-{self.calls}", "credential": "local-password"}]
+
+
 class FakeProvider:
     """A provider that counts calls and fails on demand."""
 
     source = "cloudflare"
     label = "Cloudflare"
+    remote = True
 
     def __init__(self):
         """Start healthy."""

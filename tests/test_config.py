@@ -5,13 +5,14 @@ import pytest
 from app.config import ConfigError, load_settings
 
 KEYS = {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id", "CLOUDFLARE_API_TOKEN": "test-api-token"}
+SECRET = {"TURN_SHARED_SECRET": "test-turn-secret", "TURN_URLS": "turn:own.example.test:3478, turn:own.example.test:53"}
 
 
 def test_defaults_are_production_values():
     settings = load_settings({})
     assert (settings.credential_ttl, settings.cache_ttl) == (86400, 82800)
     assert settings.api_base == "https://rtc.live.cloudflare.com/v1"
-    assert settings.redis_url is None and not settings.cloudflare_configured
+    assert settings.redis_url is None and settings.providers == ()
     assert settings.stun_urls == ("stun:stun.cloudflare.com:3478",)
 
 
@@ -22,7 +23,7 @@ def test_second_guide_names_configure_cloudflare():
 
 def test_first_guide_names_are_aliases():
     settings = load_settings({"TURN_KEY_ID": "test-key-id", "TURN_KEY_API_TOKEN": "test-api-token"})
-    assert settings.cloudflare_configured
+    assert settings.providers == ("cloudflare",)
 
 
 def test_api_token_never_in_repr():
@@ -52,6 +53,16 @@ def test_api_token_never_in_repr():
         ({"STUN_URLS": "turn:t.example.test"}, "STUN_URLS"),
         ({"ICE_LOG_LEVEL": "LOUD"}, "ICE_LOG_LEVEL"),
         ({"ICE_PROXY_HOPS": "many"}, "ICE_PROXY_HOPS"),
+        ({"TURN_SHARED_SECRET": "test-turn-secret"}, "TURN_URLS"),
+        ({"TURN_URLS": "turn:own.example.test"}, "TURN_SHARED_SECRET"),
+        ({**SECRET, "TURN_SHARED_SECRET_FILE": "/nonexistent"}, "TURN_SHARED_SECRET_FILE"),
+        ({"TURN_SHARED_SECRET_FILE": "/nonexistent", "TURN_URLS": "turn:own.example.test"}, "TURN_SHARED_SECRET_FILE"),
+        ({**SECRET, "TURN_URLS": "stun:own.example.test"}, "TURN_URLS"),
+        ({**SECRET, "TURN_URLS": "turn:own.example.test:53"}, "TURN_URLS"),
+        ({**SECRET, "TURN_URLS": "http://own.example.test"}, "TURN_URLS"),
+        ({**SECRET, "ICE_PROVIDERS": "cloudflare"}, "ICE_PROVIDERS"),
+        ({**SECRET, "ICE_PROVIDERS": "twilio"}, "ICE_PROVIDERS"),
+        ({**SECRET, "ICE_PROVIDERS": "turn-secret,turn-secret"}, "ICE_PROVIDERS"),
         ({"ICE_PROXY_HOPS": "9"}, "ICE_PROXY_HOPS"),
     ],
 )
@@ -90,3 +101,22 @@ def test_dotenv_is_read_and_the_real_environment_wins(tmp_path, monkeypatch):
     monkeypatch.delenv("TURN_CREDENTIAL_TTL", raising=False)
     settings = load_settings()
     assert (settings.credential_ttl, settings.cache_ttl) == (3600, 600)
+
+
+def test_both_providers_default_to_cloudflare_first():
+    settings = load_settings({**KEYS, **SECRET})
+    assert settings.providers == ("cloudflare", "turn-secret")
+    assert settings.turn_urls == ("turn:own.example.test:3478",)  # port 53 dropped
+    assert "test-turn-secret" not in repr(settings)
+
+
+def test_provider_order_is_the_operators():
+    assert load_settings({**KEYS, **SECRET, "ICE_PROVIDERS": "turn-secret, cloudflare"}).providers == ("turn-secret", "cloudflare")
+    assert load_settings({**KEYS, **SECRET, "ICE_PROVIDERS": "turn-secret"}).providers == ("turn-secret",)
+
+
+def test_shared_secret_can_come_from_a_file(tmp_path):
+    secret_file = tmp_path / "turn-secret"
+    secret_file.write_text("test-turn-secret-from-file\n")
+    settings = load_settings({"TURN_SHARED_SECRET_FILE": str(secret_file), "TURN_URLS": "turn:own.example.test"})
+    assert settings.turn_shared_secret == "test-turn-secret-from-file" and settings.providers == ("turn-secret",)

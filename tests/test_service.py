@@ -6,7 +6,7 @@ import pytest
 
 from app.service import LOCAL_STALENESS, SHARED_RETRY_AFTER, WAIT_BUDGET, RefreshError
 from app.store import MemoryStore, StoreUnavailable
-from tests.conftest import T0
+from tests.conftest import T0, LocalProvider
 
 STATIC = ({"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"},)
 
@@ -307,3 +307,41 @@ def test_refresh_ahead_attempts_are_throttled_while_another_worker_refreshes(mak
         service.answer()
         clock.advance(0.01)  # 100 requests within one second
     assert len(attempts) == 1 and provider.calls == 1
+
+
+def test_next_provider_serves_when_cloudflare_fails_on_a_cold_cache(make_service, provider):
+    local = LocalProvider()
+    provider.fail(500)
+    answer = make_service(providers=[provider, local], turn_servers=STATIC).answer()
+    assert answer.source == "turn-secret" and answer.cache_control == "private, max-age=12"
+    assert (provider.calls, local.calls) == (1, 1)
+
+
+def test_stale_cloudflare_credential_is_served_before_the_next_provider(make_service, provider, clock):
+    local = LocalProvider()
+    service = make_service(providers=[provider, local])
+    service.answer()
+    provider.fail(500)
+    clock.advance(13)  # past the window, still valid
+    assert service.answer().ice_servers[1]["username"] == "user-1"
+    assert local.calls == 0
+    clock.advance(11)  # expired
+    assert service.answer().source == "turn-secret" and local.calls == 1
+
+
+def test_local_provider_serves_at_once_during_the_cool_down(make_service, provider, clock):
+    local = LocalProvider()
+    store = MemoryStore(clock)
+    provider.fail(500)
+    store.start_cooldown(60)  # Cloudflare is known to fail fleet-wide
+    answer = make_service(store=store, providers=[provider, local]).answer()
+    assert answer.source == "turn-secret" and provider.calls == 0 and local.calls == 1
+
+
+def test_refresh_tries_the_next_provider_and_reports_every_failure(make_service, provider, clock):
+    local = LocalProvider()
+    store = SwitchableStore(clock)
+    provider.fail(401)
+    assert make_service(store=store, providers=[provider, local]).refresh().source == "turn-secret"
+    with pytest.raises(RefreshError, match="^Cloudflare: Cloudflare answered 401"):
+        make_service(store=store, providers=[provider]).refresh()
