@@ -12,6 +12,9 @@ Used in-process (``with CloudflareStub() as stub``) or as a process for benchmar
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -33,6 +36,10 @@ class CloudflareStub:
         self.mode = "ok"
         self.delay = 0.0  # seconds before each answer
         self.retry_after = 30  # seconds, with mode rate-limited
+        # To stand in front of a real TURN server (coturn with use-auth-secret): its URLs (port-53
+        # twins are added, as Cloudflare's answer has them) and the secret credentials are signed with.
+        self.turn_urls: list[str] | None = None
+        self.signing_secret: str | None = None
         self.calls: list[dict] = []  # one entry per generate request: time, ttl, status
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
@@ -108,10 +115,22 @@ class CloudflareStub:
             return 201, {"Content-Type": "text/html"}, b"<html><body>Service temporarily unavailable</body></html>"
         serial = next(self._serial)
         turn = {"urls": _TURN_URLS, "username": f"stub-user-{serial}", "credential": f"stub-password-{serial}"}
+        stun = {"urls": ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]}
+        if self.turn_urls and self.signing_secret:
+            turn = self._signed_for_turn_server(ttl)
+            host_port = re.match(r"^turns?:([^?]+)", self.turn_urls[0]).group(1)
+            stun = {"urls": [f"stun:{host_port}", "stun:" + re.sub(r":\d+$", ":53", host_port)]}
         if self.mode == "missing-credential":
             del turn["credential"]
-        payload = {"iceServers": [{"urls": ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]}, turn]}
+        payload = {"iceServers": [stun, turn]}
         return 201, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    def _signed_for_turn_server(self, ttl: int) -> dict:
+        """Mint a TURN REST credential (HMAC-SHA1 over "expiry:user") for the configured TURN server."""
+        username = f"{int(time.time()) + ttl}:stub-user-{next(self._serial)}"
+        password = base64.b64encode(hmac.new(self.signing_secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+        urls = [twin for url in self.turn_urls for twin in (url, re.sub(r":\d+(\?|$)", r":53\1", url, count=1))]
+        return {"urls": urls, "username": username, "credential": password}
 
     def _handler(self):
         """Build the request handler class bound to this stub."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -219,3 +220,71 @@ def run_load(host: Gunicorn, seconds: float, clients: int = 8) -> list[Sample]:
     for thread in threads:
         thread.join()
     return sorted(samples, key=lambda sample: sample.sent_at)
+
+
+class Coturn:
+    """Debian's coturn on loopback with a shared secret (use-auth-secret), as a deployment would run it."""
+
+    def __init__(self, workdir: Path, secret: str):
+        """Pick a listening port and a relay port range; ``start`` runs it."""
+        self.port = free_port()
+        self.secret = secret
+        self.workdir = workdir
+        self.relay_min = 40000 + (self.port % 200) * 100  # a 100-port range, spread by the free port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def turn_url(self) -> str:
+        """Return the UDP TURN URL."""
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    def start(self) -> Coturn:
+        """Write its config and start it; wait until it answers STUN."""
+        config = self.workdir / "turnserver.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "listening-ip=127.0.0.1",
+                    f"listening-port={self.port}",
+                    "relay-ip=127.0.0.1",
+                    f"min-port={self.relay_min}",
+                    f"max-port={self.relay_min + 99}",
+                    "use-auth-secret",
+                    f"static-auth-secret={self.secret}",
+                    "realm=ice-servers.test",
+                    "allow-loopback-peers",
+                    "fingerprint",
+                    "no-tls",
+                    "no-dtls",
+                    "no-cli",
+                    f"pidfile={self.workdir}/turnserver.pid",
+                    "log-file=stdout",
+                    "simple-log",
+                    "",
+                ]
+            )
+        )
+        binary = shutil.which("turnserver") or "/usr/bin/turnserver"
+        self.log_path = self.workdir / "turnserver.log"
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        wait_until(self._answers_stun, 10, what="coturn start")
+        return self
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def _answers_stun(self) -> bool:
+        """Send a STUN binding request; tell whether a response came."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"turnserver exited with {self.process.returncode}; see {self.log_path}")
+        request = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, os.urandom(12))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            sock.sendto(request, ("127.0.0.1", self.port))
+            try:
+                return len(sock.recv(2048)) >= 20
+            except OSError:
+                return False
