@@ -24,11 +24,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## system-deps: Debian/Ubuntu packages the tests run for real (redis-server, coturn, nginx, systemd-analyze, npm for pm2)
+## system-deps: Debian/Ubuntu packages the tests run for real (redis-server, coturn, nginx, chromium, systemd-analyze, npm for pm2)
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	for need in redis-server:redis-server turnserver:coturn nginx:nginx systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
+	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
 		command -v $${need%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${need%%:*} ] || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

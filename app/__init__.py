@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         # Trust X-Forwarded-For/-Proto from exactly that many proxies: a client cannot spoof past them.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["ICE_DEMO"] = settings.demo
     app.extensions["ice_service"] = service or build_service(settings)
     if settings.cors_origins:
         CORS(

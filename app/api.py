@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, abort, current_app, request
+from flask import Blueprint, Flask, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app import metrics
@@ -52,6 +52,17 @@ def readyz():
 def prometheus_metrics():
     """Return Prometheus text summed over all workers."""
     return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
+
+
+@bp.get("/demo")
+def demo():
+    """Show, in a browser, whether TURN works from here (only with ICE_DEMO=1)."""
+    if not current_app.config["ICE_DEMO"]:
+        abort(404)
+    response = current_app.make_response(render_template("demo.html"))
+    response.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'"
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _service():

@@ -55,6 +55,7 @@ class Settings:
     log_level: str = "INFO"
     proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
     env_file: str | None = None  # the dotenv file that was read, if any
+    demo: bool = False  # serve /demo
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,6 +111,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stun_urls=_stun_urls(env),
         log_level=_log_level(env),
         proxy_hops=_integer(env, "ICE_PROXY_HOPS", 1, 0, 5, unit="proxies"),
+        demo=_flag(env, "ICE_DEMO"),
         env_file=env_file,
     )
 
@@ -223,6 +225,16 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
     if len(set(names)) != len(names):
         raise ConfigError("ICE_PROVIDERS lists a provider twice")
     return names
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """Parse an on/off setting: 1/0, true/false, yes/no, on/off."""
+    value = env.get(name, "0").lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
 
 
 def _log_level(env: Mapping[str, str]) -> str:

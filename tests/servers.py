@@ -260,6 +260,7 @@ class Coturn:
                     f"pidfile={self.workdir}/turnserver.pid",
                     "log-file=stdout",
                     "simple-log",
+                    "verbose",  # one line per allocation, with its username: the tests read them
                     "",
                 ]
             )

@@ -193,3 +193,21 @@ def test_readable_env_file_is_warned_about(monkeypatch, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ice_servers"):
         create_app()
     assert "readable by group or others" not in caplog.text
+
+
+def test_demo_page_is_404_unless_enabled(client):
+    response = client.get("/demo")
+    assert response.status_code == 404 and response.get_json()["status"] == 404
+
+
+def test_demo_page_loads_its_script_under_a_strict_csp(make_service):
+    response = create_app(Settings(demo=True), service=make_service()).test_client().get("/demo")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert b'<script type="module" src="/static/demo.js">' in response.data
+
+
+def test_client_module_is_served_as_javascript(client):
+    response = client.get("/static/ice-servers.js")
+    assert response.status_code == 200 and response.mimetype == "text/javascript"
+    assert b"export function keepFresh" in response.data and b"export async function getIceServers" in response.data

@@ -53,6 +53,7 @@ def test_api_token_never_in_repr():
         ({"STUN_URLS": "turn:t.example.test"}, "STUN_URLS"),
         ({"ICE_LOG_LEVEL": "LOUD"}, "ICE_LOG_LEVEL"),
         ({"ICE_PROXY_HOPS": "many"}, "ICE_PROXY_HOPS"),
+        ({"ICE_DEMO": "maybe"}, "ICE_DEMO"),
         ({"TURN_SHARED_SECRET": "test-turn-secret"}, "TURN_URLS"),
         ({"TURN_URLS": "turn:own.example.test"}, "TURN_SHARED_SECRET"),
         ({**SECRET, "TURN_SHARED_SECRET_FILE": "/nonexistent"}, "TURN_SHARED_SECRET_FILE"),
@@ -120,3 +121,9 @@ def test_shared_secret_can_come_from_a_file(tmp_path):
     secret_file.write_text("test-turn-secret-from-file\n")
     settings = load_settings({"TURN_SHARED_SECRET_FILE": str(secret_file), "TURN_URLS": "turn:own.example.test"})
     assert settings.turn_shared_secret == "test-turn-secret-from-file" and settings.providers == ("turn-secret",)
+
+
+def test_demo_is_off_unless_enabled():
+    assert not load_settings({}).demo
+    assert load_settings({"ICE_DEMO": "1"}).demo and load_settings({"ICE_DEMO": "true"}).demo
+    assert not load_settings({"ICE_DEMO": "0"}).demo

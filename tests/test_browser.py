@@ -1,0 +1,167 @@
+"""The browser side in Debian's Chromium, driven by Playwright.
+
+The demo page and keepFresh, against the app (gunicorn), coturn and the turn-secret provider on
+loopback.
+"""
+
+import re
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.servers import ROOT, Coturn, app_env
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless, and nothing that reaches for the network outside loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+TURN_SECRET = "test-turn-shared-secret"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Launch Debian's Chromium (never a downloaded browser)."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def coturn(tmp_path):
+    """Run coturn on loopback with the test's shared secret."""
+    server = Coturn(tmp_path, TURN_SECRET).start()
+    yield server
+    server.stop()
+
+
+def turn_host(start_host, coturn, redis_url, **settings):
+    """Start the app with the turn-secret provider in front of ``coturn``."""
+    env = app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=coturn.turn_url, **settings)
+    return start_host(env)
+
+
+def test_demo_page_gathers_a_relay_candidate_through_coturn(browser, start_host, coturn, redis_url):
+    host = turn_host(start_host, coturn, redis_url, ICE_DEMO="1")
+    page = browser.new_page()
+    page.goto(f"{host.base_url}/demo")
+    page.wait_for_selector("body[data-verdict]", timeout=15000)  # the page's CSP forbids eval-based waits
+    assert page.locator("body").get_attribute("data-verdict") == "relay"
+    assert page.locator("tr[data-type=relay]").count() >= 1
+    assert page.locator("#source").inner_text() == "turn-secret"
+    assert re.search(r"in \d+ s", page.locator("#expires").inner_text())
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+    assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+    page.close()
+
+
+# Two peers in one page, relay only, negotiated in-page; keepFresh on both. The offerer restarts ICE
+# after each swap (its negotiationneeded handler renegotiates), so both sides allocate anew.
+KEEP_FRESH_PAGE = """
+async () => {
+  const { getIceServers, keepFresh } = await import("/static/ice-servers.js");
+  const log = (window.iceLog = { swaps: [], received: [], closed: false });
+  const setConfiguration = RTCPeerConnection.prototype.setConfiguration;
+  RTCPeerConnection.prototype.setConfiguration = function (config) {
+    const before = this.getConfiguration().iceServers.find((s) => s.username);
+    const after = config.iceServers.find((s) => s.username);
+    log.swaps.push({ at: Date.now(), from: before && before.username, to: after && after.username });
+    return setConfiguration.call(this, config);
+  };
+  const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
+  const offerer = new RTCPeerConnection(config);
+  const answerer = new RTCPeerConnection(config);
+  offerer.onicecandidate = ({ candidate }) => candidate && answerer.addIceCandidate(candidate);
+  answerer.onicecandidate = ({ candidate }) => candidate && offerer.addIceCandidate(candidate);
+  offerer.onnegotiationneeded = async () => {
+    await offerer.setLocalDescription();
+    await answerer.setRemoteDescription(offerer.localDescription);
+    await answerer.setLocalDescription();
+    await offerer.setRemoteDescription(answerer.localDescription);
+  };
+  answerer.ondatachannel = ({ channel }) => {
+    channel.onmessage = ({ data }) => log.received.push({ at: Date.now(), data });
+  };
+  const channel = offerer.createDataChannel("chat");
+  channel.onclose = () => (log.closed = true);
+  let sent = 0;
+  setInterval(() => channel.readyState === "open" && channel.send(`message ${++sent}`), 200);
+  window.channel = channel;
+  keepFresh(offerer);
+  keepFresh(answerer, { restartIce: false });
+  await new Promise((resolve) => (channel.onopen = resolve));
+  log.openedAt = Date.now();
+  log.firstUsername = config.iceServers.find((s) => s.username).username;
+}
+"""
+
+
+def test_keep_fresh_swaps_credentials_on_a_live_connection_before_expiry(browser, start_host, coturn, redis_url):
+    host = turn_host(start_host, coturn, redis_url, TURN_CREDENTIAL_TTL="12", ICE_CACHE_TTL="6")
+    context = browser.new_context()
+    page = context.new_page()
+    fetches = []
+    page.on("request", lambda request: "/api/ice-servers" in request.url and fetches.append(request.url))
+    page.goto(f"{host.base_url}/healthz")  # any page of the app's origin, to import the module from
+    page.evaluate(KEEP_FRESH_PAGE)
+    page.wait_for_timeout(15000)  # past the first credential's expiry (12 s)
+    log = page.evaluate("window.iceLog")
+    state = page.evaluate("window.channel.readyState")
+    context.close()
+
+    swaps = [swap for swap in log["swaps"] if swap["from"] != swap["to"]]
+    usernames = {log["firstUsername"]} | {swap["to"] for swap in swaps}
+    assert len(usernames) >= 2  # at least one new credential was applied
+    assert len(log["swaps"]) == len(swaps) == 2 * (len(usernames) - 1)  # on both peers, once per credential
+    assert 2 <= len(fetches) <= 5  # refreshed at half-life, not in a loop
+    for swap in swaps:  # each swap came before the credential it replaced expired ("{expiry}:user")
+        assert swap["at"] / 1000 < int(swap["from"].split(":")[0])
+    newest = max(usernames, key=lambda name: int(name.split(":")[0]))
+    allocations = (coturn.log_path).read_text()
+    assert re.search(rf"user <{re.escape(newest)}>: incoming packet ALLOCATE processed, success", allocations)
+    assert state == "open" and not log["closed"]
+    assert any(message["at"] > swaps[-1]["at"] + 1000 for message in log["received"])  # still flowing after
+
+
+CLIENT_PAGE = """
+async () => {
+  const { getIceServers } = await import("/static/ice-servers.js");
+  const legacy = await getIceServers({ url: "/api/turn-credentials", method: "POST" });
+  const first = await getIceServers();
+  const cached = await getIceServers();
+  window.results = { legacy, first, cached };
+}
+"""
+
+
+def test_client_caches_reads_the_legacy_form_and_falls_back(browser, start_host, redis_url):
+    env = app_env(
+        None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS="turn:turn.example.test:3478", TURN_CREDENTIAL_TTL="4", ICE_CACHE_TTL="2"
+    )
+    host = start_host(env)
+    page = browser.new_page()
+    fetches = []
+    page.on("request", lambda request: "/api/" in request.url and fetches.append(request.method))
+    page.goto(f"{host.base_url}/healthz")
+    page.evaluate(CLIENT_PAGE)
+    results = page.evaluate("window.results")
+    assert results["legacy"][0]["username"] == results["first"][0]["username"]  # one object, same credential
+    assert results["cached"] == results["first"] and fetches == ["POST", "GET"]  # the second call came from cache
+
+    page.route("**/api/ice-servers", lambda route: route.abort())  # the service goes away
+    page.wait_for_timeout(2100)  # past half the 4 s ttl: the client asks again
+    stale = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers())")
+    assert stale == results["first"]  # the last good servers, still valid
+    page.wait_for_timeout(5200)  # past their expiry, and past the 5 s retry delay
+    fallback = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers())")
+    assert fallback == [{"urls": ["stun:stun.cloudflare.com:3478"]}]
+    page.close()
