@@ -23,6 +23,13 @@ function toList(iceServers) {
   throw new Error("the answer has no iceServers");
 }
 
+/** What identifies a set of ICE servers, whatever the key order or the browser's normalization. */
+function fingerprint(iceServers) {
+  return JSON.stringify(
+    (iceServers || []).map((server) => [[].concat(server.urls).sort(), server.username || "", server.credential || ""]),
+  );
+}
+
 /** Seconds an answer stays valid: its ttl, else Cache-Control max-age, else a default. */
 function ttlOf(body, response) {
   if (Number.isFinite(body.ttl)) return body.ttl;
@@ -88,7 +95,7 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
 export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...options } = {}) {
   let timer = null;
   let stopped = false;
-  let current = JSON.stringify(peerConnection.getConfiguration().iceServers || []);
+  let current = fingerprint(peerConnection.getConfiguration().iceServers);
 
   const stop = () => {
     stopped = true;
@@ -104,7 +111,7 @@ export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...opti
     if (stopped) return;
     if (peerConnection.connectionState === "closed") return stop();
     const entry = await getEntry(options);
-    const next = JSON.stringify(entry.iceServers);
+    const next = fingerprint(entry.iceServers);
     if (next !== current && !stopped && peerConnection.connectionState !== "closed") {
       current = next;
       peerConnection.setConfiguration({ ...peerConnection.getConfiguration(), iceServers: entry.iceServers });
