@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["ICE_DEMO"] = settings.demo
-    app.extensions["ice_service"] = service or build_service(settings)
+    service = service or build_service(settings)
+    app.extensions["ice_service"] = service
     if settings.cors_origins:
         CORS(
             app,
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
             supports_credentials=False,
             max_age=600,
         )
-    api.init_app(app)
+    api.init_app(app, service)
     cli.init_app(app)
     return app
 

@@ -2,86 +2,88 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Blueprint, Flask, abort, current_app, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app import metrics
-from app.service import Answer
+from app.service import IceService
 
-bp = Blueprint("api", __name__)
 log = logging.getLogger("ice_servers")
+DEMO_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'"
 
 
-@bp.get("/api/ice-servers")
-def ice_servers():
-    """Return ICE servers with a TURN credential (or the fallback) for RTCPeerConnection."""
-    answer = _service().answer()
-    return _json(answer.body(), answer)
+def create_blueprint(service: IceService) -> Blueprint:
+    """Build the blueprint around ``service``: the views hold it directly, with no lookup per request."""
+    bp = Blueprint("api", __name__)
+
+    @bp.get("/api/ice-servers")
+    def ice_servers():
+        """Return ICE servers with a TURN credential (or the fallback) for RTCPeerConnection."""
+        answer = service.answer()
+        return Response(answer.json, content_type="application/json", headers=answer.headers)
+
+    @bp.post("/api/turn-credentials")
+    def turn_credentials():
+        """Return the same credential in the first guide's single-object form."""
+        answer = service.answer()
+        return Response(answer.legacy_json, content_type="application/json", headers=answer.headers)
+
+    @bp.get("/healthz")
+    def healthz():
+        """Say the process runs; touch nothing."""
+        return {"status": "ok"}
+
+    @bp.get("/readyz")
+    def readyz():
+        """Say whether the shared cache answers and a TURN credential is held or can be had."""
+        checks = service.readiness()
+        failing = [name for name, ok in checks.items() if not ok]
+        body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
+        if failing:
+            body["error"] = f"not ready: {', '.join(failing)}"
+        response = current_app.json.response(body)
+        response.status_code = body["status"]
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @bp.get("/metrics")
+    def prometheus_metrics():
+        """Return Prometheus text summed over all workers."""
+        return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
+
+    @bp.get("/demo")
+    def demo():
+        """Show, in a browser, whether TURN works from here (only with ICE_DEMO=1)."""
+        if not current_app.config["ICE_DEMO"]:
+            abort(404)
+        return render_template("demo.html"), 200, {"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-store"}
+
+    return bp
 
 
-@bp.post("/api/turn-credentials")
-def turn_credentials():
-    """Return the same credential in the first guide's single-object form."""
-    answer = _service().answer()
-    return _json(answer.legacy_body(), answer)
+class BodyLimit:
+    """WSGI middleware: answer 413 from the Content-Length alone, before anyone reads the body.
 
+    Bodies without a Content-Length (chunked) are cut by Flask's MAX_CONTENT_LENGTH when read.
+    """
 
-@bp.get("/healthz")
-def healthz():
-    """Say the process runs; touch nothing."""
-    return {"status": "ok"}
+    def __init__(self, wsgi_app, limit: int):
+        """Wrap ``wsgi_app``."""
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+        self.refusal = json.dumps({"error": f"request body larger than {limit // 1024} KiB", "status": 413}).encode()
 
-
-@bp.get("/readyz")
-def readyz():
-    """Say whether the shared cache answers and a TURN credential is held or can be had."""
-    checks = _service().readiness()
-    failing = [name for name, ok in checks.items() if not ok]
-    body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
-    if failing:
-        body["error"] = f"not ready: {', '.join(failing)}"
-    response = current_app.json.response(body)
-    response.status_code = body["status"]
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@bp.get("/metrics")
-def prometheus_metrics():
-    """Return Prometheus text summed over all workers."""
-    return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
-
-
-@bp.get("/demo")
-def demo():
-    """Show, in a browser, whether TURN works from here (only with ICE_DEMO=1)."""
-    if not current_app.config["ICE_DEMO"]:
-        abort(404)
-    response = current_app.make_response(render_template("demo.html"))
-    response.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'"
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _service():
-    """Return the app's IceService."""
-    return current_app.extensions["ice_service"]
-
-
-def _json(body: dict, answer: Answer):
-    """Wrap a body in a JSON response with the answer's Cache-Control."""
-    response = current_app.json.response(body)
-    response.headers["Cache-Control"] = answer.cache_control
-    return response
-
-
-def refuse_large_bodies():
-    """Answer 413 from the Content-Length alone, before any of the body is read."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
-        abort(413, description=f"request body larger than {limit // 1024} KiB")
+    def __call__(self, environ, start_response):
+        """Refuse a declared body over the limit; pass everything else on."""
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > self.limit:
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(self.refusal))), ("Connection", "close")]
+            start_response("413 Request Entity Too Large", headers)
+            return [self.refusal]
+        return self.wsgi_app(environ, start_response)
 
 
 def http_error(error: HTTPException):
@@ -99,9 +101,9 @@ def unexpected_error(error: Exception):
     return http_error(InternalServerError())
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, service: IceService) -> None:
     """Register the blueprint, the body limit and the JSON error handlers."""
-    app.register_blueprint(bp)
-    app.before_request(refuse_large_bodies)
+    app.register_blueprint(create_blueprint(service))
+    app.wsgi_app = BodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

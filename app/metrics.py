@@ -33,7 +33,8 @@ UPSTREAM_DURATION = Histogram(
 )
 CACHE_EVENTS = Counter(
     "ice_cache_events",
-    "Cache events: hit, miss, stale (served past its refresh point), lock_wait (waited for another worker), refresh.",
+    "Shared-cache events: hit and miss (reads of the shared cache; a worker re-reads at most every 2 s), "
+    "stale (served past its refresh point), lock_wait (waited for another worker's refill), refresh (background refresh started).",
     ["event"],
 )
 CREDENTIAL_EXPIRY = Gauge(
@@ -42,6 +43,11 @@ CREDENTIAL_EXPIRY = Gauge(
     multiprocess_mode="livemax",
 )
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Label children bound once: a labels() lookup per request costs more than the increment. In
+# multiprocess mode each value notices the fork and starts its worker's own file.
+REQUESTS_BY_SOURCE = {source: REQUESTS.labels(source) for source in ("cloudflare", "turn-secret", "static", "stun-only")}
+HIT, MISS, STALE, LOCK_WAIT, REFRESH = (CACHE_EVENTS.labels(event) for event in ("hit", "miss", "stale", "lock_wait", "refresh"))
 
 
 def render() -> bytes:

@@ -12,12 +12,14 @@ Nothing here knows Flask. Time, sleeping, randomness and thread spawning are inj
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from app import metrics
@@ -29,8 +31,9 @@ log = logging.getLogger("ice_servers")
 
 LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeouts) and the store write
 WAIT_BUDGET = 6.0  # seconds a request on a cold cache may wait in all before it gets the fallback
-POLL_INTERVAL = 0.05  # seconds between looks at the shared cache while another worker refills
+POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another worker refills
 LOCAL_STALENESS = 2.0  # seconds the in-process copy is served without asking the shared cache
+DEGRADED_RECHECK = 1.0  # seconds a stale or no-credential decision is reused before asking again
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
 REFRESH_AHEAD_FRACTION = 0.25  # refresh in the background during the last quarter of the window...
 REFRESH_AHEAD_MAX = 600.0  # ...or its last ten minutes, whichever is shorter
@@ -69,7 +72,11 @@ class Status:
 
 @dataclass(frozen=True)
 class Answer:
-    """What to send a caller: ICE servers, their source and life span, and how long to cache."""
+    """What to send a caller: ICE servers, their source and life span, and how long to cache.
+
+    The serialized bodies and headers are computed once per Answer; the service reuses an Answer
+    for the rest of its second, so warm requests neither build nor encode JSON.
+    """
 
     ice_servers: tuple[dict, ...]
     source: str
@@ -89,6 +96,21 @@ class Answer:
     def cache_control(self) -> str:
         """Return the Cache-Control value: private while the credential is fresh, else no-store."""
         return "no-store" if self.max_age is None else f"private, max-age={self.max_age}"
+
+    @cached_property
+    def json(self) -> bytes:
+        """Return the ``GET /api/ice-servers`` body, encoded."""
+        return _encode(self.body())
+
+    @cached_property
+    def legacy_json(self) -> bytes:
+        """Return the ``POST /api/turn-credentials`` body, encoded."""
+        return _encode(self.legacy_body())
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """Return the response headers besides Content-Type."""
+        return {"Cache-Control": self.cache_control}
 
 
 class IceService:
@@ -119,8 +141,11 @@ class IceService:
         self._spawn = spawn or _spawn_daemon
         # The in-process store: the whole cache without Redis, the fallback while Redis is down.
         self._local = store if not store.shared else MemoryStore(clock)
-        self._hot: Credential | None = None  # the in-process copy...
-        self._hot_until = 0.0  # ...and until when it is trusted without asking the shared cache
+        self._hot: Credential | None = None  # the newest credential this process has seen
+        self._serving: Credential | None = None  # what to serve without asking the shared cache...
+        self._serving_until = 0.0  # ...until then (None until then: the fallback)
+        self._refresh_ahead_at = float("inf")  # when the credential served enters its refresh-ahead quarter
+        self._answer: tuple[Credential | None, int, Answer] | None = None  # the last answer, and its key
         self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet
         self._refreshing = threading.Lock()  # one background refresh per process...
         self._refresh_not_before = 0.0  # ...and not a new thread per request while another worker refreshes
@@ -132,14 +157,23 @@ class IceService:
 
     def answer(self) -> Answer:
         """Return what to send a caller now: a TURN credential if one can be had, else the fallback."""
+        now = self._clock()
+        cached, serving = self._answer, self._serving
+        if cached is not None and cached[0] is serving and now < self._serving_until and cached[1] == _answer_key(serving, now):
+            # The warm path: the same decision and the same whole seconds of ttl, so the body is exact.
+            if now >= self._refresh_ahead_at:
+                self._refresh_in_background(serving)
+            metrics.REQUESTS_BY_SOURCE[cached[2].source].inc()
+            return cached[2]
         credential = self.credential()
         now = self._clock()
         if credential is not None and credential.is_valid(now):
-            max_age = int(min(credential.refresh_at, credential.expires_at) - now)
-            answer = Answer(credential.ice_servers, credential.source, credential.expires_at, now, max(0, max_age))
+            max_age = max(0, int(min(credential.refresh_at, credential.expires_at) - now))
+            answer = Answer(credential.ice_servers, credential.source, credential.expires_at, now, max_age)
         else:
-            answer = self._fallback(now)
-        metrics.REQUESTS.labels(answer.source).inc()
+            credential, answer = None, self._fallback(now)
+        self._answer = (credential, _answer_key(credential, now), answer)
+        metrics.REQUESTS_BY_SOURCE[answer.source].inc()
         return answer
 
     def credential(self) -> Credential | None:
@@ -147,11 +181,11 @@ class IceService:
         if not self.providers:
             return None
         now = self._clock()
-        hot = self._hot
-        if hot is not None and now < self._hot_until and hot.is_fresh(now):
-            metrics.CACHE_EVENTS.labels("hit").inc()
-            self._maybe_refresh_ahead(hot, now)
-            return hot
+        serving = self._serving
+        if now < self._serving_until and (serving is None or serving.is_valid(now)):
+            if serving is not None and now >= self._refresh_ahead_at:
+                self._refresh_in_background(serving)
+            return serving
         store = self._store(now)
         try:
             credential = store.get()
@@ -159,18 +193,23 @@ class IceService:
             store = self._shared_failed(exc)
             credential = store.get()
         if credential is not None:
-            metrics.CACHE_EVENTS.labels("hit").inc()
+            metrics.HIT.inc()
             log.debug("Using cached %s TURN credentials, valid until %s", self._label(credential), rfc3339(credential.expires_at))
             self._remember(credential, store, now)
-            self._maybe_refresh_ahead(credential, now)
+            if now >= self._refresh_ahead_at:
+                self._refresh_in_background(credential)
             return credential
-        metrics.CACHE_EVENTS.labels("miss").inc()
-        return self._refill(now + WAIT_BUDGET)
+        metrics.MISS.inc()
+        credential = self._refill(now + WAIT_BUDGET)
+        if credential is None or not credential.is_fresh(self._clock()):
+            # Degraded (stale or none): decided for a second, so an outage costs no Redis trip per request.
+            self._serving, self._serving_until = credential, self._clock() + DEGRADED_RECHECK
+        return credential
 
     def _refill(self, deadline: float) -> Credential | None:
         """Refill on a miss: one thread per process, one process per fleet; bounded by ``deadline``."""
         if not self._refill_mutex.acquire(timeout=max(0.0, deadline - self._clock())):
-            return self._newest_valid(self._clock())
+            return self._last_resort(self._store(self._clock()))
         try:
             return self._refill_locked(deadline)
         finally:
@@ -204,7 +243,7 @@ class IceService:
                 if not snapshot.cooldown:
                     self._refresh_in_background(last)
                 if last is not None:
-                    metrics.CACHE_EVENTS.labels("stale").inc()
+                    metrics.STALE.inc()
                     expiry = rfc3339(last.expires_at)
                     self._warn_degraded(now, f"serving the last TURN credential past its refresh point; it expires at {expiry}")
                 return last
@@ -217,10 +256,10 @@ class IceService:
                 return self._fill_holding_lock(store, token)
             if self._clock() + POLL_INTERVAL >= deadline:
                 log.warning("Gave up waiting for another worker to fetch TURN credentials")
-                return self._newest_valid(self._clock())
+                return self._newest_valid(self._clock(), snapshot.last)
             if not waited:
                 waited = True
-                metrics.CACHE_EVENTS.labels("lock_wait").inc()
+                metrics.LOCK_WAIT.inc()
             self._sleep(POLL_INTERVAL)
 
     def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
@@ -230,10 +269,10 @@ class IceService:
             if current is not None and (seen is None or current.issued_at > seen.issued_at):
                 self._remember(current, store, self._clock())
                 return current
-            return self._issue(store) or self._newest_valid(self._clock())
+            return self._issue(store) or self._last_resort(store)
         except StoreUnavailable as exc:
             self._shared_failed(exc)
-            return self._newest_valid(self._clock())
+            return self._last_resort(self._local)
         finally:
             self._release(store, token)
 
@@ -251,13 +290,17 @@ class IceService:
                 ice_servers = self._call(provider)
             except UpstreamError as exc:
                 self._cool_down(store, provider, exc)
-                if self._newest_valid(self._clock(), self._last_stored(store)) is not None:
+                if self._last_resort(store) is not None:
                     return None
                 continue
             credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
             self._store_new(store, credential)
             return credential
         return None
+
+    def _last_resort(self, store) -> Credential | None:
+        """Return the newest valid credential anywhere (the store's last, this process's own), or None."""
+        return self._newest_valid(self._clock(), self._last_stored(store))
 
     def _last_stored(self, store) -> Credential | None:
         """Return the store's last credential, or None when it does not answer."""
@@ -337,19 +380,13 @@ class IceService:
 
     # -- refresh ahead -------------------------------------------------------------------
 
-    def _maybe_refresh_ahead(self, credential: Credential, now: float) -> None:
-        """Late in the window, refresh in the background while ``credential`` keeps being served."""
-        window = credential.refresh_at - credential.issued_at
-        if now >= credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
-            self._refresh_in_background(credential)
-
     def _refresh_in_background(self, seen: Credential | None) -> None:
         """Start one background refresh in this process; the store's lock makes it one per fleet."""
         now = self._clock()
         if now < self._refresh_not_before or not self._refreshing.acquire(blocking=False):
             return
         self._refresh_not_before = now + REFRESH_RETRY_INTERVAL
-        metrics.CACHE_EVENTS.labels("refresh").inc()
+        metrics.REFRESH.inc()
         try:
             self._spawn(lambda: self._refresh(seen))
         except RuntimeError:  # no thread could be started (interpreter shutting down)
@@ -447,7 +484,10 @@ class IceService:
         if credential is not self._hot:
             metrics.CREDENTIAL_EXPIRY.set(credential.expires_at)
         self._hot = credential
-        self._hot_until = now + LOCAL_STALENESS
+        self._serving, self._serving_until = credential, min(now + LOCAL_STALENESS, credential.refresh_at)
+        # Refresh in the background during the last quarter of the window (at most its last 10 min).
+        window = credential.refresh_at - credential.issued_at
+        self._refresh_ahead_at = credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX)
         if store is not self._local:
             self._local.put(credential)
 
@@ -472,6 +512,16 @@ class IceService:
             store.release_lock(token)
         except StoreUnavailable as exc:
             self._shared_failed(exc)
+
+
+def _answer_key(credential: Credential | None, now: float) -> int:
+    """Key an answer by what its body shows: the credential's whole seconds left (ttl), or the second."""
+    return int(credential.expires_at - now) if credential is not None else int(now)
+
+
+def _encode(body: dict) -> bytes:
+    """Encode a response body as compact JSON."""
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _outcome(exc: UpstreamError) -> str:

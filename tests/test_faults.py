@@ -65,6 +65,7 @@ def test_upstream_failure_serves_the_credential_until_it_expires_and_never_after
     samples = run_load(host, expires_at - time.time() + 4)
 
     assert {s.status for s in samples} == {200}
+    assert all(s.body["source"] == "cloudflare" for s in samples if s.sent_at < expires_at - 1.5)  # every worker, stale or not
     served = [s for s in samples if s.body["source"] == "cloudflare"]
     assert {sample_username(s) for s in served} == {"stub-user-1"}
     assert all(s.body["ttl"] >= 1 and s.sent_at < expires_at for s in served)

@@ -345,3 +345,23 @@ def test_refresh_tries_the_next_provider_and_reports_every_failure(make_service,
     assert make_service(store=store, providers=[provider, local]).refresh().source == "turn-secret"
     with pytest.raises(RefreshError, match="^Cloudflare: Cloudflare answered 401"):
         make_service(store=store, providers=[provider]).refresh()
+
+
+def test_reused_answers_never_overstate_the_ttl(make_service, clock):
+    service = make_service()
+    service._spawn = lambda target: None  # no background refresh between the two calls
+    for _ in range(200):
+        answer = service.answer()
+        assert answer.body()["ttl"] == int(answer.expires_at - clock()) >= 1
+        assert service.answer() is answer  # the same instant: the same encoded answer
+        clock.advance(0.13)
+
+
+def test_worker_without_a_copy_serves_the_stored_credential_when_its_refill_fails(make_service, provider, clock):
+    store = SwitchableStore(clock)  # shared: each worker has its own in-process store beside it
+    make_service(store=store).answer()  # another worker fetched the credential
+    provider.fail(500)
+    clock.advance(13)  # past the window: this worker, which never held it, tries to refill and fails
+    answer = make_service(store=store).answer()
+    assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == "user-1"
+    assert provider.calls == 2
