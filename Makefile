@@ -9,7 +9,7 @@ PM2 := .tools/node_modules/.bin/pm2
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint bench system-deps clean
 
 ## run: serve on 127.0.0.1:8000 under gunicorn (no Redis or Cloudflare needed: STUN only, with warnings)
 run: $(STAMP)
@@ -19,16 +19,20 @@ run: $(STAMP)
 test: system-deps lint $(PM2)
 	$(BIN)/python -m pytest
 
+## bench: the app against a bare-Flask floor (wrk), cold burst, expiry crossing, outage, memory; about a minute
+bench: system-deps $(STAMP)
+	$(BIN)/python bench/run.py
+
 ## lint: ruff's checks and format check (settings in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## system-deps: Debian/Ubuntu packages the tests run for real (redis-server, coturn, nginx, chromium, systemd-analyze, npm for pm2)
+## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, wrk, ...)
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
+	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium wrk:wrk systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
 		command -v $${need%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${need%%:*} ] || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -89,9 +89,10 @@ class RedisServer:
 class Gunicorn:
     """The app under its own gunicorn.conf.py, on a free port, with the given environment."""
 
-    def __init__(self, env: dict[str, str], workers: int = 4, log_path: Path | None = None, args: str = ""):
-        """Prepare; ``start`` runs it; ``args`` are more gunicorn options."""
+    def __init__(self, env: dict[str, str], workers: int | None = 4, log_path: Path | None = None, args: str = "", app: str = "wsgi:app"):
+        """Prepare; ``start`` runs it. ``workers`` None keeps gunicorn.conf.py's; ``args`` are more options."""
         self.args = args
+        self.app = app
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -101,10 +102,11 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         """Start and wait until every worker can answer /healthz."""
-        env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} --workers {self.workers} {self.args}"}
+        workers = f"--workers {self.workers}" if self.workers else ""
+        env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} {workers} {self.args}"}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", self.app],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -123,6 +125,11 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+
+    def worker_pids(self) -> list[int]:
+        """Return the pids of the master's worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
 
     def get(self, path: str = "/api/ice-servers", **kwargs) -> requests.Response:
         """GET a path of this host."""

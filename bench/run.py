@@ -1,0 +1,267 @@
+"""make bench: ice-servers against a bare-Flask floor, on loopback, with real parts.
+
+Starts a real redis-server, the Cloudflare stand-in, the app under its own gunicorn.conf.py and
+the floor app (bench/floor.py: the same answer, constant) under the same settings; drives both
+with wrk alternately, A B A B A B, and prints requests/s, p50 and p99 with the app/floor ratio
+(median of the rounds). Then: a cold burst on an empty cache, an expiry crossing under load with
+a slow upstream, an upstream outage, and memory per worker after 100k requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.cloudflare_stub import CloudflareStub  # noqa: E402 (after the path is set)
+from tests.servers import Gunicorn, RedisServer, app_env  # noqa: E402
+
+ROUNDS = 3
+ROUND_SECONDS = 5
+CONNECTIONS = 32
+WRK_THREADS = 2
+CROSSING_CONNECTIONS = 4  # below saturation: the slowest request then shows waiting, not queueing
+UPSTREAM_DELAY = 1.0  # seconds, for the cold burst and the expiry crossing
+BURST = 500
+MEMORY_REQUESTS = 100_000
+REPORT_SCRIPT = Path(__file__).with_name("report.lua")
+TARGETS = {"rps_ratio": 0.95, "p99_ratio": 1.2, "burst_extra_ms": 50, "crossing_max_ms": 50}
+
+
+@dataclass
+class Run:
+    """One wrk run."""
+
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+
+
+def parse_wrk(output: str) -> Run:
+    """Read the JSON line that report.lua prints at the end of a wrk run."""
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("{"))
+    figures = json.loads(line)
+    return Run(
+        requests=figures["requests"],
+        rps=figures["requests"] / (figures["duration_us"] / 1e6),
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
+        errors=figures["errors"] + figures["non_2xx"],
+    )
+
+
+def wrk(url: str, seconds: float, connections: int = CONNECTIONS) -> Run:
+    """Drive ``url`` with wrk for ``seconds``."""
+    command = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s", "-s", str(REPORT_SCRIPT), url]
+    return parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def ratios(app_runs: list[Run], floor_runs: list[Run]) -> tuple[float, float]:
+    """Return the medians, over rounds, of app/floor throughput and of app/floor p99."""
+    pairs = list(zip(app_runs, floor_runs, strict=True))
+    return statistics.median(a.rps / f.rps for a, f in pairs), statistics.median(a.p99_ms / f.p99_ms for a, f in pairs)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+async def _burst(port: int, count: int) -> list[tuple[float, int]]:
+    """Open ``count`` connections at once, one GET each; return (seconds, status) per request."""
+
+    async def one() -> tuple[float, int]:
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/ice-servers HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        return time.perf_counter() - started, int(answer.split(b" ", 2)[1])
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def burst(port: int, count: int) -> list[tuple[float, int]]:
+    """Send ``count`` concurrent requests from one light asyncio client."""
+    return asyncio.run(_burst(port, count))
+
+
+def rss_mib(pids: list[int]) -> list[float]:
+    """Return each process's resident memory in MiB."""
+    sizes = []
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        sizes.append(kib / 1024)
+    return sizes
+
+
+def verdict(met: bool) -> str:
+    """Say whether a target is met."""
+    return "met" if met else "MISSED"
+
+
+class Bench:
+    """The parts of one benchmark run, stopped at the end."""
+
+    def __init__(self, workdir: Path):
+        """Start Redis and the stand-in."""
+        self.workdir = workdir
+        self.redis = RedisServer(workdir).start()
+        self.stub = CloudflareStub().start()
+        self.hosts: list[Gunicorn] = []
+
+    def host(self, name: str, workers: int | None = None, app: str = "wsgi:app", **settings: str) -> Gunicorn:
+        """Start the app (or the floor) under gunicorn.conf.py."""
+        env = app_env(self.stub.base_url, self.redis.url, ICE_LOG_LEVEL="INFO", **settings)
+        host = Gunicorn(env, workers=workers, log_path=self.workdir / f"{name}.log", app=app).start()
+        self.hosts.append(host)
+        return host
+
+    def stop(self) -> None:
+        """Stop everything."""
+        for host in self.hosts:
+            host.stop()
+        self.stub.stop()
+        self.redis.stop()
+
+
+def main() -> int:
+    """Run the benchmark and print the table."""
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install wrk (make bench does it)", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ice-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            return report(bench, started)
+        finally:
+            bench.stop()
+
+
+def report(bench: Bench, started: float) -> int:
+    """Measure and print; return the exit status."""
+    app = bench.host("app")
+    answer = app.get()
+    body_file = bench.workdir / "body.json"
+    body_file.write_bytes(answer.content)
+    floor = bench.host("floor", app="bench.floor:app", FLOOR_BODY_FILE=str(body_file), FLOOR_CACHE_CONTROL=answer.headers["Cache-Control"])
+    url, floor_url = f"{app.base_url}/api/ice-servers", f"{floor.base_url}/api/ice-servers"
+    wrk(url, 1), wrk(floor_url, 1)  # warm both: imports, connections, the in-process copy
+    workers = len(app.worker_pids())
+    memory_before = rss_mib(app.worker_pids())
+    sent = 0
+
+    print(
+        f"ice-servers benchmark: {os.cpu_count()} cores, gunicorn.conf.py ({workers} gthread workers), "
+        f"wrk -t{WRK_THREADS} -c{CONNECTIONS}, {ROUNDS} rounds of {ROUND_SECONDS} s, A B A B A B"
+    )
+    print(f"answer: {len(answer.content)} bytes, Cache-Control: {answer.headers['Cache-Control']}\n")
+    print(f"{'':18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    app_runs, floor_runs = [], []
+    for round_number in range(1, ROUNDS + 1):
+        for name, target, runs in (("app", url, app_runs), ("floor", floor_url, floor_runs)):
+            run = wrk(target, ROUND_SECONDS)
+            runs.append(run)
+            sent += run.requests if name == "app" else 0
+            print(f"{name + ' round ' + str(round_number):18}{run.rps:>10.0f}{run.p50_ms:>10.2f}{run.p99_ms:>10.2f}")
+    rps_ratio, p99_ratio = ratios(app_runs, floor_runs)
+    errors = sum(run.errors for run in app_runs + floor_runs)
+    print(
+        f"\napp/floor, median of rounds: throughput {rps_ratio:.3f} (target >= {TARGETS['rps_ratio']}: "
+        f"{verdict(rps_ratio >= TARGETS['rps_ratio'])}), p99 {p99_ratio:.3f} (target <= {TARGETS['p99_ratio']}: "
+        f"{verdict(p99_ratio <= TARGETS['p99_ratio'])}); errors or non-2xx: {errors}"
+    )
+    met = [rps_ratio >= TARGETS["rps_ratio"], p99_ratio <= TARGETS["p99_ratio"], errors == 0]
+
+    # Cold burst: a fresh app on an empty cache, 4 workers, a slow upstream. The floor's figure for
+    # the same burst, warm, is what serving 500 simultaneous connections costs on this machine.
+    floor_burst_ms = percentile([seconds for seconds, _ in burst(floor.port, BURST)], 0.99) * 1000
+    bench.redis.client().flushall()
+    bench.stub.delay, calls_before = UPSTREAM_DELAY, bench.stub.call_count
+    cold = bench.host("cold", workers=4)
+    results = burst(cold.port, BURST)
+    calls = bench.stub.call_count - calls_before
+    p99_ms = percentile([seconds for seconds, _ in results], 0.99) * 1000
+    all_ok = all(status == 200 for _, status in results)
+    limit_ms = UPSTREAM_DELAY * 1000 + TARGETS["burst_extra_ms"]
+    print(
+        f"\ncold burst: {BURST} concurrent requests, empty cache, 4 workers, upstream {UPSTREAM_DELAY * 1000:.0f} ms: "
+        f"{calls} upstream call(s) (target 1: {verdict(calls == 1)}), p99 {p99_ms:.0f} ms "
+        f"(target <= {limit_ms:.0f} ms: {verdict(p99_ms <= limit_ms)}), all 200: {all_ok}"
+    )
+    print(
+        f"  for scale: the floor serves the same {BURST}-connection burst, warm, with p99 {floor_burst_ms:.0f} ms; "
+        f"beyond the upstream delay the cold burst took {p99_ms - UPSTREAM_DELAY * 1000:.0f} ms"
+    )
+    met += [calls == 1, p99_ms <= limit_ms, all_ok]
+
+    # Expiry crossing: load across a background refresh with a slow upstream, below saturation.
+    floor_max = wrk(floor_url, 3, CROSSING_CONNECTIONS).max_ms
+    bench.redis.client().flushall()
+    crossing = bench.host("crossing", TURN_CREDENTIAL_TTL="20", ICE_CACHE_TTL="10")
+    crossing.get()
+    calls_before = bench.stub.call_count
+    run = wrk(f"{crossing.base_url}/api/ice-servers", 12, CROSSING_CONNECTIONS)
+    calls = bench.stub.call_count - calls_before
+    print(
+        f"expiry crossing: 12 s of load (wrk -c{CROSSING_CONNECTIONS}) over a 10 s cache window, upstream "
+        f"{UPSTREAM_DELAY * 1000:.0f} ms: {calls} refresh(es), slowest request {run.max_ms:.1f} ms "
+        f"(target < {TARGETS['crossing_max_ms']} ms: {verdict(run.max_ms < TARGETS['crossing_max_ms'])}; the floor's "
+        f"slowest under the same load: {floor_max:.1f} ms), p99 {run.p99_ms:.2f} ms, errors {run.errors}"
+    )
+    met += [calls >= 1, run.max_ms < TARGETS["crossing_max_ms"], run.errors == 0]
+
+    # Upstream outage: serving the last credential past its window, then with none left.
+    bench.redis.client().flushall()
+    bench.stub.delay = 0.0
+    outage = bench.host("outage", TURN_CREDENTIAL_TTL="6", ICE_CACHE_TTL="3")
+    issued = time.time()
+    outage.get()
+    bench.stub.mode = "error500"
+    time.sleep(max(0.0, issued + 3.3 - time.time()))
+    source = outage.get().json()["source"]
+    stale = wrk(f"{outage.base_url}/api/ice-servers", 1)
+    time.sleep(max(0.0, issued + 6.5 - time.time()))
+    fallback = outage.get().json()["source"]
+    none = wrk(f"{outage.base_url}/api/ice-servers", 1)
+    bench.stub.mode = "ok"
+    print(
+        f"upstream outage: p99 {stale.p99_ms:.2f} ms serving the last credential past its window ({source}), "
+        f"p99 {none.p99_ms:.2f} ms with none left ({fallback}); errors {stale.errors + none.errors}"
+    )
+    met += [stale.errors + none.errors == 0]
+
+    # Memory: the first app, topped up to 100k requests.
+    while sent < MEMORY_REQUESTS:
+        sent += wrk(url, 3).requests
+    memory_after = rss_mib(app.worker_pids())
+    print(
+        f"memory per worker (RSS): {statistics.mean(memory_before):.1f} MiB after warm-up, "
+        f"{statistics.mean(memory_after):.1f} MiB after {sent:,} requests (max {max(memory_after):.1f} MiB)"
+    )
+
+    print(f"\n{sum(met)} of {len(met)} checks met; {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
