@@ -27,6 +27,20 @@ def refresh_turn() -> None:
     )
 
 
+@click.command("revoke-turn")
+@with_appcontext
+def revoke_turn() -> None:
+    """Replace the TURN credential in the shared cache and revoke the old one at Cloudflare."""
+    try:
+        old, new = current_app.extensions["ice_service"].revoke()
+    except RefreshError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"Revoked TURN credential {old.username}. New credential from {new.source} expires at {rfc3339(new.expires_at)}; "
+        f"every worker serves it within {LOCAL_STALENESS:g} s."
+    )
+
+
 @click.command("ice-status")
 @with_appcontext
 def ice_status() -> None:
@@ -62,4 +76,5 @@ def _relative(seconds: float) -> str:
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(refresh_turn)
+    app.cli.add_command(revoke_turn)
     app.cli.add_command(ice_status)

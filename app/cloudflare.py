@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from urllib.parse import quote
 
 import requests
 
@@ -57,7 +58,8 @@ class CloudflareClient:
         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
     ):
         """Keep the settings; the session is injectable for tests and reused for keep-alive."""
-        self._generate_url = f"{base_url}/turn/keys/{key_id}/credentials/generate-ice-servers"
+        self._credentials_url = f"{base_url}/turn/keys/{key_id}/credentials"
+        self._generate_url = f"{self._credentials_url}/generate-ice-servers"
         self._headers = {"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"}
         self._session = session or requests.Session()
         self._timeout = timeout
@@ -90,6 +92,18 @@ class CloudflareClient:
             raise UpstreamInvalid(
                 f"Cloudflare answered {response.status_code} without usable ICE servers: {exc}", status=response.status_code
             ) from None
+
+    def revoke(self, username: str) -> None:
+        """Revoke the credential of ``username`` (Cloudflare answers 204); raise UpstreamError."""
+        url = f"{self._credentials_url}/{quote(username, safe='')}/revoke"
+        try:
+            response = self._session.post(url, headers=self._headers, timeout=self._timeout)
+        except requests.Timeout:
+            raise UpstreamUnavailable(f"Cloudflare did not answer within {sum(self._timeout):g} s") from None
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(f"could not reach Cloudflare ({type(exc).__name__})") from None
+        if response.status_code not in (200, 204):
+            raise UpstreamRejected(f"Cloudflare answered {response.status_code}: {_error_message(response)}", status=response.status_code)
 
 
 def _error_message(response: requests.Response) -> str:

@@ -441,6 +441,32 @@ class IceService:
         except StoreUnavailable as exc:
             raise RefreshError(f"shared cache: {exc}") from None
 
+    def revoke(self) -> tuple[Credential, Credential]:
+        """Replace the credential in the shared cache, then revoke the old one upstream.
+
+        A new credential is had first: when none can be, the old one is kept (not revoked) and
+        RefreshError says so. Returns (old, new).
+        """
+        try:
+            old = self.store.snapshot().last
+        except StoreUnavailable as exc:
+            raise RefreshError(f"shared cache: {exc}") from None
+        if old is None or old.username is None:
+            raise RefreshError("no TURN credential is cached: nothing to revoke")
+        provider = next((p for p in self.providers if p.source == old.source), None)
+        if provider is None or not hasattr(provider, "revoke"):
+            raise RefreshError(f"credentials from {old.source} cannot be revoked upstream; use refresh-turn to replace it")
+        try:
+            new = self.refresh()
+        except RefreshError as exc:
+            raise RefreshError(f"no new credential could be had, so {old.username} is kept and was not revoked: {exc}") from None
+        try:
+            provider.revoke(old.username)
+        except UpstreamError as exc:
+            raise RefreshError(f"a new credential is stored, but revoking {old.username} failed: {exc}") from None
+        log.warning("Revoked TURN credential %s; serving a new one valid until %s", old.username, rfc3339(new.expires_at))
+        return old, new
+
     # -- health and status ----------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:

@@ -21,11 +21,13 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 KEY_ID = "test-key-id"
 API_TOKEN = "test-api-token-not-a-secret"
 MODES = ("ok", "error500", "unauthorized", "garbage", "missing-credential", "hang", "rate-limited")
 _GENERATE = re.compile(r"^/v1/turn/keys/([^/]+)/credentials/generate-ice-servers$")
+_REVOKE = re.compile(r"^/v1/turn/keys/([^/]+)/credentials/([^/]+)/revoke$")
 
 
 class CloudflareStub:
@@ -41,6 +43,7 @@ class CloudflareStub:
         self.turn_urls: list[str] | None = None
         self.signing_secret: str | None = None
         self.calls: list[dict] = []  # one entry per generate request: time, ttl, status
+        self.revoked: list[str] = []  # usernames revoked, in order
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -97,6 +100,14 @@ class CloudflareStub:
         call["status"] = status
         return status, headers, payload
 
+    def revoke(self, key_id: str, username: str, authorization: str | None) -> tuple[int, dict, bytes]:
+        """Revoke a credential: 204, as Cloudflare answers."""
+        if key_id != KEY_ID or authorization != f"Bearer {API_TOKEN}":
+            return _envelope(401, "Authentication error")
+        with self._lock:
+            self.revoked.append(username)
+        return 204, {}, b""
+
     def _answer(self, ttl: int) -> tuple[int, dict, bytes]:
         """Answer as ``mode`` says, after ``delay``."""
         if self.mode == "hang":
@@ -144,6 +155,9 @@ class CloudflareStub:
                 if self.path == "/__stub__/config":
                     stub.configure(**json.loads(body))
                     return self._send(204, {}, b"")
+                revoke = _REVOKE.match(self.path)
+                if revoke:
+                    return self._send(*stub.revoke(revoke.group(1), unquote(revoke.group(2)), self.headers.get("Authorization")))
                 match = _GENERATE.match(self.path)
                 if not match:
                     return self._send(*_envelope(404, "Not found"))

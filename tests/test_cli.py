@@ -99,3 +99,55 @@ def test_ice_status_without_redis_says_the_cache_is_per_worker():
     runner, _ = make_runner(MemoryStore())
     result = runner.invoke(args=["ice-status"])
     assert result.exit_code == 0 and "in-process (REDIS_URL is not set)" in result.output
+
+
+REVOKE = f"{BASE}/turn/keys/test-key-id/credentials/test-user/revoke"
+NEW_ANSWER = {"iceServers": [{"urls": ["turn:turn.cloudflare.com:3478"], "username": "test-user-2", "credential": "test-password-2"}]}
+
+
+@responses.activate
+def test_revoke_turn_replaces_then_revokes_the_old_credential(redis_client):
+    responses.post(URL, json=ANSWER, status=201)
+    runner, service = make_runner(RedisStore(redis_client))
+    service.answer()
+    responses.replace(responses.POST, URL, json=NEW_ANSWER, status=201)
+    responses.post(REVOKE, status=204)
+    result = runner.invoke(args=["revoke-turn"])
+    assert result.exit_code == 0, result.output
+    assert [call.request.url for call in responses.calls][1:] == [URL, REVOKE]  # new one first, then the revocation
+    assert responses.calls[2].request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert RedisStore(redis_client).get().username == "test-user-2"
+    assert result.output.startswith("Revoked TURN credential test-user. New credential from cloudflare expires at")
+    assert "test-password" not in result.output and TOKEN not in result.output
+
+
+@responses.activate
+def test_revoke_turn_keeps_the_old_credential_when_no_new_one_can_be_had(redis_client):
+    responses.post(URL, json=ANSWER, status=201)
+    runner, service = make_runner(RedisStore(redis_client))
+    service.answer()
+    responses.replace(responses.POST, URL, json={"success": False, "errors": [{"code": 1, "message": "Internal error"}]}, status=500)
+    result = runner.invoke(args=["revoke-turn"])
+    assert result.exit_code == 1
+    assert "no new credential could be had, so test-user is kept and was not revoked" in result.output
+    assert not [call for call in responses.calls if call.request.url == REVOKE]
+    assert RedisStore(redis_client).get().username == "test-user"
+
+
+@responses.activate
+def test_revoke_turn_says_so_when_the_revocation_fails(redis_client):
+    responses.post(URL, json=ANSWER, status=201)
+    runner, service = make_runner(RedisStore(redis_client))
+    service.answer()
+    responses.replace(responses.POST, URL, json=NEW_ANSWER, status=201)
+    responses.post(REVOKE, json={"success": False, "errors": [{"code": 1, "message": "Not found"}]}, status=404)
+    result = runner.invoke(args=["revoke-turn"])
+    assert result.exit_code == 1
+    assert "a new credential is stored, but revoking test-user failed: Cloudflare answered 404: Not found" in result.output
+    assert RedisStore(redis_client).get().username == "test-user-2"
+
+
+def test_revoke_turn_with_nothing_cached_fails(redis_client):
+    runner, _ = make_runner(RedisStore(redis_client))
+    result = runner.invoke(args=["revoke-turn"])
+    assert result.exit_code == 1 and "nothing to revoke" in result.output
