@@ -9,13 +9,15 @@ import sys
 
 from flask import Flask
 from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
 from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, load_settings
 from app.service import IceService
-from app.store import MemoryStore, RedisStore, StoreUnavailable
+from app.store import SOCKET_TIMEOUT, MemoryStore, RedisStore, StoreUnavailable
 from app.turnsecret import TurnSecretProvider
 
 MAX_BODY_BYTES = 64 * 1024
@@ -54,7 +56,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
             supports_credentials=False,
             max_age=600,
         )
-    api.init_app(app, service)
+    api.init_app(app, service, settings, build_limiter(app, settings))
     cli.init_app(app)
     return app
 
@@ -91,6 +93,31 @@ def build_service(settings: Settings) -> IceService:
         cache_ttl=settings.cache_ttl,
         turn_servers=settings.turn_servers,
         stun_urls=settings.stun_urls,
+    )
+
+
+def build_limiter(app: Flask, settings: Settings) -> Limiter:
+    """Rate-limit per client address (after ProxyFix) in Redis, shared by every worker and host.
+
+    Failure policy: while Redis is down the limits are kept in memory per worker, never a 5xx.
+    """
+    storage = "memory://"
+    if settings.redis_url:
+        storage = (
+            settings.redis_url.replace("unix://", "redis+unix://", 1) if settings.redis_url.startswith("unix://") else settings.redis_url
+        )
+    elif settings.rate_limit:
+        log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
+    return Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=storage,
+        storage_options={"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT} if settings.redis_url else {},
+        strategy="moving-window",  # exact counts: a fixed window lets up to twice the limit through at its edge
+        headers_enabled=False,  # X-RateLimit-* would cost Redis reads on every answer; 429s carry Retry-After
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+        enabled=bool(settings.rate_limit),
     )
 
 

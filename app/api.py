@@ -4,30 +4,46 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask_limiter import Limiter, RateLimitExceeded
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import HTTPException, InternalServerError, Unauthorized
 
 from app import metrics
+from app.access import address_allowed, origin_allowed, token_valid
+from app.config import Settings
 from app.service import IceService
 
 log = logging.getLogger("ice_servers")
 DEMO_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'"
 
 
-def create_blueprint(service: IceService) -> Blueprint:
+def create_blueprint(service: IceService, settings: Settings, limiter: Limiter) -> Blueprint:
     """Build the blueprint around ``service``: the views hold it directly, with no lookup per request."""
     bp = Blueprint("api", __name__)
+    admit = _gate(settings)
+    # One bucket per client address for both credential endpoints; preflights are not counted.
+    limited = (
+        limiter.shared_limit(settings.rate_limit, scope="credentials", methods=["GET", "POST"], error_message=RATE_LIMITED)
+        if settings.rate_limit
+        else (lambda view: view)
+    )
 
     @bp.get("/api/ice-servers")
+    @limited
     def ice_servers():
         """Return ICE servers with a TURN credential (or the fallback) for RTCPeerConnection."""
+        admit()
         answer = service.answer()
         return Response(answer.json, content_type="application/json", headers=answer.headers)
 
     @bp.post("/api/turn-credentials")
+    @limited
     def turn_credentials():
         """Return the same credential in the first guide's single-object form."""
+        admit()
         answer = service.answer()
         return Response(answer.legacy_json, content_type="application/json", headers=answer.headers)
 
@@ -51,7 +67,9 @@ def create_blueprint(service: IceService) -> Blueprint:
 
     @bp.get("/metrics")
     def prometheus_metrics():
-        """Return Prometheus text summed over all workers."""
+        """Return Prometheus text summed over all workers, to the addresses in ICE_METRICS_ALLOW only."""
+        if not address_allowed(request.remote_addr, settings.metrics_allow):
+            abort(403, description="metrics are only for the addresses in ICE_METRICS_ALLOW")
         return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
 
     @bp.get("/demo")
@@ -64,26 +82,79 @@ def create_blueprint(service: IceService) -> Blueprint:
     return bp
 
 
-class BodyLimit:
-    """WSGI middleware: answer 413 from the Content-Length alone, before anyone reads the body.
+RATE_LIMITED = "too many requests from this address"
 
-    Bodies without a Content-Length (chunked) are cut by Flask's MAX_CONTENT_LENGTH when read.
+
+def _gate(settings: Settings):
+    """Return the access check of ICE_ACCESS_MODE: it raises a 401 or 403, or lets the request through."""
+    if settings.access_mode == "origin":
+
+        def admit_origin() -> None:
+            if not origin_allowed(request.headers.get("Origin"), request.headers.get("Referer"), settings.cors_origins):
+                abort(403, description="this origin may not ask for ICE servers")
+
+        return admit_origin
+    if settings.access_mode == "token":
+
+        def admit_token() -> None:
+            # One answer for missing, malformed, expired and forged tokens alike.
+            if not token_valid(settings.access_secret, request.headers.get("Authorization"), time.time()):
+                raise Unauthorized(description="a valid access token is required", www_authenticate=WWWAuthenticate("bearer"))
+
+        return admit_token
+    return lambda: None
+
+
+class RequestLimits:
+    """WSGI middleware: refuse what is too large or undecodable before Flask parses anything.
+
+    A declared body over the limit (413), a query string over MAX_QUERY (414), a path or query that
+    is not UTF-8 (400); each a one-line JSON error. Bodies without a Content-Length (chunked) are
+    cut by Flask's MAX_CONTENT_LENGTH when read; header sizes are bounded by gunicorn and nginx.
     """
 
-    def __init__(self, wsgi_app, limit: int):
+    MAX_QUERY = 2048
+
+    def __init__(self, wsgi_app, max_body: int):
         """Wrap ``wsgi_app``."""
         self.wsgi_app = wsgi_app
-        self.limit = limit
-        self.refusal = json.dumps({"error": f"request body larger than {limit // 1024} KiB", "status": 413}).encode()
+        self.max_body = max_body
 
     def __call__(self, environ, start_response):
-        """Refuse a declared body over the limit; pass everything else on."""
+        """Refuse a request over the limits; pass everything else on."""
         length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > self.limit:
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(self.refusal))), ("Connection", "close")]
-            start_response("413 Request Entity Too Large", headers)
-            return [self.refusal]
+        if length and length.isdigit() and int(length) > self.max_body:
+            return _refuse(start_response, 413, f"request body larger than {self.max_body // 1024} KiB")
+        query = environ.get("QUERY_STRING", "")
+        if len(query) > self.MAX_QUERY:
+            return _refuse(start_response, 414, f"query string longer than {self.MAX_QUERY} bytes")
+        try:  # WSGI carries them as latin-1 text holding the raw bytes
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+            query.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return _refuse(start_response, 400, "request path or query string is not UTF-8")
         return self.wsgi_app(environ, start_response)
+
+
+def _refuse(start_response, status: int, message: str) -> list[bytes]:
+    """Answer a JSON error straight from WSGI."""
+    body = json.dumps({"error": message, "status": status}).encode()
+    reason = {400: "Bad Request", 413: "Request Entity Too Large", 414: "URI Too Long"}[status]
+    start_response(
+        f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
+    return [body]
+
+
+def rate_limited(error: RateLimitExceeded):
+    """Render a 429 as JSON with Retry-After: when the client's window frees a slot."""
+    response = http_error(error)
+    try:
+        retry_after = int(current_app.extensions["limiter"].current_limit.reset_at - time.time())
+    except Exception:  # noqa: BLE001 (the storage may be down: fall back to the window's length)
+        retry_after = int(error.limit.limit.get_expiry())
+    response.headers["Retry-After"] = str(max(1, retry_after))
+    return response
 
 
 def http_error(error: HTTPException):
@@ -101,9 +172,10 @@ def unexpected_error(error: Exception):
     return http_error(InternalServerError())
 
 
-def init_app(app: Flask, service: IceService) -> None:
-    """Register the blueprint, the body limit and the JSON error handlers."""
-    app.register_blueprint(create_blueprint(service))
-    app.wsgi_app = BodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
+def init_app(app: Flask, service: IceService, settings: Settings, limiter: Limiter) -> None:
+    """Register the blueprint, the request limits and the JSON error handlers."""
+    app.register_blueprint(create_blueprint(service, settings, limiter))
+    app.wsgi_app = RequestLimits(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
+    app.register_error_handler(RateLimitExceeded, rate_limited)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

@@ -7,6 +7,7 @@ fix instead of a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import load_dotenv
+from limits import parse_many
 
 from app.ice import is_blocked_url, parse_ice_servers
 
@@ -30,6 +32,12 @@ DEFAULT_ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
 API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
 PROVIDERS = ("cloudflare", "turn-secret")  # the default order when both are configured
+# Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
+# so 200 people behind one NAT address starting a meeting at once stay well under it.
+DEFAULT_RATE_LIMIT = "600 per minute"
+ACCESS_MODES = ("open", "origin", "token")
+MIN_SECRET_LENGTH = 16
+DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(ValueError):
@@ -56,6 +64,10 @@ class Settings:
     proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
+    rate_limit: str | None = DEFAULT_RATE_LIMIT  # Flask-Limiter syntax; None: no limit
+    access_mode: str = "open"  # open | origin | token
+    access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
+    metrics_allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # networks that may read /metrics
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +124,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=_log_level(env),
         proxy_hops=_integer(env, "ICE_PROXY_HOPS", 1, 0, 5, unit="proxies"),
         demo=_flag(env, "ICE_DEMO"),
+        rate_limit=_rate_limit(env),
+        metrics_allow=_networks(env, "ICE_METRICS_ALLOW", DEFAULT_METRICS_ALLOW),
+        **_access(env),
         env_file=env_file,
     )
 
@@ -225,6 +240,47 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
     if len(set(names)) != len(names):
         raise ConfigError("ICE_PROVIDERS lists a provider twice")
     return names
+
+
+def _rate_limit(env: Mapping[str, str]) -> str | None:
+    """Parse ICE_RATE_LIMIT (Flask-Limiter syntax, e.g. "600 per minute"; 0 disables)."""
+    value = env.get("ICE_RATE_LIMIT", DEFAULT_RATE_LIMIT)
+    if value == "0":
+        return None
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"ICE_RATE_LIMIT must look like '600 per minute' (or 0 to disable), got {value!r}") from None
+    return value
+
+
+def _access(env: Mapping[str, str]) -> dict:
+    """Parse ICE_ACCESS_MODE and, for token mode, ICE_ACCESS_SECRET."""
+    mode = env.get("ICE_ACCESS_MODE", "open").lower()
+    if mode not in ACCESS_MODES:
+        raise ConfigError(f"ICE_ACCESS_MODE must be one of {', '.join(ACCESS_MODES)}, got {mode!r}")
+    secret = env.get("ICE_ACCESS_SECRET")
+    if mode == "token" and not secret:
+        raise ConfigError("ICE_ACCESS_SECRET is not set: ICE_ACCESS_MODE=token needs it to check access tokens")
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"ICE_ACCESS_SECRET is shorter than {MIN_SECRET_LENGTH} characters: use a long random value")
+    if mode == "origin" and not env.get("CORS_ORIGINS"):
+        raise ConfigError("CORS_ORIGINS is not set: ICE_ACCESS_MODE=origin admits only the origins it lists")
+    return {"access_mode": mode, "access_secret": secret}
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Parse a comma list of IP addresses or networks (CIDR)."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    networks = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name} entry {network!r} is not an IP address or network like 10.0.0.0/8") from None
+    return networks
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

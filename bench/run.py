@@ -159,7 +159,8 @@ def main() -> int:
 
 def report(bench: Bench, started: float) -> int:
     """Measure and print; return the exit status."""
-    app = bench.host("app")
+    # The floor has no rate limit, and wrk comes from one address: the comparison runs without it.
+    app = bench.host("app", ICE_RATE_LIMIT="0")
     answer = app.get()
     body_file = bench.workdir / "body.json"
     body_file.write_bytes(answer.content)
@@ -191,6 +192,17 @@ def report(bench: Bench, started: float) -> int:
         f"{verdict(p99_ratio <= TARGETS['p99_ratio'])}); errors or non-2xx: {errors}"
     )
     met = [rps_ratio >= TARGETS["rps_ratio"], p99_ratio <= TARGETS["p99_ratio"], errors == 0]
+
+    # What the rate limit costs: the same load with a limit that is never reached, counted in Redis.
+    limited = bench.host("limited", ICE_RATE_LIMIT="100000000 per minute")
+    wrk(f"{limited.base_url}/api/ice-servers", 1)
+    limited_run = wrk(f"{limited.base_url}/api/ice-servers", ROUND_SECONDS)
+    floor_median = statistics.median(run.rps for run in floor_runs)
+    print(
+        f"with the rate limit on (every request counted in Redis): {limited_run.rps:.0f} req/s, "
+        f"{limited_run.rps / floor_median:.3f} of the floor, p99 {limited_run.p99_ms:.2f} ms"
+    )
+    limited.stop()
 
     # Cold burst: a fresh app on an empty cache, 4 workers, a slow upstream. The floor's figure for
     # the same burst, warm, is what serving 500 simultaneous connections costs on this machine.

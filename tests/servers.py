@@ -163,7 +163,8 @@ def app_env(cloudflare_base: str | None, redis_url: str | None, **extra: str) ->
     """Build the environment for the app talking to the stand-in and Redis."""
     from tests.cloudflare_stub import API_TOKEN, KEY_ID
 
-    env = {"ICE_LOG_LEVEL": "DEBUG"}
+    # Load tests come from one address: the rate limit is off unless a test sets ICE_RATE_LIMIT.
+    env = {"ICE_LOG_LEVEL": "DEBUG", "ICE_RATE_LIMIT": "0"}
     if cloudflare_base:
         env.update(CLOUDFLARE_TURN_TOKEN_ID=KEY_ID, CLOUDFLARE_API_TOKEN=API_TOKEN, CLOUDFLARE_API_BASE=cloudflare_base)
     if redis_url:

@@ -212,3 +212,38 @@ def test_client_module_is_served_as_javascript(client):
     response = client.get("/static/ice-servers.js")
     assert response.status_code == 200 and response.mimetype == "text/javascript"
     assert b"export function keepFresh" in response.data and b"export async function getIceServers" in response.data
+
+
+def test_long_query_string_is_json_414(client):
+    response = client.get("/api/ice-servers?" + "a" * 3000)
+    assert response.status_code == 414 and response.get_json() == {"error": "query string longer than 2048 bytes", "status": 414}
+
+
+def test_path_or_query_that_is_not_utf8_is_json_400(client):
+    # WSGI carries raw bytes as latin-1 text, as gunicorn passes them.
+    for environ in ({"PATH_INFO": "/api/ice-servers\xff"}, {"QUERY_STRING": "x=\xc3\x28"}):
+        response = client.get("/api/ice-servers", environ_overrides=environ)
+        assert response.status_code == 400 and response.get_json()["error"] == "request path or query string is not UTF-8"
+
+
+def test_rate_limit_answers_json_429_with_retry_after(make_service):
+    client = create_app(Settings(rate_limit="3 per minute"), service=make_service()).test_client()
+    statuses = [client.get("/api/ice-servers").status_code for _ in range(2)] + [client.post("/api/turn-credentials").status_code]
+    refused = client.get("/api/ice-servers")
+    assert statuses == [200, 200, 200]  # both endpoints draw on one bucket
+    assert refused.status_code == 429
+    assert refused.get_json() == {"error": "too many requests from this address", "status": 429}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    other = client.get("/api/ice-servers", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert other.status_code == 200  # another address has its own bucket
+
+
+def test_health_and_preflight_are_not_rate_limited(make_service):
+    client = create_app(
+        Settings(rate_limit="1 per minute", cors_origins=("https://app.example.test",)), service=make_service()
+    ).test_client()
+    preflight = {"Origin": "https://app.example.test", "Access-Control-Request-Method": "GET"}
+    assert [client.options("/api/ice-servers", headers=preflight).status_code for _ in range(3)] == [200] * 3
+    assert client.get("/api/ice-servers").status_code == 200
+    assert client.get("/api/ice-servers").status_code == 429
+    assert {client.get(path).status_code for path in ("/healthz", "/readyz") for _ in range(3)} == {200}

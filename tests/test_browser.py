@@ -5,10 +5,12 @@ loopback.
 """
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import sync_playwright
 
+from app.access import mint_token
 from tests.servers import ROOT, Coturn, app_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -165,3 +167,30 @@ def test_client_caches_reads_the_legacy_form_and_falls_back(browser, start_host,
     fallback = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers())")
     assert fallback == [{"urls": ["stun:stun.cloudflare.com:3478"]}]
     page.close()
+
+
+def test_client_sends_a_fresh_token_from_a_function(browser, start_host, redis_url):
+    secret = "test-access-secret-long-enough"
+    env = app_env(
+        None,
+        redis_url,
+        TURN_SHARED_SECRET=TURN_SECRET,
+        TURN_URLS="turn:turn.example.test:3478",
+        ICE_ACCESS_MODE="token",
+        ICE_ACCESS_SECRET=secret,
+    )
+    host = start_host(env)
+    token = mint_token(secret, int(time.time()) + 60)  # what the operator's backend would hand the page
+    page = browser.new_page()
+    page.goto(f"{host.base_url}/healthz")
+    with_token = page.evaluate(
+        """async (token) => {
+             const { getIceServers } = await import("/static/ice-servers.js");
+             return getIceServers({ fetchOptions: async () => ({ headers: { Authorization: "Bearer " + token } }) });
+           }""",
+        token,
+    )
+    without = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers({ url: '/api/ice-servers?no-token' }))")
+    page.close()
+    assert with_token[0]["urls"] == ["turn:turn.example.test:3478"] and "username" in with_token[0]
+    assert without == [{"urls": ["stun:stun.cloudflare.com:3478"]}]  # 401: the client falls back to STUN

@@ -54,6 +54,12 @@ def test_api_token_never_in_repr():
         ({"ICE_LOG_LEVEL": "LOUD"}, "ICE_LOG_LEVEL"),
         ({"ICE_PROXY_HOPS": "many"}, "ICE_PROXY_HOPS"),
         ({"ICE_DEMO": "maybe"}, "ICE_DEMO"),
+        ({"ICE_RATE_LIMIT": "lots"}, "ICE_RATE_LIMIT"),
+        ({"ICE_ACCESS_MODE": "secret"}, "ICE_ACCESS_MODE"),
+        ({"ICE_ACCESS_MODE": "token"}, "ICE_ACCESS_SECRET"),
+        ({"ICE_ACCESS_MODE": "token", "ICE_ACCESS_SECRET": "short"}, "ICE_ACCESS_SECRET"),
+        ({"ICE_ACCESS_MODE": "origin"}, "CORS_ORIGINS"),
+        ({"ICE_METRICS_ALLOW": "10.0.0.0/33"}, "ICE_METRICS_ALLOW"),
         ({"TURN_SHARED_SECRET": "test-turn-secret"}, "TURN_URLS"),
         ({"TURN_URLS": "turn:own.example.test"}, "TURN_SHARED_SECRET"),
         ({**SECRET, "TURN_SHARED_SECRET_FILE": "/nonexistent"}, "TURN_SHARED_SECRET_FILE"),
@@ -127,3 +133,16 @@ def test_demo_is_off_unless_enabled():
     assert not load_settings({}).demo
     assert load_settings({"ICE_DEMO": "1"}).demo and load_settings({"ICE_DEMO": "true"}).demo
     assert not load_settings({"ICE_DEMO": "0"}).demo
+
+
+def test_rate_limit_defaults_on_and_zero_disables_it():
+    assert load_settings({}).rate_limit == "600 per minute"
+    assert load_settings({"ICE_RATE_LIMIT": "30 per second; 600 per minute"}).rate_limit == "30 per second; 600 per minute"
+    assert load_settings({"ICE_RATE_LIMIT": "0"}).rate_limit is None
+
+
+def test_access_modes_and_metrics_allowlist():
+    settings = load_settings({"ICE_ACCESS_MODE": "token", "ICE_ACCESS_SECRET": "test-access-secret-long-enough"})
+    assert settings.access_mode == "token" and "test-access-secret" not in repr(settings)
+    assert load_settings({}).access_mode == "open" and load_settings({}).metrics_allow == ("127.0.0.0/8", "::1/128")
+    assert load_settings({"ICE_METRICS_ALLOW": "10.0.0.5, 192.0.2.0/24"}).metrics_allow == ("10.0.0.5", "192.0.2.0/24")

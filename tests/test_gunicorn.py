@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -141,3 +142,38 @@ def test_readyz_follows_redis_while_the_api_keeps_answering(start_host, cloudfla
         assert host.get("/healthz").json() == {"status": "ok"}
     finally:
         own_redis.stop()
+
+
+def test_revoke_turn_reaches_every_worker_within_ten_seconds(start_host, cloudflare, redis_url):
+    env = app_env(cloudflare.base_url, redis_url)
+    host = start_host(env)
+    assert {turn_username(r) for r in concurrent_get(host, 40)} == {"stub-user-1"}
+
+    result = run_cli(env, "revoke-turn")
+    revoked_at = time.monotonic()
+    assert result.returncode == 0, result.stderr
+    assert cloudflare.revoked == ["stub-user-1"] and cloudflare.call_count == 2
+
+    wait_until(
+        lambda: {turn_username(r) for r in concurrent_get(host, 40)} == {"stub-user-2"}, 10, interval=0.2, what="old credential gone"
+    )
+    assert time.monotonic() - revoked_at < 10
+
+
+def test_rate_limit_is_exact_across_workers_and_cannot_be_forged_around(start_host, cloudflare, redis_url):
+    host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="50 per minute"))
+    # What the trusted proxy (nginx, one hop) sends: whatever the client forged, then the address it saw.
+    client_a = {"X-Forwarded-For": "203.0.113.10"}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _: host.get(headers=client_a), range(1000)))
+    passed = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(passed) == 50 and len(refused) == 950
+    assert {r.json()["error"] for r in refused} == {"too many requests from this address"}
+    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+
+    forged = [host.get(headers={"X-Forwarded-For": f"198.51.100.{i}, 203.0.113.10"}) for i in range(20)]
+    assert {r.status_code for r in forged} == {429}
+    assert {host.get(headers={"X-Forwarded-For": "203.0.113.20"}).status_code for _ in range(10)} == {200}
+    assert host.get("/healthz", headers=client_a).status_code == 200

@@ -38,8 +38,10 @@ function ttlOf(body, response) {
 }
 
 async function fetchEntry({ url, method, fetchOptions }) {
+  // fetchOptions may be a function, so each re-fetch can carry a fresh access token.
+  const extra = typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions;
   const fetchedAt = Date.now();
-  const response = await fetch(url, { method, credentials: "same-origin", ...fetchOptions });
+  const response = await fetch(url, { method, credentials: "same-origin", ...extra });
   if (!response.ok) throw new Error(`${url} answered ${response.status}`);
   const body = await response.json();
   const ttl = ttlOf(body, response);

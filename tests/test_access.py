@@ -1,0 +1,135 @@
+"""Who may ask: access tokens, origins, the /metrics allowlist; pure and through the app."""
+
+import hmac
+import time
+from unittest import mock
+
+import pytest
+
+from app import create_app
+from app.access import MAX_TOKEN_LIFETIME, address_allowed, mint_token, origin_allowed, token_valid
+from app.config import Settings
+
+SECRET = "test-access-secret-long-enough"
+NOW = 1_800_000_000.0
+ORIGIN = "https://app.example.test"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_minted_token_is_valid_until_it_expires():
+    token = mint_token(SECRET, int(NOW) + 300)
+    assert token_valid(SECRET, bearer(token), NOW)
+    assert token_valid(SECRET, f"bearer  {token} ", NOW)  # scheme case and spaces do not matter
+    assert not token_valid(SECRET, bearer(token), NOW + 300)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer not-a-token",
+        "Bearer 1800000300",
+        "Bearer .abc",
+        "Bearer 18000x0300.00",
+        "Bearer \u00e9\u00e9.\u00e9",
+    ],
+)
+def test_missing_or_malformed_tokens_are_refused(authorization):
+    assert not token_valid(SECRET, authorization, NOW)
+
+
+def test_forged_or_tampered_tokens_are_refused():
+    token = mint_token(SECRET, int(NOW) + 300)
+    expiry, signature = token.split(".")
+    assert not token_valid(SECRET, bearer(mint_token("another-secret-entirely", int(NOW) + 300)), NOW)
+    assert not token_valid(SECRET, bearer(f"{int(expiry) + 3600}.{signature}"), NOW)  # expiry moved
+    assert not token_valid(SECRET, bearer(f"{expiry}.{signature[:-1]}0"), NOW)
+
+
+def test_tokens_living_longer_than_a_day_are_refused():
+    assert not token_valid(SECRET, bearer(mint_token(SECRET, int(NOW) + MAX_TOKEN_LIFETIME + 60)), NOW)
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer junk", "Bearer 1.2", bearer(mint_token(SECRET, int(NOW) - 1))])
+def test_every_refusal_takes_the_same_constant_time_comparison(authorization):
+    with mock.patch("app.access.hmac.compare_digest", wraps=hmac.compare_digest) as compare:
+        assert not token_valid(SECRET, authorization, NOW)
+    assert compare.call_count == 1
+
+
+def test_origin_or_referer_must_be_listed():
+    allowed = (ORIGIN,)
+    assert origin_allowed(ORIGIN, None, allowed)
+    assert origin_allowed("HTTPS://APP.EXAMPLE.TEST", None, allowed)
+    assert origin_allowed(None, f"{ORIGIN}/call/42?x=1", allowed)
+    assert not origin_allowed("https://evil.example.test", f"{ORIGIN}/", allowed)  # Origin wins over Referer
+    assert not origin_allowed(None, None, allowed)
+    assert not origin_allowed("null", "javascript:alert(1)", allowed)
+    assert not origin_allowed(None, "https://app.example.test.evil.test/", allowed)
+
+
+def test_metrics_allowlist_takes_addresses_and_networks():
+    allowed = ("127.0.0.0/8", "::1/128", "10.1.2.3")
+    assert address_allowed("127.0.0.1", allowed) and address_allowed("::1", allowed) and address_allowed("10.1.2.3", allowed)
+    assert not address_allowed("10.1.2.4", allowed) and not address_allowed("not-an-ip", allowed) and not address_allowed(None, allowed)
+
+
+def client_for(make_service, **settings):
+    return create_app(Settings(**settings), service=make_service()).test_client()
+
+
+def test_open_mode_answers_anyone(make_service):
+    assert client_for(make_service).get("/api/ice-servers").status_code == 200
+
+
+def test_origin_mode_refuses_other_origins_with_json_403(make_service):
+    client = client_for(make_service, access_mode="origin", cors_origins=(ORIGIN,))
+    assert client.get("/api/ice-servers", headers={"Origin": ORIGIN}).status_code == 200
+    assert client.post("/api/turn-credentials", headers={"Referer": f"{ORIGIN}/room"}).status_code == 200
+    for headers in ({}, {"Origin": "https://evil.example.test"}, {"Referer": "https://evil.example.test/"}):
+        response = client.get("/api/ice-servers", headers=headers)
+        assert response.status_code == 403
+        assert response.get_json() == {"error": "this origin may not ask for ICE servers", "status": 403}
+
+
+def test_token_mode_gives_one_answer_to_every_bad_token(make_service):
+    client = client_for(make_service, access_mode="token", access_secret=SECRET)
+    good = mint_token(SECRET, int(time.time()) + 60)
+    assert client.get("/api/ice-servers", headers={"Authorization": bearer(good)}).status_code == 200
+    bad = [
+        {},
+        {"Authorization": "Bearer junk"},
+        {"Authorization": bearer(mint_token(SECRET, int(time.time()) - 5))},  # expired
+        {"Authorization": bearer(mint_token("another-secret-entirely", int(time.time()) + 60))},  # forged
+        {"Authorization": bearer(good[:-2])},  # truncated
+    ]
+    answers = [client.get("/api/ice-servers", headers=headers) for headers in bad]
+    assert {r.status_code for r in answers} == {401}
+    assert {r.get_data(as_text=True) for r in answers} == {'{"error": "a valid access token is required", "status": 401}'}
+    assert {r.headers["WWW-Authenticate"] for r in answers} == {"Bearer"}
+
+
+def test_preflight_passes_the_gate(make_service):
+    client = client_for(make_service, access_mode="token", access_secret=SECRET, cors_origins=(ORIGIN,))
+    response = client.options(
+        "/api/ice-servers",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "Authorization"},
+    )
+    assert response.status_code == 200 and response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_metrics_refuse_addresses_outside_the_allowlist(make_service):
+    client = client_for(make_service)
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    refused = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert refused.status_code == 403 and refused.get_json()["status"] == 403
+    # Through the trusted proxy, the address is the client's, not the proxy's loopback.
+    assert client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 403
