@@ -178,9 +178,10 @@ class IceService:
 
     def credential(self) -> Credential | None:
         """Return a valid credential, refilling the cache if need be; None when none can be had."""
-        if not self.providers:
-            return None
         now = self._clock()
+        if not self.providers:  # STUN only by configuration: the fallback answer is reused like any decision
+            self._serving, self._serving_until = None, now + DEGRADED_RECHECK
+            return None
         serving = self._serving
         if now < self._serving_until and (serving is None or serving.is_valid(now)):
             if serving is not None and now >= self._refresh_ahead_at:
@@ -285,18 +286,21 @@ class IceService:
         for provider in self.providers:
             if provider.remote and not remote:
                 continue
-            issued_at = self._clock()
             try:
-                ice_servers = self._call(provider)
+                return self._obtain(provider, store)
             except UpstreamError as exc:
                 self._cool_down(store, provider, exc)
                 if self._last_resort(store) is not None:
                     return None
-                continue
-            credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
-            self._store_new(store, credential)
-            return credential
         return None
+
+    def _obtain(self, provider: Provider, store) -> Credential:
+        """Get a credential from ``provider`` and store it; raise UpstreamError."""
+        issued_at = self._clock()  # before the call: the expiry errs early, never late
+        ice_servers = self._call(provider)
+        credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+        self._store_new(store, credential)
+        return credential
 
     def _last_resort(self, store) -> Credential | None:
         """Return the newest valid credential anywhere (the store's last, this process's own), or None."""
@@ -426,15 +430,10 @@ class IceService:
             try:
                 failures = []
                 for provider in self.providers:
-                    issued_at = self._clock()
                     try:
-                        ice_servers = self._call(provider)
+                        return self._obtain(provider, self.store)
                     except UpstreamError as exc:
                         failures.append(f"{provider.label}: {exc}")
-                        continue
-                    credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
-                    self._store_new(self.store, credential)
-                    return credential
                 raise RefreshError("; ".join(failures))
             finally:
                 self.store.release_lock(token)

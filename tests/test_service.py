@@ -365,3 +365,12 @@ def test_worker_without_a_copy_serves_the_stored_credential_when_its_refill_fail
     answer = make_service(store=store).answer()
     assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == "user-1"
     assert provider.calls == 2
+
+
+def test_stun_only_answers_are_reused_within_their_second(make_service, clock):
+    service = make_service(providers=[])
+    first = service.answer()
+    clock.advance(0.3)
+    assert service.answer() is first and first.source == "stun-only"
+    clock.advance(1.0)
+    assert service.answer() is not first
