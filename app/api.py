@@ -31,21 +31,23 @@ def create_blueprint(service: IceService, settings: Settings, limiter: Limiter) 
         else (lambda view: view)
     )
 
+    def respond(legacy: bool) -> Response:
+        """Admit the caller, then send the answer in the modern or the legacy form."""
+        admit()
+        answer = service.answer()
+        return Response(answer.legacy_json if legacy else answer.json, content_type="application/json", headers=answer.headers)
+
     @bp.get("/api/ice-servers")
     @limited
     def ice_servers():
         """Return ICE servers with a TURN credential (or the fallback) for RTCPeerConnection."""
-        admit()
-        answer = service.answer()
-        return Response(answer.json, content_type="application/json", headers=answer.headers)
+        return respond(legacy=False)
 
     @bp.post("/api/turn-credentials")
     @limited
     def turn_credentials():
         """Return the same credential in the first guide's single-object form."""
-        admit()
-        answer = service.answer()
-        return Response(answer.legacy_json, content_type="application/json", headers=answer.headers)
+        return respond(legacy=True)
 
     @bp.get("/healthz")
     def healthz():

@@ -105,42 +105,43 @@ REVOKE = f"{BASE}/turn/keys/test-key-id/credentials/test-user/revoke"
 NEW_ANSWER = {"iceServers": [{"urls": ["turn:turn.cloudflare.com:3478"], "username": "test-user-2", "credential": "test-password-2"}]}
 
 
-@responses.activate
-def test_revoke_turn_replaces_then_revokes_the_old_credential(redis_client):
-    responses.post(URL, json=ANSWER, status=201)
-    runner, service = make_runner(RedisStore(redis_client))
-    service.answer()
-    responses.replace(responses.POST, URL, json=NEW_ANSWER, status=201)
-    responses.post(REVOKE, status=204)
+@pytest.fixture
+def serving_test_user(redis_client):
+    """Serve the credential of test-user from the shared cache; return the CLI runner."""
+    with responses.RequestsMock() as mock:
+        mock.post(URL, json=ANSWER, status=201)
+        runner, service = make_runner(RedisStore(redis_client))
+        service.answer()
+        yield runner, mock
+
+
+def test_revoke_turn_replaces_then_revokes_the_old_credential(redis_client, serving_test_user):
+    runner, upstream = serving_test_user
+    upstream.replace(upstream.POST, URL, json=NEW_ANSWER, status=201)
+    upstream.post(REVOKE, status=204)
     result = runner.invoke(args=["revoke-turn"])
     assert result.exit_code == 0, result.output
-    assert [call.request.url for call in responses.calls][1:] == [URL, REVOKE]  # new one first, then the revocation
-    assert responses.calls[2].request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert [call.request.url for call in upstream.calls][1:] == [URL, REVOKE]  # new one first, then the revocation
+    assert upstream.calls[2].request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert RedisStore(redis_client).get().username == "test-user-2"
     assert result.output.startswith("Revoked TURN credential test-user. New credential from cloudflare expires at")
     assert "test-password" not in result.output and TOKEN not in result.output
 
 
-@responses.activate
-def test_revoke_turn_keeps_the_old_credential_when_no_new_one_can_be_had(redis_client):
-    responses.post(URL, json=ANSWER, status=201)
-    runner, service = make_runner(RedisStore(redis_client))
-    service.answer()
-    responses.replace(responses.POST, URL, json={"success": False, "errors": [{"code": 1, "message": "Internal error"}]}, status=500)
+def test_revoke_turn_keeps_the_old_credential_when_no_new_one_can_be_had(redis_client, serving_test_user):
+    runner, upstream = serving_test_user
+    upstream.replace(upstream.POST, URL, json={"success": False, "errors": [{"code": 1, "message": "Internal error"}]}, status=500)
     result = runner.invoke(args=["revoke-turn"])
     assert result.exit_code == 1
     assert "no new credential could be had, so test-user is kept and was not revoked" in result.output
-    assert not [call for call in responses.calls if call.request.url == REVOKE]
+    assert not [call for call in upstream.calls if call.request.url == REVOKE]
     assert RedisStore(redis_client).get().username == "test-user"
 
 
-@responses.activate
-def test_revoke_turn_says_so_when_the_revocation_fails(redis_client):
-    responses.post(URL, json=ANSWER, status=201)
-    runner, service = make_runner(RedisStore(redis_client))
-    service.answer()
-    responses.replace(responses.POST, URL, json=NEW_ANSWER, status=201)
-    responses.post(REVOKE, json={"success": False, "errors": [{"code": 1, "message": "Not found"}]}, status=404)
+def test_revoke_turn_says_so_when_the_revocation_fails(redis_client, serving_test_user):
+    runner, upstream = serving_test_user
+    upstream.replace(upstream.POST, URL, json=NEW_ANSWER, status=201)
+    upstream.post(REVOKE, json={"success": False, "errors": [{"code": 1, "message": "Not found"}]}, status=404)
     result = runner.invoke(args=["revoke-turn"])
     assert result.exit_code == 1
     assert "a new credential is stored, but revoking test-user failed: Cloudflare answered 404: Not found" in result.output
