@@ -105,7 +105,8 @@ def test_dotenv_is_read_and_the_real_environment_wins(tmp_path, monkeypatch):
     env_file.write_text("TURN_CREDENTIAL_TTL=3600\nICE_CACHE_TTL=1800\n")
     monkeypatch.setenv("ICE_ENV_FILE", str(env_file))
     monkeypatch.setenv("ICE_CACHE_TTL", "600")
-    monkeypatch.delenv("TURN_CREDENTIAL_TTL", raising=False)
+    monkeypatch.setenv("TURN_CREDENTIAL_TTL", "unset")  # so that monkeypatch removes what .env will set...
+    monkeypatch.delenv("TURN_CREDENTIAL_TTL")  # ...instead of leaking it into later tests
     settings = load_settings()
     assert (settings.credential_ttl, settings.cache_ttl) == (3600, 600)
 
