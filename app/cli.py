@@ -8,8 +8,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from app import operations
+from app.credentials import LOCAL_STALENESS, RefreshError
 from app.ice import rfc3339
-from app.service import LOCAL_STALENESS, RefreshError
 
 
 @click.command("refresh-turn")
@@ -17,7 +18,7 @@ from app.service import LOCAL_STALENESS, RefreshError
 def refresh_turn() -> None:
     """Fetch a new TURN credential now and store it in the shared cache."""
     try:
-        credential = current_app.extensions["ice_service"].refresh()
+        credential = operations.refresh(current_app.extensions["ice_service"])
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
     remaining = int(credential.expires_at - time.time())
@@ -32,7 +33,7 @@ def refresh_turn() -> None:
 def revoke_turn() -> None:
     """Replace the TURN credential in the shared cache and revoke the old one at Cloudflare."""
     try:
-        old, new = current_app.extensions["ice_service"].revoke()
+        old, new = operations.revoke(current_app.extensions["ice_service"])
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -45,7 +46,7 @@ def revoke_turn() -> None:
 @with_appcontext
 def ice_status() -> None:
     """Show where credentials come from, what the shared cache holds, and any cool-down."""
-    status = current_app.extensions["ice_service"].status()
+    status = operations.status(current_app.extensions["ice_service"])
     now = time.time()
     click.echo(f"Providers:    {', '.join(status.providers) or 'none configured: STUN only'}")
     if not status.shared:

@@ -1,11 +1,10 @@
-"""IceService: what to hand a caller, and when to ask the upstream again.
+"""IceService: what to hand a caller now: a TURN credential from the right cache, or the fallback.
 
-Read path: the in-process copy (trusted for ``LOCAL_STALENESS`` seconds, never past its cache
-window) -> the shared cache -> a refill, which one worker fleet-wide performs under the store's
-lock while the others wait a bounded time. Before the window ends one worker refreshes in the
-background. When the upstream fails the last credential is served while still valid, never
-after; then ``TURN_SERVERS``, then STUN only. When Redis fails the process carries on with its
-in-process store and goes back to Redis once it answers.
+Each credential scope (the shared one, or one per verified user) is a ``CredentialCache``; this
+class picks the cache, turns its credential into an ``Answer`` (reused for the rest of its second,
+so warm requests neither build nor encode JSON), and falls back to ``TURN_SERVERS``, then STUN
+only, when no valid credential can be had. Per-user caches live in a bounded map: a process holds
+at most ``MAX_USERS`` of them, the least recently asked for go first.
 
 Nothing here knows Flask. Time, sleeping, randomness and thread spawning are injectable.
 """
@@ -13,61 +12,22 @@ Nothing here knows Flask. Time, sleeping, randomness and thread spawning are inj
 from __future__ import annotations
 
 import json
-import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
 
 from app import metrics
-from app.cloudflare import UpstreamError, UpstreamInvalid, UpstreamUnavailable
-from app.ice import Credential, answer_body, legacy_body, new_credential, rfc3339
-from app.store import MemoryStore, Snapshot, StoreUnavailable
+from app.credentials import CredentialCache, DegradedLog, Provider
+from app.ice import Credential, answer_body, legacy_body
+from app.store import StoreUnavailable
+from app.store_policy import StorePolicy
 
-log = logging.getLogger("ice_servers")
-
-LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeouts) and the store write
-WAIT_BUDGET = 6.0  # seconds a request on a cold cache may wait in all before it gets the fallback
-POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another worker refills
-LOCAL_STALENESS = 2.0  # seconds the in-process copy is served without asking the shared cache
-DEGRADED_RECHECK = 1.0  # seconds a stale or no-credential decision is reused before asking again
-SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
-REFRESH_AHEAD_FRACTION = 0.25  # refresh in the background during the last quarter of the window...
-REFRESH_AHEAD_MAX = 600.0  # ...or its last ten minutes, whichever is shorter
-REFRESH_RETRY_INTERVAL = 1.0  # seconds between one process's background refresh attempts
-BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
-BACKOFF_CAP = 300.0
-RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
-DEGRADED_LOG_INTERVAL = 60.0  # seconds between repeated "degraded" warnings of one process
-
-
-class Provider(Protocol):
-    """A source of TURN credentials: Cloudflare, or a TURN shared secret."""
-
-    source: str  # the ``source`` field of the answer
-    label: str  # the name in log lines
-    remote: bool  # asks an upstream (locked, cooled down) rather than minting locally
-
-    def issue(self, ttl: int) -> list[dict]:
-        """Return ICE servers whose credential lives ``ttl`` seconds; raise UpstreamError."""
-
-
-class RefreshError(Exception):
-    """A forced refresh failed; the message is one line for the operator."""
-
-
-@dataclass(frozen=True)
-class Status:
-    """What an operator asks about: where credentials come from and what the cache holds."""
-
-    providers: tuple[str, ...]  # labels, in order
-    shared: bool  # Redis configured
-    store_error: str | None  # why the store did not answer, if it did not
-    snapshot: Snapshot | None  # None when the store did not answer
+MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
 
 
 @dataclass(frozen=True)
@@ -114,7 +74,7 @@ class Answer:
 
 
 class IceService:
-    """Hand out ICE servers from a shared cache, refilled once per window fleet-wide."""
+    """Hand out ICE servers: the shared credential, or each user's own, refilled once per window fleet-wide."""
 
     def __init__(
         self,
@@ -128,241 +88,81 @@ class IceService:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         spawn: Callable[[Callable[[], None]], None] | None = None,
+        per_user: bool = False,
+        max_users: int = MAX_USERS,
     ):
-        """Wire the store and providers; the callables are injectable for tests."""
+        """Wire the store and providers; ``per_user``: callers get their own credentials (user scope)."""
         self.store = store
+        self.per_user = per_user
+        self.policy = StorePolicy(store, clock)
         self.providers = tuple(providers)
-        self._labels = {provider.source: provider.label for provider in self.providers}
-        self.credential_ttl = credential_ttl
-        self.cache_ttl = cache_ttl
         self.turn_servers = tuple(turn_servers)
         self.stun_urls = tuple(stun_urls)
-        self._clock, self._sleep, self._jitter = clock, sleep, jitter
-        self._spawn = spawn or _spawn_daemon
-        # The in-process store: the whole cache without Redis, the fallback while Redis is down.
-        self._local = store if not store.shared else MemoryStore(clock)
-        self._hot: Credential | None = None  # the newest credential this process has seen
-        self._serving: Credential | None = None  # what to serve without asking the shared cache...
-        self._serving_until = 0.0  # ...until then (None until then: the fallback)
-        self._refresh_ahead_at = float("inf")  # when the credential served enters its refresh-ahead quarter
-        self._answer: tuple[Credential | None, int, Answer] | None = None  # the last answer, and its key
-        self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet
-        self._refreshing = threading.Lock()  # one background refresh per process...
-        self._refresh_not_before = 0.0  # ...and not a new thread per request while another worker refreshes
-        self._shared_down_until = 0.0
-        self._shared_down = False
-        self._degraded_logged_at = float("-inf")
+        self.cache_ttl = cache_ttl
+        self._clock = clock
+        self._degraded = DegradedLog()
+        self._new_cache = lambda user: CredentialCache(
+            self.policy, self.providers, credential_ttl, cache_ttl, user, clock, sleep, jitter, spawn, self._degraded
+        )
+        self.shared_cache = self._new_cache(None)
+        self._users: OrderedDict[str, CredentialCache] = OrderedDict()
+        self._users_mutex = threading.Lock()
+        self._max_users = max_users
 
-    # -- read path -----------------------------------------------------------------------
+    def cache(self, user: str | None = None) -> CredentialCache:
+        """Return the cache of ``user`` (an opaque identifier), or the shared one."""
+        if user is None:
+            return self.shared_cache
+        with self._users_mutex:
+            cache = self._users.get(user)
+            if cache is None:
+                cache = self._users[user] = self._new_cache(user)
+                if len(self._users) > self._max_users:
+                    self._users.popitem(last=False)
+            else:
+                self._users.move_to_end(user)
+            return cache
 
-    def answer(self) -> Answer:
+    def answer(self, user: str | None = None) -> Answer:
         """Return what to send a caller now: a TURN credential if one can be had, else the fallback."""
+        cache = self.shared_cache if user is None else self.cache(user)
         now = self._clock()
-        cached, serving = self._answer, self._serving
-        if cached is not None and cached[0] is serving and now < self._serving_until and cached[1] == _answer_key(serving, now):
+        memo = cache.memo
+        if memo is not None and cache.current(memo[0], now) and memo[1] == _answer_key(memo[0], now):
             # The warm path: the same decision and the same whole seconds of ttl, so the body is exact.
-            if now >= self._refresh_ahead_at:
-                self._refresh_in_background(serving)
-            metrics.REQUESTS_BY_SOURCE[cached[2].source].inc()
-            return cached[2]
-        credential = self.credential()
+            metrics.REQUESTS_BY_SOURCE[memo[2].source].inc()
+            return memo[2]
+        credential = cache.credential()
         now = self._clock()
         if credential is not None and credential.is_valid(now):
             max_age = max(0, int(min(credential.refresh_at, credential.expires_at) - now))
             answer = Answer(credential.ice_servers, credential.source, credential.expires_at, now, max_age)
         else:
             credential, answer = None, self._fallback(now)
-        self._answer = (credential, _answer_key(credential, now), answer)
+        cache.memo = (credential, _answer_key(credential, now), answer)
         metrics.REQUESTS_BY_SOURCE[answer.source].inc()
         return answer
 
-    def credential(self) -> Credential | None:
-        """Return a valid credential, refilling the cache if need be; None when none can be had."""
-        now = self._clock()
-        if not self.providers:  # STUN only by configuration: the fallback answer is reused like any decision
-            self._serving, self._serving_until = None, now + DEGRADED_RECHECK
-            return None
-        serving = self._serving
-        if now < self._serving_until and (serving is None or serving.is_valid(now)):
-            if serving is not None and now >= self._refresh_ahead_at:
-                self._refresh_in_background(serving)
-            return serving
-        store = self._store(now)
-        try:
-            credential = store.get()
-        except StoreUnavailable as exc:
-            store = self._shared_failed(exc)
-            credential = store.get()
-        if credential is not None:
-            metrics.HIT.inc()
-            log.debug("Using cached %s TURN credentials, valid until %s", self._label(credential), rfc3339(credential.expires_at))
-            self._remember(credential, store, now)
-            if now >= self._refresh_ahead_at:
-                self._refresh_in_background(credential)
-            return credential
-        metrics.MISS.inc()
-        credential = self._refill(now + WAIT_BUDGET)
-        if credential is None or not credential.is_fresh(self._clock()):
-            # Degraded (stale or none): decided for a second, so an outage costs no Redis trip per request.
-            self._serving, self._serving_until = credential, self._clock() + DEGRADED_RECHECK
-        return credential
+    def credential(self, user: str | None = None) -> Credential | None:
+        """Return a valid credential of ``user`` (or the shared one), refilling if need be; None when none can be had."""
+        return self.cache(user).credential()
 
-    def _refill(self, deadline: float) -> Credential | None:
-        """Refill on a miss: one thread per process, one process per fleet; bounded by ``deadline``."""
-        if not self._refill_mutex.acquire(timeout=max(0.0, deadline - self._clock())):
-            return self._last_resort(self._store(self._clock()))
-        try:
-            return self._refill_locked(deadline)
-        finally:
-            self._refill_mutex.release()
+    def readiness(self) -> dict[str, bool]:
+        """Check that the shared cache answers and that a valid TURN credential is held or can be had.
 
-    def _refill_locked(self, deadline: float) -> Credential | None:
-        """Decide on one snapshot of the store: serve, put back, revalidate in the background, or fetch."""
-        waited = False
-        while True:
-            now = self._clock()
-            store = self._store(now)
-            try:
-                snapshot = store.snapshot()
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-                continue  # the in-process store answers from now on
-            if snapshot.fresh is not None:
-                self._remember(snapshot.fresh, store, now)
-                return snapshot.fresh
-            last = self._newest_valid(now, snapshot.last)
-            if last is not None and last.is_fresh(now):
-                # The store lost it (Redis restarted, junk written over it): put it back, no upstream call.
-                self._put(store, last)
-                self._remember(last, store, now)
-                return last
-            if snapshot.failures or snapshot.cooldown:
-                # The upstream is known to fail: nobody waits on it. With nothing valid left a local
-                # provider serves at once; otherwise one worker retries off the request path.
-                if last is None and (minted := self._issue(store, remote=False)) is not None:
-                    return minted
-                if not snapshot.cooldown:
-                    self._refresh_in_background(last)
-                if last is not None:
-                    metrics.STALE.inc()
-                    expiry = rfc3339(last.expires_at)
-                    self._warn_degraded(now, f"serving the last TURN credential past its refresh point; it expires at {expiry}")
-                return last
-            try:
-                token = store.acquire_lock(LOCK_TTL)
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-                continue
-            if token is not None:
-                return self._fill_holding_lock(store, token)
-            if self._clock() + POLL_INTERVAL >= deadline:
-                log.warning("Gave up waiting for another worker to fetch TURN credentials")
-                return self._newest_valid(self._clock(), snapshot.last)
-            if not waited:
-                waited = True
-                metrics.LOCK_WAIT.inc()
-            self._sleep(POLL_INTERVAL)
-
-    def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
-        """Check again holding the lock, then ask the providers and store what they give."""
-        try:
-            current = store.get()
-            if current is not None and (seen is None or current.issued_at > seen.issued_at):
-                self._remember(current, store, self._clock())
-                return current
-            return self._issue(store) or self._last_resort(store)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return self._last_resort(self._local)
-        finally:
-            self._release(store, token)
-
-    def _issue(self, store, remote: bool = True) -> Credential | None:
-        """Ask the providers in order (only local ones unless ``remote``); store and return the first credential.
-
-        A failing remote provider starts the cool-down; the next provider is asked only when no valid
-        credential is left, so a cached credential is served until it expires (stale-if-error).
+        With per-user credentials there is no one credential to hold: the upstream counts as ready
+        while a provider is configured and no failure run is under way (or a local provider mints).
         """
-        for provider in self.providers:
-            if provider.remote and not remote:
-                continue
-            try:
-                return self._obtain(provider, store)
-            except UpstreamError as exc:
-                self._cool_down(store, provider, exc)
-                if self._last_resort(store) is not None:
-                    return None
-        return None
-
-    def _obtain(self, provider: Provider, store) -> Credential:
-        """Get a credential from ``provider`` and store it; raise UpstreamError."""
-        issued_at = self._clock()  # before the call: the expiry errs early, never late
-        ice_servers = self._call(provider)
-        credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
-        self._store_new(store, credential)
-        return credential
-
-    def _last_resort(self, store) -> Credential | None:
-        """Return the newest valid credential anywhere (the store's last, this process's own), or None."""
-        return self._newest_valid(self._clock(), self._last_stored(store))
-
-    def _last_stored(self, store) -> Credential | None:
-        """Return the store's last credential, or None when it does not answer."""
         try:
-            return store.snapshot().last
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return None
-
-    def _call(self, provider: Provider) -> list[dict]:
-        """Ask ``provider`` for a credential, timing and counting the outcome."""
-        log.info("Generating new %s TURN credentials", provider.label)
-        started, outcome = time.perf_counter(), "success"
-        try:
-            return provider.issue(self.credential_ttl)
-        except UpstreamError as exc:
-            outcome = _outcome(exc)
-            raise
-        finally:
-            metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
-            metrics.UPSTREAM_REQUESTS.labels(outcome).inc()
-
-    def _store_new(self, store, credential: Credential) -> None:
-        """Store a new credential (a newer one already held wins) and end any cool-down."""
-        if self._put(store, credential):
-            try:
-                store.clear_failures()
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-        self._remember(credential, store, self._clock())
-        log.info(
-            "Generated new %s TURN credentials, valid until %s (refresh at %s)",
-            self._label(credential),
-            rfc3339(credential.expires_at),
-            rfc3339(credential.refresh_at),
-        )
-
-    def _cool_down(self, store, provider: Provider, exc: UpstreamError) -> None:
-        """Start a fleet-wide cool-down: exponential with jitter, at least the 429's Retry-After."""
-        try:
-            failures = store.snapshot().failures + 1
-        except StoreUnavailable as failure:
-            store = self._shared_failed(failure)
-            failures = store.snapshot().failures + 1
-        seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
-        if exc.retry_after is not None:
-            seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
-        try:
-            store.start_cooldown(seconds)
-        except StoreUnavailable as failure:
-            self._shared_failed(failure).start_cooldown(seconds)
-        log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
-
-    def _newest_valid(self, now: float, *candidates: Credential | None) -> Credential | None:
-        """Return the newest still-valid credential among ``candidates`` and this process's own."""
-        pool = [*candidates, self._hot, self._local.snapshot().last]
-        valid = [c for c in pool if c is not None and c.is_valid(now)]
-        return max(valid, key=lambda c: c.expires_at) if valid else None
+            self.store.ping()
+            snapshot, store_answers = self.store.snapshot(), True
+        except StoreUnavailable:
+            snapshot, store_answers = None, False
+        if not self.per_user:
+            return {"redis": store_answers, "upstream": self.credential() is not None}
+        local = any(not provider.remote for provider in self.providers)
+        upstream_fine = snapshot is None or not (snapshot.failures or snapshot.cooldown)
+        return {"redis": store_answers, "upstream": bool(self.providers) and (local or upstream_fine)}
 
     def _fallback(self, now: float) -> Answer:
         """Answer without a TURN credential: TURN_SERVERS, else STUN only; never cached."""
@@ -372,171 +172,9 @@ class IceService:
             servers, source = tuple({"urls": [url]} for url in self.stun_urls), "stun-only"
         if self.providers:  # without any, STUN only is the configuration, warned about at start
             what = "static TURN_SERVERS" if source == "static" else "STUN only: calls behind strict NATs will fail"
-            self._warn_degraded(now, f"no valid TURN credential: serving {what}")
+            self._degraded.warn(now, f"no valid TURN credential: serving {what}")
         ttl = min(DEGRADED_TTL, self.cache_ttl)
         return Answer(servers, source, now + ttl, now, None)
-
-    def _warn_degraded(self, now: float, message: str) -> None:
-        """Log a degraded answer, at most once a minute per process so an outage does not flood the log."""
-        if now - self._degraded_logged_at >= DEGRADED_LOG_INTERVAL:
-            self._degraded_logged_at = now
-            log.warning(message[0].upper() + message[1:])
-
-    # -- refresh ahead -------------------------------------------------------------------
-
-    def _refresh_in_background(self, seen: Credential | None) -> None:
-        """Start one background refresh in this process; the store's lock makes it one per fleet."""
-        now = self._clock()
-        if now < self._refresh_not_before or not self._refreshing.acquire(blocking=False):
-            return
-        self._refresh_not_before = now + REFRESH_RETRY_INTERVAL
-        metrics.REFRESH.inc()
-        try:
-            self._spawn(lambda: self._refresh(seen))
-        except RuntimeError:  # no thread could be started (interpreter shutting down)
-            self._refreshing.release()
-
-    def _refresh(self, seen: Credential | None) -> None:
-        """Replace ``seen`` unless another worker already did or the upstream is cooling down."""
-        try:
-            store = self._store(self._clock())
-            if store.snapshot().cooldown:
-                return
-            token = store.acquire_lock(LOCK_TTL)
-            if token is not None:
-                self._fill_holding_lock(store, token, seen=seen)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-        finally:
-            self._refreshing.release()
-
-    # -- forced refresh (CLI) ------------------------------------------------------------
-
-    def refresh(self) -> Credential:
-        """Fetch a credential now, from the first provider that gives one, into the shared cache.
-
-        The cool-down is ignored (an operator asked) and ended by a success. Raises RefreshError.
-        """
-        if not self.providers:
-            raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET")
-        if not self.store.shared:
-            raise RefreshError("REDIS_URL is not set: running workers keep their own in-process cache, which this command cannot reach")
-        deadline = self._clock() + LOCK_TTL
-        try:
-            while (token := self.store.acquire_lock(LOCK_TTL)) is None:
-                if self._clock() >= deadline:
-                    raise RefreshError("another refresh still holds the lock; try again in a few seconds")
-                self._sleep(POLL_INTERVAL)
-            try:
-                failures = []
-                for provider in self.providers:
-                    try:
-                        return self._obtain(provider, self.store)
-                    except UpstreamError as exc:
-                        failures.append(f"{provider.label}: {exc}")
-                raise RefreshError("; ".join(failures))
-            finally:
-                self.store.release_lock(token)
-        except StoreUnavailable as exc:
-            raise RefreshError(f"shared cache: {exc}") from None
-
-    def revoke(self) -> tuple[Credential, Credential]:
-        """Replace the credential in the shared cache, then revoke the old one upstream.
-
-        A new credential is had first: when none can be, the old one is kept (not revoked) and
-        RefreshError says so. Returns (old, new).
-        """
-        try:
-            old = self.store.snapshot().last
-        except StoreUnavailable as exc:
-            raise RefreshError(f"shared cache: {exc}") from None
-        if old is None or old.username is None:
-            raise RefreshError("no TURN credential is cached: nothing to revoke")
-        provider = next((p for p in self.providers if p.source == old.source), None)
-        if provider is None or not hasattr(provider, "revoke"):
-            raise RefreshError(f"credentials from {old.source} cannot be revoked upstream; use refresh-turn to replace it")
-        try:
-            new = self.refresh()
-        except RefreshError as exc:
-            raise RefreshError(f"no new credential could be had, so {old.username} is kept and was not revoked: {exc}") from None
-        try:
-            provider.revoke(old.username)
-        except UpstreamError as exc:
-            raise RefreshError(f"a new credential is stored, but revoking {old.username} failed: {exc}") from None
-        log.warning("Revoked TURN credential %s; serving a new one valid until %s", old.username, rfc3339(new.expires_at))
-        return old, new
-
-    # -- health and status ----------------------------------------------------------------
-
-    def readiness(self) -> dict[str, bool]:
-        """Check that the shared cache answers and that a valid TURN credential is held or can be had."""
-        try:
-            self.store.ping()
-            store_answers = True
-        except StoreUnavailable:
-            store_answers = False
-        return {"redis": store_answers, "upstream": self.credential() is not None}
-
-    def status(self) -> Status:
-        """Describe providers, the store and what it holds, for ``flask ice-status``."""
-        try:
-            snapshot, error = self.store.snapshot(), None
-        except StoreUnavailable as exc:
-            snapshot, error = None, str(exc)
-        return Status(tuple(p.label for p in self.providers), self.store.shared, error, snapshot)
-
-    # -- Redis failure policy ------------------------------------------------------------
-
-    def _store(self, now: float):
-        """Return the shared store, or the in-process one while the shared store is in its time-out."""
-        if now < self._shared_down_until:
-            return self._local
-        if self._shared_down:
-            self._shared_down = False
-            log.info("Trying the shared cache again")
-        return self.store
-
-    def _shared_failed(self, exc: StoreUnavailable):
-        """Put the shared store in a short time-out and return the in-process store."""
-        if not self._shared_down:
-            log.warning("Shared cache unavailable (%s): serving from this process's cache", exc)
-        self._shared_down = True
-        self._shared_down_until = self._clock() + SHARED_RETRY_AFTER
-        return self._local
-
-    def _remember(self, credential: Credential, store, now: float) -> None:
-        """Keep ``credential`` as the in-process copy, and in the in-process store for Redis outages."""
-        if credential is not self._hot:
-            metrics.CREDENTIAL_EXPIRY.set(credential.expires_at)
-        self._hot = credential
-        self._serving, self._serving_until = credential, min(now + LOCAL_STALENESS, credential.refresh_at)
-        # Refresh in the background during the last quarter of the window (at most its last 10 min).
-        window = credential.refresh_at - credential.issued_at
-        self._refresh_ahead_at = credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX)
-        if store is not self._local:
-            self._local.put(credential)
-
-    def _label(self, credential: Credential) -> str:
-        """Name a credential's source for log lines (a provider may have been removed since it was cached)."""
-        return self._labels.get(credential.source, credential.source)
-
-    def _put(self, store, credential: Credential) -> bool:
-        """Store ``credential``; tell whether it is now the one held (a newer one wins)."""
-        try:
-            stored = store.put(credential)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return False
-        if not stored:
-            log.info("A newer TURN credential was already cached; keeping it")
-        return stored
-
-    def _release(self, store, token: str) -> None:
-        """Release the store's lock; if the store is gone the lock's expiry frees it."""
-        try:
-            store.release_lock(token)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
 
 
 def _answer_key(credential: Credential | None, now: float) -> int:
@@ -547,17 +185,3 @@ def _answer_key(credential: Credential | None, now: float) -> int:
 def _encode(body: dict) -> bytes:
     """Encode a response body as compact JSON."""
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _outcome(exc: UpstreamError) -> str:
-    """Name an upstream failure for the metrics."""
-    if isinstance(exc, UpstreamUnavailable):
-        return "unavailable"
-    if isinstance(exc, UpstreamInvalid):
-        return "invalid"
-    return "rate_limited" if exc.status == 429 else "rejected"
-
-
-def _spawn_daemon(target: Callable[[], None]) -> None:
-    """Run ``target`` in a daemon thread, so a stuck upstream never blocks shutdown."""
-    threading.Thread(target=target, name="ice-refresh-ahead", daemon=True).start()

@@ -14,6 +14,9 @@ inside one process (no ``REDIS_URL``, or while Redis is down). The contract, for
 - ``acquire_lock`` returns a token or None; the lock expires by itself so that a dead holder
   cannot block the fleet; ``release_lock`` deletes it only if the token still matches.
 - Any I/O failure raises ``StoreUnavailable``; nothing else leaves these methods.
+- ``scoped(scope)`` returns the same contract for another credential (one per user): its own
+  entries and lock, the same cool-down, since the upstream fails for everyone at once. Entries
+  of every scope expire with their credential, so the cache stays as large as its active users.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from app.ice import Credential
 SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
 KEY_PREFIX = "ice-servers:"
 FAILURES_MEMORY = 3600  # seconds a run of upstream failures is remembered, for the backoff exponent
+SCOPES_PRUNE_AT = 1024  # in-process scopes held before those with an expired credential are dropped
 
 # KEYS: fresh, last. ARGV: entry, expires_at, fresh ms, last ms. Wrong-type keys are replaced.
 _PUT_IF_NEWER = """
@@ -82,13 +86,21 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
-        """Use ``client``; ``clock`` turns absolute expiries into Redis PX values."""
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time, scope: str = "", _scripts=None):
+        """Use ``client``; ``clock`` turns absolute expiries into Redis PX values; ``scope`` names the credential."""
         self._redis = client
         self._clock = clock
-        self._put_if_newer = client.register_script(_PUT_IF_NEWER)
-        self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
-        self._keys = {name: KEY_PREFIX + name for name in ("credential", "credential:last", "lock", "cooldown", "failures")}
+        self._put_if_newer, self._release_if_owner = _scripts or (
+            client.register_script(_PUT_IF_NEWER),
+            client.register_script(_RELEASE_IF_OWNER),
+        )
+        entry = KEY_PREFIX + (f"{scope}:" if scope else "")
+        self._keys = {name: entry + name for name in ("credential", "credential:last", "lock")}
+        self._keys.update({name: KEY_PREFIX + name for name in ("cooldown", "failures")})
+
+    def scoped(self, scope: str) -> RedisStore:
+        """Return the store of another credential: its own entries and lock, the shared cool-down."""
+        return RedisStore(self._redis, self._clock, scope, (self._put_if_newer, self._release_if_owner))
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -196,14 +208,27 @@ class MemoryStore:
 
     shared = False
 
-    def __init__(self, clock: Callable[[], float] = time.time):
+    def __init__(self, clock: Callable[[], float] = time.time, _upstream: _Upstream | None = None):
         """Start empty; ``clock`` is injectable for expiry tests."""
         self._clock = clock
         self._mutex = threading.Lock()
         self._last: Credential | None = None
         self._lock: tuple[str, float] | None = None
-        self._cooldown_until = 0.0
-        self._failures = 0
+        self._upstream = _upstream or _Upstream()
+
+    def scoped(self, scope: str) -> MemoryStore:
+        """Return the store of another credential (the same one for the same scope); it shares this one's cool-down."""
+        with self._upstream.mutex:
+            scopes = self._upstream.scopes
+            store = scopes.get(scope)
+            if store is None:
+                if len(scopes) >= self._upstream.prune_above:  # drop the scopes whose credential expired
+                    now = self._clock()
+                    for name in [name for name, held in scopes.items() if not (held._last and held._last.is_valid(now))]:
+                        del scopes[name]
+                    self._upstream.prune_above = max(SCOPES_PRUNE_AT, 2 * len(scopes))
+                store = scopes[scope] = MemoryStore(self._clock, self._upstream)
+            return store
 
     def __repr__(self) -> str:
         """Name the store."""
@@ -223,8 +248,8 @@ class MemoryStore:
         return Snapshot(
             fresh=last if last and last.is_fresh(now) else None,
             last=last if last and last.is_valid(now) else None,
-            cooldown=max(0.0, self._cooldown_until - now),
-            failures=self._failures,
+            cooldown=max(0.0, self._upstream.cooldown_until - now),
+            failures=self._upstream.failures,
         )
 
     def put(self, credential: Credential) -> bool:
@@ -253,12 +278,24 @@ class MemoryStore:
 
     def start_cooldown(self, seconds: float) -> None:
         """Start a cool-down of ``seconds`` and count one more failure in a row."""
-        with self._mutex:
-            self._cooldown_until = self._clock() + seconds
-            self._failures += 1
+        with self._upstream.mutex:
+            self._upstream.cooldown_until = self._clock() + seconds
+            self._upstream.failures += 1
 
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""
-        with self._mutex:
-            self._cooldown_until = 0.0
-            self._failures = 0
+        with self._upstream.mutex:
+            self._upstream.cooldown_until = 0.0
+            self._upstream.failures = 0
+
+
+class _Upstream:
+    """The cool-down state the scopes of one MemoryStore share."""
+
+    def __init__(self):
+        """Start with no cool-down and no scope."""
+        self.mutex = threading.Lock()
+        self.cooldown_until = 0.0
+        self.failures = 0
+        self.scopes: dict[str, MemoryStore] = {}  # only as many as users with a valid credential
+        self.prune_above = SCOPES_PRUNE_AT

@@ -13,7 +13,7 @@ import hmac
 import time
 from collections.abc import Callable
 
-USER = "ice-servers"  # one credential is shared by all callers in a window; the name only labels it
+USER = "ice-servers"  # the user part of the shared credential (one for all callers in a window)
 
 
 def rest_credential(secret: str, expiry: int, user: str = USER) -> tuple[str, str]:
@@ -41,8 +41,12 @@ class TurnSecretProvider:
         """Show the URLs, never the secret."""
         return f"TurnSecretProvider({self._turn_urls!r})"
 
-    def issue(self, ttl: int) -> list[dict]:
-        """Return ICE servers with a credential that the TURN server accepts for ``ttl`` seconds."""
-        username, password = rest_credential(self._secret, int(self._clock() + ttl))
+    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
+        """Return ICE servers with a credential that the TURN server accepts for ``ttl`` seconds.
+
+        ``user`` (an opaque identifier) becomes the username's user part, so the TURN server's logs
+        tell users apart.
+        """
+        username, password = rest_credential(self._secret, int(self._clock() + ttl), user or USER)
         servers = [{"urls": list(self._stun_urls)}] if self._stun_urls else []
         return [*servers, {"urls": list(self._turn_urls), "username": username, "credential": password}]

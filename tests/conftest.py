@@ -44,7 +44,7 @@ class LocalProvider:
         """Start at zero calls."""
         self.calls = 0
 
-    def issue(self, ttl: int) -> list[dict]:
+    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
         """Mint a credential."""
         self.calls += 1
         return [{"urls": ["turn:own.example.test:3478"], "username": f"local-{self.calls}", "credential": "local-password"}]
@@ -60,11 +60,13 @@ class FakeProvider:
     def __init__(self):
         """Start healthy."""
         self.calls = 0
+        self.users: list[str | None] = []  # the user each call was for
         self.failure: Exception | None = None
 
-    def issue(self, ttl: int) -> list[dict]:
+    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
         """Return a new credential, or raise the failure set."""
         self.calls += 1
+        self.users.append(user)
         if self.failure is not None:
             raise self.failure
         return [

@@ -4,8 +4,10 @@ import logging
 
 import pytest
 
-from app.service import LOCAL_STALENESS, SHARED_RETRY_AFTER, WAIT_BUDGET, RefreshError
+from app.credentials import LOCAL_STALENESS, WAIT_BUDGET, RefreshError
+from app.operations import refresh
 from app.store import MemoryStore, StoreUnavailable
+from app.store_policy import SHARED_RETRY_AFTER
 from tests.conftest import T0, LocalProvider
 
 STATIC = ({"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"},)
@@ -108,9 +110,9 @@ def test_waiter_serves_what_the_lock_holder_stores(make_service, provider, clock
     def sleep_then_deliver(seconds):
         clock.advance(seconds)
         if clock() - 1_800_000_000 > 1 and store.get() is None:
-            holder._fill_holding_lock(store, token)
+            holder.shared_cache._fill_holding_lock(store, token)
 
-    waiter._sleep = sleep_then_deliver
+    waiter.shared_cache._sleep = sleep_then_deliver
     assert waiter.answer().source == "cloudflare"
     assert provider.calls == 1
 
@@ -183,7 +185,7 @@ def test_recovery_after_an_outage_happens_off_the_request_path(make_service, pro
     store = MemoryStore(clock)
     background = []
     service = make_service(store=store)
-    service._spawn = background.append
+    service.shared_cache._spawn = background.append
     provider.fail(500)
     service.answer()
     provider.failure = None
@@ -243,7 +245,7 @@ def test_refresh_fetches_and_stores_a_new_credential(make_service, provider, clo
     store = SwitchableStore(clock)
     service = make_service(store=store)
     service.answer()
-    credential = service.refresh()
+    credential = refresh(service)
     assert provider.calls == 2 and store.get() == credential
     assert credential.username == "user-2"
 
@@ -254,7 +256,7 @@ def test_refresh_ignores_the_cool_down_and_ends_it(make_service, provider, clock
     provider.fail(500)
     service.answer()
     provider.failure = None
-    service.refresh()
+    refresh(service)
     assert store.snapshot().cooldown == 0 and provider.calls == 2
 
 
@@ -271,18 +273,18 @@ def test_refresh_failure_is_one_line(make_service, provider, clock, setup, messa
     service = make_service(store=store)
     setup(store, provider)
     with pytest.raises(RefreshError, match=message) as excinfo:
-        service.refresh()
+        refresh(service)
     assert "\n" not in str(excinfo.value)
 
 
 def test_refresh_needs_a_shared_cache(make_service):
     with pytest.raises(RefreshError, match="REDIS_URL is not set"):
-        make_service().refresh()
+        refresh(make_service())
 
 
 def test_refresh_needs_a_provider(make_service, clock):
     with pytest.raises(RefreshError, match="no TURN provider"):
-        make_service(store=SwitchableStore(clock), providers=[]).refresh()
+        refresh(make_service(store=SwitchableStore(clock), providers=[]))
 
 
 def test_emptied_store_is_refilled_from_the_process_without_upstream_calls(make_service, provider, clock):
@@ -302,7 +304,7 @@ def test_refresh_ahead_attempts_are_throttled_while_another_worker_refreshes(mak
     clock.advance(9.5)  # in the refresh-ahead quarter
     store.acquire_lock(60)  # another worker is refreshing (a slow upstream)
     attempts = []
-    service._spawn = lambda target: (attempts.append(clock()), target())
+    service.shared_cache._spawn = lambda target: (attempts.append(clock()), target())
     for _ in range(100):
         service.answer()
         clock.advance(0.01)  # 100 requests within one second
@@ -342,14 +344,14 @@ def test_refresh_tries_the_next_provider_and_reports_every_failure(make_service,
     local = LocalProvider()
     store = SwitchableStore(clock)
     provider.fail(401)
-    assert make_service(store=store, providers=[provider, local]).refresh().source == "turn-secret"
+    assert refresh(make_service(store=store, providers=[provider, local])).source == "turn-secret"
     with pytest.raises(RefreshError, match="^Cloudflare: Cloudflare answered 401"):
-        make_service(store=store, providers=[provider]).refresh()
+        refresh(make_service(store=store, providers=[provider]))
 
 
 def test_reused_answers_never_overstate_the_ttl(make_service, clock):
     service = make_service()
-    service._spawn = lambda target: None  # no background refresh between the two calls
+    service.shared_cache._spawn = lambda target: None  # no background refresh between the two calls
     for _ in range(200):
         answer = service.answer()
         assert answer.body()["ttl"] == int(answer.expires_at - clock()) >= 1
