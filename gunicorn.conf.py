@@ -33,6 +33,10 @@ threads = 4
 # worker forks, startup warnings are printed once, and workers share the loaded code.
 preload_app = True
 
+# One header line may be 16 KiB (gunicorn's default is 8190 bytes): a large JWT then reaches the
+# app and gets its JSON 401, not gunicorn's HTML 400. nginx passes the same (large_client_header_buffers).
+limit_request_field_size = 16384
+
 # Seconds a silent worker lives before it is replaced, and that a stopping worker gets to finish.
 timeout = 30
 graceful_timeout = 20

@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import api, cli
 from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, load_settings
+from app.identity import UserIds
 from app.service import IceService
 from app.store import SOCKET_TIMEOUT, MemoryStore, RedisStore, StoreUnavailable
 from app.turnsecret import TurnSecretProvider
@@ -56,9 +57,28 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
             supports_credentials=False,
             max_age=600,
         )
-    api.init_app(app, service, settings, build_limiter(app, settings))
+    user_ids = UserIds(settings.user_id_secret)
+    app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
+    identify = api.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
+    api.init_app(app, service, settings, build_limiter(app, settings, identify), identify)
     cli.init_app(app)
     return app
+
+
+def build_verifier(settings: Settings):
+    """Build the JWT check of jwt mode; a JWKS is fetched lazily, on the first token that needs it."""
+    # Imported here: PyJWT loads cryptography (about 3.5 MiB per worker), which the other modes never use.
+    from app.jwks import JwksCache
+    from app.jwt_access import JwtVerifier
+
+    jwks = JwksCache(settings.jwks_url) if settings.jwks_url else None
+    return JwtVerifier(
+        settings.jwt_algorithms,
+        secret=settings.jwt_secret,
+        jwks=jwks,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
 
 
 def build_service(settings: Settings) -> IceService:
@@ -93,13 +113,16 @@ def build_service(settings: Settings) -> IceService:
         cache_ttl=settings.cache_ttl,
         turn_servers=settings.turn_servers,
         stun_urls=settings.stun_urls,
+        per_user=settings.credential_scope == "user",
     )
 
 
-def build_limiter(app: Flask, settings: Settings) -> Limiter:
+def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:
     """Rate-limit per client address (after ProxyFix) in Redis, shared by every worker and host.
 
-    Failure policy: while Redis is down the limits are kept in memory per worker, never a 5xx.
+    In jwt mode a verified user is counted by its opaque id wherever it connects from, and a
+    request without a valid token by its address. Failure policy: while Redis is down the limits
+    are kept in memory per worker, never a 5xx.
     """
     storage = "memory://"
     if settings.redis_url:
@@ -108,8 +131,15 @@ def build_limiter(app: Flask, settings: Settings) -> Limiter:
         )
     elif settings.rate_limit:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
+    key = get_remote_address
+    if identify is not None:
+
+        def key() -> str:
+            user = identify()
+            return f"user:{user}" if user is not None else get_remote_address()
+
     return Limiter(
-        get_remote_address,
+        key,
         app=app,
         storage_uri=storage,
         storage_options={"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT} if settings.redis_url else {},

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
 from flask_limiter import Limiter, RateLimitExceeded
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import HTTPException, InternalServerError, Unauthorized
@@ -14,27 +16,35 @@ from werkzeug.exceptions import HTTPException, InternalServerError, Unauthorized
 from app import metrics
 from app.access import address_allowed, origin_allowed, token_valid
 from app.config import Settings
+from app.identity import UserIds
 from app.service import IceService
 
+if TYPE_CHECKING:  # only jwt mode builds one (PyJWT loads cryptography: no cost for the other modes)
+    from app.jwt_access import JwtVerifier
+
 log = logging.getLogger("ice_servers")
+Identify = Callable[[], str | None]  # the opaque id of the verified caller, or None
 DEMO_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'"
 
 
-def create_blueprint(service: IceService, settings: Settings, limiter: Limiter) -> Blueprint:
+def create_blueprint(service: IceService, settings: Settings, limiter: Limiter, identify: Identify | None) -> Blueprint:
     """Build the blueprint around ``service``: the views hold it directly, with no lookup per request."""
     bp = Blueprint("api", __name__)
-    admit = _gate(settings)
-    # One bucket per client address for both credential endpoints; preflights are not counted.
+    admit = _gate(settings, identify)
+    per_user = settings.credential_scope == "user"
+    # One bucket per client (address, or verified user in jwt mode) for both credential endpoints;
+    # preflights are not counted.
+    message = "too many requests" if identify else RATE_LIMITED
     limited = (
-        limiter.shared_limit(settings.rate_limit, scope="credentials", methods=["GET", "POST"], error_message=RATE_LIMITED)
+        limiter.shared_limit(settings.rate_limit, scope="credentials", methods=["GET", "POST"], error_message=message)
         if settings.rate_limit
         else (lambda view: view)
     )
 
     def respond(legacy: bool) -> Response:
-        """Admit the caller, then send the answer in the modern or the legacy form."""
-        admit()
-        answer = service.answer()
+        """Admit the caller, then send the answer (theirs in user scope) in the modern or the legacy form."""
+        user = admit()
+        answer = service.answer(user) if per_user else service.answer()
         return Response(answer.legacy_json if legacy else answer.json, content_type="application/json", headers=answer.headers)
 
     @bp.get("/api/ice-servers")
@@ -85,10 +95,39 @@ def create_blueprint(service: IceService, settings: Settings, limiter: Limiter) 
 
 
 RATE_LIMITED = "too many requests from this address"
+TOKEN_REQUIRED = "a valid access token is required"
 
 
-def _gate(settings: Settings):
-    """Return the access check of ICE_ACCESS_MODE: it raises a 401 or 403, or lets the request through."""
+def make_identify(verifier: JwtVerifier, user_ids: UserIds) -> Identify:
+    """Return a function giving the opaque id of the request's verified user, or None; it verifies once per request.
+
+    The rate limiter's key and the gate both ask, so the token is checked once and the subject
+    never leaves this function: only its keyed hash does.
+    """
+
+    def identify() -> str | None:
+        try:
+            return g.ice_user
+        except AttributeError:
+            subject = verifier.subject(request.headers.get("Authorization"))
+            g.ice_user = user_ids.opaque(subject) if subject is not None else None
+            return g.ice_user
+
+    return identify
+
+
+def _gate(settings: Settings, identify: Identify | None):
+    """Return the access check of ICE_ACCESS_MODE: it raises a 401 or 403, or returns the verified user (jwt mode)."""
+    if identify is not None:
+
+        def admit_user() -> str:
+            # One answer for missing, malformed, expired, forged and unverifiable tokens alike.
+            user = identify()
+            if user is None:
+                raise Unauthorized(description=TOKEN_REQUIRED, www_authenticate=WWWAuthenticate("bearer"))
+            return user
+
+        return admit_user
     if settings.access_mode == "origin":
 
         def admit_origin() -> None:
@@ -101,7 +140,7 @@ def _gate(settings: Settings):
         def admit_token() -> None:
             # One answer for missing, malformed, expired and forged tokens alike.
             if not token_valid(settings.access_secret, request.headers.get("Authorization"), time.time()):
-                raise Unauthorized(description="a valid access token is required", www_authenticate=WWWAuthenticate("bearer"))
+                raise Unauthorized(description=TOKEN_REQUIRED, www_authenticate=WWWAuthenticate("bearer"))
 
         return admit_token
     return lambda: None
@@ -174,9 +213,9 @@ def unexpected_error(error: Exception):
     return http_error(InternalServerError())
 
 
-def init_app(app: Flask, service: IceService, settings: Settings, limiter: Limiter) -> None:
+def init_app(app: Flask, service: IceService, settings: Settings, limiter: Limiter, identify: Identify | None = None) -> None:
     """Register the blueprint, the request limits and the JSON error handlers."""
-    app.register_blueprint(create_blueprint(service, settings, limiter))
+    app.register_blueprint(create_blueprint(service, settings, limiter, identify))
     app.wsgi_app = RequestLimits(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     app.register_error_handler(RateLimitExceeded, rate_limited)
     app.register_error_handler(HTTPException, http_error)

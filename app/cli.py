@@ -12,6 +12,17 @@ from app import operations
 from app.credentials import LOCAL_STALENESS, RefreshError
 from app.ice import rfc3339
 
+USER_HELP = "the subject (sub) of the user's token: act on that user's own credential (ICE_CREDENTIAL_SCOPE=user)"
+
+
+def _user(subject: str | None) -> str | None:
+    """Return the opaque id of ``subject``, as the views compute it; None for the shared credential."""
+    if subject is None:
+        return None
+    if not current_app.extensions["ice_service"].per_user:
+        raise click.ClickException("--user needs ICE_CREDENTIAL_SCOPE=user: every caller shares one credential now")
+    return current_app.extensions["ice_user_ids"].opaque(subject)
+
 
 @click.command("refresh-turn")
 @with_appcontext
@@ -29,26 +40,34 @@ def refresh_turn() -> None:
 
 
 @click.command("revoke-turn")
+@click.option("--user", "subject", metavar="SUB", help=USER_HELP)
 @with_appcontext
-def revoke_turn() -> None:
-    """Replace the TURN credential in the shared cache and revoke the old one at Cloudflare."""
+def revoke_turn(subject: str | None) -> None:
+    """Replace a TURN credential in the shared cache and revoke the old one at Cloudflare."""
+    user = _user(subject)
     try:
-        old, new = operations.revoke(current_app.extensions["ice_service"])
+        old, new = operations.revoke(current_app.extensions["ice_service"], user)
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
+    whose = "" if user is None else f" of user {user}"
     click.echo(
-        f"Revoked TURN credential {old.username}. New credential from {new.source} expires at {rfc3339(new.expires_at)}; "
+        f"Revoked TURN credential {old.username}{whose}. New credential from {new.source} expires at {rfc3339(new.expires_at)}; "
         f"every worker serves it within {LOCAL_STALENESS:g} s."
     )
 
 
 @click.command("ice-status")
+@click.option("--user", "subject", metavar="SUB", help=USER_HELP)
 @with_appcontext
-def ice_status() -> None:
+def ice_status(subject: str | None) -> None:
     """Show where credentials come from, what the shared cache holds, and any cool-down."""
-    status = operations.status(current_app.extensions["ice_service"])
+    user = _user(subject)
+    status = operations.status(current_app.extensions["ice_service"], user)
     now = time.time()
     click.echo(f"Providers:    {', '.join(status.providers) or 'none configured: STUN only'}")
+    if status.per_user:
+        which = f"user {user}" if user else "use --user SUB for one"
+        click.echo(f"Scope:        one credential per user (ICE_CREDENTIAL_SCOPE=user); {which}")
     if not status.shared:
         click.echo("Shared cache: in-process (REDIS_URL is not set): each worker holds its own credential, out of reach here")
         return

@@ -35,8 +35,12 @@ PROVIDERS = ("cloudflare", "turn-secret")  # the default order when both are con
 # Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
 # so 200 people behind one NAT address starting a meeting at once stay well under it.
 DEFAULT_RATE_LIMIT = "600 per minute"
-ACCESS_MODES = ("open", "origin", "token")
+ACCESS_MODES = ("open", "origin", "token", "jwt")
 MIN_SECRET_LENGTH = 16
+MIN_JWT_SECRET_LENGTH = 32  # RFC 7518: an HMAC key at least as long as the hash (256 bits for HS256)
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+CREDENTIAL_SCOPES = ("shared", "user")
 DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
@@ -65,8 +69,15 @@ class Settings:
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
     rate_limit: str | None = DEFAULT_RATE_LIMIT  # Flask-Limiter syntax; None: no limit
-    access_mode: str = "open"  # open | origin | token
+    access_mode: str = "open"  # open | origin | token | jwt
     access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
+    jwt_secret: str | None = field(default=None, repr=False)  # jwt mode: the HMAC key...
+    jwks_url: str | None = None  # ...or the identity provider's JWKS
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    credential_scope: str = "shared"  # shared | user (one credential per verified subject)
+    user_id_secret: str | None = field(default=None, repr=False)  # keys the opaque per-user identifier
     metrics_allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # networks that may read /metrics
 
 
@@ -127,6 +138,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         rate_limit=_rate_limit(env),
         metrics_allow=_networks(env, "ICE_METRICS_ALLOW", DEFAULT_METRICS_ALLOW),
         **_access(env),
+        **_jwt(env),
+        **_scope(env, api_token, shared_secret),
         env_file=env_file,
     )
 
@@ -267,6 +280,59 @@ def _access(env: Mapping[str, str]) -> dict:
     if mode == "origin" and not env.get("CORS_ORIGINS"):
         raise ConfigError("CORS_ORIGINS is not set: ICE_ACCESS_MODE=origin admits only the origins it lists")
     return {"access_mode": mode, "access_secret": secret}
+
+
+def _jwt(env: Mapping[str, str]) -> dict:
+    """Parse the jwt mode's settings: one key source, its algorithms, the audience and issuer to require."""
+    secret, jwks_url = env.get("ICE_JWT_SECRET"), env.get("ICE_JWKS_URL")
+    if env.get("ICE_ACCESS_MODE", "open").lower() != "jwt":
+        return {}
+    if secret and jwks_url:
+        raise ConfigError("ICE_JWT_SECRET and ICE_JWKS_URL are both set: keep the one your identity provider signs with")
+    if not secret and not jwks_url:
+        raise ConfigError("ICE_JWT_SECRET or ICE_JWKS_URL is not set: ICE_ACCESS_MODE=jwt needs the provider's HMAC secret or JWKS URL")
+    if secret and len(secret) < MIN_JWT_SECRET_LENGTH:
+        raise ConfigError(f"ICE_JWT_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: HMAC keys that short can be guessed")
+    if jwks_url:
+        _url(env, "ICE_JWKS_URL", None, ("https://", "http://"))
+    allowed, default = (HMAC_ALGORITHMS, ("HS256",)) if secret else (PUBLIC_KEY_ALGORITHMS, ("RS256", "ES256"))
+    raw = env.get("ICE_JWT_ALGORITHMS")
+    algorithms = tuple(item.strip() for item in raw.split(",") if item.strip()) if raw else default
+    for algorithm in algorithms:
+        if algorithm not in HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS:
+            raise ConfigError(f"ICE_JWT_ALGORITHMS entry {algorithm[:20]!r} is not a signing algorithm such as HS256, RS256 or ES256")
+        if algorithm not in allowed:
+            kind = (
+                "ICE_JWT_SECRET takes HMAC algorithms (HS256...)"
+                if secret
+                else "ICE_JWKS_URL takes public-key algorithms (RS256, ES256...)"
+            )
+            raise ConfigError(f"ICE_JWT_ALGORITHMS lists {algorithm}, but {kind}: never mix HMAC and public-key algorithms")
+    return {
+        "jwt_secret": secret,
+        "jwks_url": jwks_url,
+        "jwt_algorithms": algorithms,
+        "jwt_audience": env.get("ICE_JWT_AUDIENCE"),
+        "jwt_issuer": env.get("ICE_JWT_ISSUER"),
+    }
+
+
+def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | None) -> dict:
+    """Parse ICE_CREDENTIAL_SCOPE and pick the secret that keys the per-user identifier.
+
+    The identifier must be the same on every worker, host and the CLI, and across restarts, without
+    being stored: so it is keyed with a secret every one of them already has. ICE_USER_ID_SECRET
+    overrides the choice (keep identifiers stable across an API token rotation).
+    """
+    scope = env.get("ICE_CREDENTIAL_SCOPE", "shared").lower()
+    if scope not in CREDENTIAL_SCOPES:
+        raise ConfigError(f"ICE_CREDENTIAL_SCOPE must be one of {', '.join(CREDENTIAL_SCOPES)}, got {scope[:20]!r}")
+    if scope == "user" and env.get("ICE_ACCESS_MODE", "open").lower() != "jwt":
+        raise ConfigError("ICE_CREDENTIAL_SCOPE=user needs ICE_ACCESS_MODE=jwt: only a verified token says who the user is")
+    own = env.get("ICE_USER_ID_SECRET")
+    if own and len(own) < MIN_JWT_SECRET_LENGTH:
+        raise ConfigError(f"ICE_USER_ID_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: use a long random value")
+    return {"credential_scope": scope, "user_id_secret": own or api_token or shared_secret or env.get("ICE_JWT_SECRET")}
 
 
 def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:

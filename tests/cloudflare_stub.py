@@ -42,7 +42,7 @@ class CloudflareStub:
         # twins are added, as Cloudflare's answer has them) and the secret credentials are signed with.
         self.turn_urls: list[str] | None = None
         self.signing_secret: str | None = None
-        self.calls: list[dict] = []  # one entry per generate request: time, ttl, status
+        self.calls: list[dict] = []  # one entry per generate request: time, ttl, status, customIdentifier, username
         self.revoked: list[str] = []  # usernames revoked, in order
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
@@ -85,11 +85,15 @@ class CloudflareStub:
 
     def generate(self, key_id: str, authorization: str | None, body: bytes) -> tuple[int, dict, bytes]:
         """Count one generate request on arrival, then answer it: status, headers, body."""
-        call = {"time": time.time(), "ttl": None, "status": None}
+        call = {"time": time.time(), "ttl": None, "status": None, "customIdentifier": None, "username": None}
         with self._lock:
             self.calls.append(call)
         try:
-            call["ttl"] = int(json.loads(body)["ttl"])
+            request = json.loads(body)
+            call["ttl"] = int(request["ttl"])
+            call["customIdentifier"] = request.get("customIdentifier")
+            if not isinstance(call["customIdentifier"], str | None):
+                raise TypeError("customIdentifier must be a string")
         except (ValueError, KeyError, TypeError):
             status, headers, payload = _envelope(400, "Invalid request body")
         else:
@@ -97,6 +101,8 @@ class CloudflareStub:
                 status, headers, payload = _envelope(401, "Authentication error")
             else:
                 status, headers, payload = self._answer(call["ttl"])
+                if status == 201:
+                    call["username"] = next((e.get("username") for e in json.loads(payload)["iceServers"] if "username" in e), None)
         call["status"] = status
         return status, headers, payload
 

@@ -275,3 +275,9 @@ def test_app_sees_the_client_address_through_nginx_not_a_spoofed_one(nginx, tmp_
 
 def test_nginx_keeps_metrics_off_the_internet(nginx):
     assert _tls_request(nginx["https"], "GET", "/metrics")[0] == 404
+
+
+def test_nginx_passes_a_16_kib_header_line_to_the_app(nginx):
+    large = "Bearer " + "x" * (12 * 1024)  # a large JWT: over nginx's and gunicorn's 8 KiB defaults
+    status, headers, _ = _tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"Authorization": large})
+    assert status == 200 and headers["Content-Type"] == "application/json"  # open mode: the app answered

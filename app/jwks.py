@@ -1,0 +1,135 @@
+"""The identity provider's signing keys (JWKS): fetched lazily, cached per process, never a stampede.
+
+Policy, because PyJWT's own ``PyJWKClient`` holds one lock across every lookup and fetch (so a
+hanging endpoint queues every request behind a full timeout) and forgets its keys when a refetch
+fails after their lifespan:
+
+- nothing is fetched at start: the service starts even while the URL hangs;
+- one fetch at a time, in a thread of its own with explicit timeouts; requests that need it (the
+  first ever, or an unknown ``kid``) wait for it, bounded by ``WAIT_LIMIT``; requests whose key is
+  known never wait;
+- an unknown ``kid`` starts at most one fetch per ``REFETCH_INTERVAL``, never one per request;
+- keys older than ``MAX_AGE`` are refetched in the background while still used;
+- a failed fetch keeps the keys already held and logs one WARNING line.
+
+PyJWT parses the keys (``PyJWKSet``); only keys for signing, with a ``kid``, are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import jwt
+import requests
+
+CONNECT_TIMEOUT = 2.0  # seconds to open the connection to the identity provider
+READ_TIMEOUT = 3.0  # seconds between bytes of its answer: with the connect, a fetch stays within 5 s
+WAIT_LIMIT = CONNECT_TIMEOUT + READ_TIMEOUT  # the longest a request waits for a fetch it needs
+REFETCH_INTERVAL = 5.0  # seconds between fetches started by unknown kids (a rotation, or junk tokens)
+MAX_AGE = 600.0  # seconds keys are used before a background refetch (providers rotate slowly)
+MAX_JWKS_BYTES = 256 * 1024  # real key sets are a few KiB
+
+log = logging.getLogger("ice_servers")
+
+
+class JwksCache:
+    """The signing keys at one JWKS URL, by ``kid``."""
+
+    def __init__(
+        self,
+        url: str,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+    ):
+        """Keep the URL; nothing is fetched until a key is asked for."""
+        self._url = url
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._spawn = spawn or _spawn_daemon
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")  # of the keys held
+        self._next_fetch_at = float("-inf")  # the earliest a lookup may start another fetch
+        self._fetching = False
+        self._changed = threading.Condition()
+        self.fetches = 0  # started, for the tests and the logs
+
+    def __repr__(self) -> str:
+        """Name the cache."""
+        return f"JwksCache({self._url!r})"
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        """Return the key ``kid`` names, fetching once if it is unknown; None when there is none."""
+        with self._changed:
+            now = self._clock()
+            key = self._keys.get(kid)
+            if key is not None:
+                if now - self._fetched_at >= MAX_AGE:
+                    self._start_fetch(now)  # in the background: this request goes on with the key held
+                return key
+            if not self._fetching and now >= self._next_fetch_at:
+                self._start_fetch(now)
+            if self._fetching:
+                self._changed.wait_for(lambda: not self._fetching, timeout=WAIT_LIMIT)
+            return self._keys.get(kid)
+
+    def _start_fetch(self, now: float) -> None:
+        """Start one fetch in its own thread, unless one runs (call holding the condition)."""
+        if self._fetching:
+            return
+        self._fetching, self._next_fetch_at = True, now + REFETCH_INTERVAL
+        self.fetches += 1
+        try:
+            self._spawn(self._fetch)
+        except RuntimeError:  # no thread could be started (interpreter shutting down)
+            self._fetching = False
+
+    def _fetch(self) -> None:
+        """Fetch and parse the key set; keep the old keys on any failure."""
+        keys = None
+        try:
+            keys = self._download()
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            log.warning("Could not fetch the JWKS at ICE_JWKS_URL (%s): keeping the %d key(s) held", _describe(exc), len(self._keys))
+        finally:
+            with self._changed:
+                if keys is not None:
+                    self._keys, self._fetched_at = keys, self._clock()
+                self._fetching = False
+                self._changed.notify_all()
+
+    def _download(self) -> dict[str, jwt.PyJWK]:
+        """GET the JWKS; return its signing keys by kid, or raise."""
+        response = self._session.get(self._url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), allow_redirects=False)
+        if response.status_code != 200:
+            raise ValueError(f"it answered {response.status_code}")
+        if len(response.content) > MAX_JWKS_BYTES:
+            raise ValueError(f"its answer is larger than {MAX_JWKS_BYTES // 1024} KiB")
+        payload = response.json()
+        if not isinstance(payload, dict) or not isinstance(payload.get("keys"), list):
+            raise ValueError("its answer is not a JWK set")
+        # PyJWKSet drops keys it cannot use (unknown kty or algorithm) and raises if none is left.
+        key_set = jwt.PyJWKSet(payload["keys"])
+        keys = {key.key_id: key for key in key_set.keys if key.key_id and key.public_key_use in ("sig", None)}
+        if not keys:
+            raise ValueError("it holds no signing key with a kid")
+        return keys
+
+
+def _describe(exc: Exception) -> str:
+    """Say why a fetch failed in a few words, without the URL."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {CONNECT_TIMEOUT + READ_TIMEOUT:g} s"
+    if isinstance(exc, requests.RequestException):
+        return f"could not connect ({type(exc).__name__})"
+    if isinstance(exc, jwt.PyJWTError):
+        return "no usable key in it"
+    return str(exc)[:120] if str(exc) else type(exc).__name__
+
+
+def _spawn_daemon(target: Callable[[], None]) -> None:
+    """Run ``target`` in a daemon thread, so a hanging provider never blocks shutdown."""
+    threading.Thread(target=target, name="ice-jwks-fetch", daemon=True).start()

@@ -1,0 +1,142 @@
+"""A credential per user (ICE_CREDENTIAL_SCOPE=user): the same cache machinery on a user's scope, on a fake clock."""
+
+import time
+
+import fakeredis
+import pytest
+
+from app import create_app
+from app.config import ConfigError, load_settings
+from app.identity import UserIds
+from app.operations import revoke
+from app.store import KEY_PREFIX, MemoryStore, RedisStore
+from app.turnsecret import TurnSecretProvider
+from tests.conftest import LocalProvider
+from tests.jwt_tools import HS_SECRET, bearer, hs_token
+
+ALICE, BOB = "a1" * 16, "b2" * 16  # opaque ids, as UserIds makes them
+
+
+def test_each_user_gets_a_credential_of_their_own(make_service, provider):
+    service = make_service()
+    alice, bob = service.answer(ALICE), service.answer(BOB)
+    assert alice.ice_servers[1]["username"] != bob.ice_servers[1]["username"]
+    assert provider.users == [ALICE, BOB]
+    assert service.answer(ALICE) is alice and provider.calls == 2
+    assert service.answer().ice_servers[1]["username"] == "user-3"  # the shared scope is apart
+    assert provider.users[-1] is None
+
+
+def test_a_user_credential_has_the_shared_guarantees(make_service, provider, clock):
+    service = make_service()
+    service.answer(ALICE)
+    clock.advance(9.5)  # the last quarter of the window: refreshed ahead, in the background
+    assert service.answer(ALICE).ice_servers[1]["username"] == "user-1"
+    assert provider.calls == 2 and provider.users == [ALICE, ALICE]
+    provider.fail(500)
+    clock.advance(12)  # past the new window: the upstream fails, the last credential is served while valid
+    assert service.answer(ALICE).ice_servers[1]["username"] == "user-2"
+    clock.advance(13)
+    assert service.answer(ALICE).source == "stun-only"  # never expired
+
+
+def test_workers_sharing_a_store_call_upstream_once_per_user(make_service, provider, clock):
+    store = MemoryStore(clock)
+    workers = [make_service(store=store) for _ in range(4)]
+    for worker in workers:
+        for user in (ALICE, BOB):
+            worker.answer(user)
+    assert sorted(provider.users) == sorted([ALICE, BOB])
+
+
+def test_a_process_keeps_a_bounded_number_of_user_caches(make_service, provider):
+    service = make_service(max_users=3)
+    for index in range(10):
+        service.answer(f"{index:032x}")
+    assert len(service._users) == 3
+    assert list(service._users) == [f"{index:032x}" for index in (7, 8, 9)]
+
+
+def test_user_entries_in_redis_expire_with_their_credential(make_service, provider, clock):
+    client = fakeredis.FakeRedis()
+    service = make_service(store=RedisStore(client, clock=clock))
+    service.answer(ALICE)
+    keys = {key.decode() for key in client.keys(f"{KEY_PREFIX}user:*")}
+    assert keys == {f"{KEY_PREFIX}user:{ALICE}:credential", f"{KEY_PREFIX}user:{ALICE}:credential:last"}
+    assert all(0 < client.pttl(key) <= 24_000 for key in keys)
+
+
+def test_upstream_cool_down_is_shared_by_every_user(make_service, provider, clock):
+    service = make_service()
+    provider.fail(500)
+    service.answer(ALICE)
+    service.answer(BOB)  # the upstream is cooling down: Bob's request does not call it again
+    assert provider.calls == 1
+
+
+def test_revoking_a_user_replaces_only_that_user(make_service, provider, clock):
+    provider.revoked = []
+    provider.revoke = provider.revoked.append
+    store = MemoryStore(clock)
+    store.shared = True  # as Redis: the operator's command reaches it
+    service = make_service(store=store)
+    service.answer(ALICE)
+    bob = service.answer(BOB).ice_servers[1]["username"]
+    old, new = revoke(service, ALICE)
+    assert provider.revoked == [old.username] and old.username == "user-1" and new.username == "user-3"
+    assert provider.users[-1] == ALICE
+    clock.advance(2.1)
+    assert service.answer(ALICE).ice_servers[1]["username"] == "user-3"
+    assert service.answer(BOB).ice_servers[1]["username"] == bob
+
+
+def test_turn_secret_provider_puts_the_opaque_id_in_the_username():
+    provider = TurnSecretProvider("test-turn-secret", ("turn:own.example.test:3478",), clock=lambda: 1_800_000_000)
+    assert provider.issue(600, user=ALICE)[-1]["username"] == f"1800000600:{ALICE}"
+    assert provider.issue(600)[-1]["username"] == "1800000600:ice-servers"
+
+
+def test_opaque_ids_are_stable_keyed_and_never_the_subject():
+    subject = "alice@example.test"
+    first, again = UserIds("test-api-token-not-a-secret").opaque(subject), UserIds("test-api-token-not-a-secret").opaque(subject)
+    assert first == again and len(first) == 32 and int(first, 16) >= 0
+    assert subject not in first and "alice" not in first
+    assert UserIds("another-secret-value").opaque(subject) != first  # keyed: not a plain hash anyone can compute
+    assert UserIds("test-api-token-not-a-secret").opaque("bob@example.test") != first
+
+
+def test_user_scope_answers_each_verified_user_their_own_credential(make_service, provider):
+    settings = load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET, "ICE_CREDENTIAL_SCOPE": "user", "ICE_RATE_LIMIT": "0"})
+    client = create_app(settings, service=make_service(per_user=True)).test_client()
+    alice = client.get("/api/ice-servers", headers=bearer(hs_token(sub="alice@example.test"))).get_json()
+    again = client.post("/api/turn-credentials", headers=bearer(hs_token(sub="alice@example.test"))).get_json()
+    bob = client.get("/api/ice-servers", headers=bearer(hs_token(sub="bob@example.test"))).get_json()
+    assert alice["iceServers"][1]["username"] == again["iceServers"]["username"] != bob["iceServers"][1]["username"]
+    expected = UserIds(HS_SECRET).opaque("alice@example.test")  # keyed with the jwt secret: no provider secret here
+    assert provider.users == [expected, UserIds(HS_SECRET).opaque("bob@example.test")]
+
+
+def test_user_scope_needs_jwt_mode():
+    with pytest.raises(ConfigError, match="ICE_CREDENTIAL_SCOPE=user needs ICE_ACCESS_MODE=jwt"):
+        load_settings({"ICE_CREDENTIAL_SCOPE": "user"})
+    with pytest.raises(ConfigError, match="ICE_CREDENTIAL_SCOPE must be one of shared, user"):
+        load_settings({"ICE_CREDENTIAL_SCOPE": "per-user"})
+
+
+def test_user_ids_are_keyed_with_a_secret_the_deployment_has():
+    base = {"ICE_ACCESS_MODE": "jwt", "ICE_JWKS_URL": "https://idp.example.test/jwks", "ICE_CREDENTIAL_SCOPE": "user"}
+    cloudflare = {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id", "CLOUDFLARE_API_TOKEN": "test-api-token-not-a-secret"}
+    assert load_settings({**base, **cloudflare}).user_id_secret == "test-api-token-not-a-secret"
+    own = "test-user-id-secret-0123456789-abcdef"
+    assert load_settings({**base, **cloudflare, "ICE_USER_ID_SECRET": own}).user_id_secret == own
+    with pytest.raises(ConfigError, match="ICE_USER_ID_SECRET is shorter than 32 characters"):
+        load_settings({**base, "ICE_USER_ID_SECRET": "short"})
+
+
+def test_local_provider_serves_a_user_at_once_during_the_cool_down(make_service, provider, clock):
+    local = LocalProvider()
+    store = MemoryStore(clock)
+    store.start_cooldown(60)
+    answer = make_service(store=store, providers=[provider, local]).answer(ALICE)
+    assert answer.source == "turn-secret" and provider.calls == 0 and local.calls == 1
+    assert time.time() > 0

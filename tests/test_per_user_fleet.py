@@ -1,0 +1,134 @@
+"""Per-user credentials and JWT access on real parts: two gunicorn hosts, a real redis-server, the Cloudflare stand-in."""
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.cloudflare_stub import API_TOKEN
+from tests.jwt_tools import HS_SECRET, bearer, hs_token
+from tests.servers import app_env, run_cli, wait_until
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+REFUSAL = '{"error": "a valid access token is required", "status": 401}'
+
+
+def user_env(cloudflare, redis_url, **extra):
+    """Configure jwt mode with an HMAC secret and one credential per user."""
+    return app_env(cloudflare.base_url, redis_url, ICE_ACCESS_MODE="jwt", ICE_JWT_SECRET=HS_SECRET, ICE_CREDENTIAL_SCOPE="user", **extra)
+
+
+def ask(host, subject, count=1, method="GET"):
+    """Send ``count`` requests at once as ``subject`` (a fresh token each); return the responses."""
+
+    def one(_):
+        headers = bearer(hs_token(sub=subject)) if subject else {}
+        path = "/api/ice-servers" if method == "GET" else "/api/turn-credentials"
+        import requests
+
+        return requests.request(method, host.base_url + path, headers=headers, timeout=15)
+
+    with ThreadPoolExecutor(max_workers=min(count, 40)) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def username(response):
+    """Return the TURN username of a GET answer."""
+    return next(s["username"] for s in response.json()["iceServers"] if "username" in s)
+
+
+@pytest.fixture
+def fleet(start_host, cloudflare, redis_url):
+    """Two hosts of four workers each, in user scope, on one Redis."""
+    env = user_env(cloudflare, redis_url)
+    return env, start_host(env, "a"), start_host(env, "b")
+
+
+def test_one_upstream_call_per_user_fleet_wide_with_a_stable_opaque_identifier(fleet, cloudflare, tmp_path):
+    env, host_a, host_b = fleet
+    cloudflare.delay = 0.5  # the burst arrives while the one call is under way
+
+    burst = ask(host_a, ALICE, 40)
+    assert [r.status_code for r in burst] == [200] * 40
+    assert len({username(r) for r in burst}) == 1 and cloudflare.call_count == 1
+
+    bob = ask(host_a, BOB)[0]
+    assert bob.status_code == 200 and username(bob) != username(burst[0])
+    assert cloudflare.call_count == 2
+
+    again = ask(host_b, ALICE, 10)
+    assert {username(r) for r in again} == {username(burst[0])}
+    assert cloudflare.call_count == 2
+
+    identifiers = [call["customIdentifier"] for call in cloudflare.calls]
+    assert all(isinstance(i, str) and re.fullmatch(r"[0-9a-f]{32}", i) for i in identifiers)
+    assert identifiers[0] != identifiers[1]
+    assert not any(part in i for i in identifiers for part in ("alice", "bob", "example"))
+
+    # The same identifier from the CLI and after a restart of every process: computed, not stored.
+    status = run_cli(env, "ice-status", "--user", ALICE)
+    assert status.returncode == 0, status.stderr
+    assert f"user {identifiers[0]}" in status.stdout and username(burst[0]) in status.stdout
+
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log")) + status.stdout + status.stderr
+    assert "Generating new Cloudflare TURN credentials for user " + identifiers[0] in logs
+    for secret in (HS_SECRET, API_TOKEN, "stub-password", ALICE, BOB, "eyJ"):
+        assert secret not in logs
+
+
+def test_revoke_turn_user_replaces_that_user_everywhere_and_nobody_else(fleet, cloudflare, tmp_path):
+    env, host_a, host_b = fleet
+    alice_old = {username(r) for host in (host_a, host_b) for r in ask(host, ALICE, 8)}
+    bob_old = {username(r) for host in (host_a, host_b) for r in ask(host, BOB, 8)}
+    assert len(alice_old) == len(bob_old) == 1 and cloudflare.call_count == 2
+
+    result = run_cli(env, "revoke-turn", "--user", ALICE)
+    revoked_at = time.monotonic()
+    assert result.returncode == 0, result.stderr
+    assert cloudflare.revoked == list(alice_old)
+    assert cloudflare.call_count == 3 and cloudflare.calls[-1]["customIdentifier"] == cloudflare.calls[0]["customIdentifier"]
+
+    def alice_served_the_new_one_everywhere():
+        return all(not ({username(r) for r in ask(host, ALICE, 12)} & alice_old) for host in (host_a, host_b))
+
+    wait_until(alice_served_the_new_one_everywhere, 10, interval=0.2, what="the revoked user's new credential on every worker")
+    assert time.monotonic() - revoked_at < 10
+    assert {username(r) for host in (host_a, host_b) for r in ask(host, BOB, 12)} == bob_old
+    assert not set(cloudflare.revoked) & bob_old and cloudflare.call_count == 3
+
+    output = result.stdout + result.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert output.startswith(f"Revoked TURN credential {next(iter(alice_old))} of user ")
+    for secret in (HS_SECRET, API_TOKEN, "stub-password", ALICE):
+        assert secret not in output
+
+
+def test_revoke_turn_user_without_a_cached_credential_fails_with_one_line(cloudflare, redis_url):
+    result = run_cli(user_env(cloudflare, redis_url), "revoke-turn", "--user", "nobody@example.test")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: no TURN credential is cached for that user: nothing to revoke"]
+    assert cloudflare.revoked == [] and cloudflare.call_count == 0
+
+
+def test_revoke_turn_user_needs_user_scope(cloudflare, redis_url):
+    result = run_cli(app_env(cloudflare.base_url, redis_url), "revoke-turn", "--user", ALICE)
+    assert result.returncode == 1 and "--user needs ICE_CREDENTIAL_SCOPE=user" in result.stderr
+
+
+def test_rate_limit_counts_per_user_across_workers(start_host, cloudflare, redis_url):
+    host = start_host(user_env(cloudflare, redis_url, ICE_RATE_LIMIT="5/minute"))
+    alice = [ask(host, ALICE)[0].status_code for _ in range(8)]
+    assert sorted(alice) == [200] * 5 + [429] * 3
+    assert [ask(host, BOB)[0].status_code for _ in range(5)] == [200] * 5  # same address, another user
+    refused = [ask(host, None)[0] for _ in range(7)]
+    assert [r.status_code for r in refused] == [401] * 5 + [429] * 2
+    assert refused[0].text == REFUSAL and refused[0].headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_large_token_reaches_the_app_and_gets_the_same_401(start_host, cloudflare, redis_url):
+    host = start_host(user_env(cloudflare, redis_url))
+    token = hs_token(sub=ALICE, padding="x" * 6100)  # 8.3 KB: over gunicorn's default 8190-byte header line
+    assert len(token) > 8190
+    response = host.get(headers=bearer(token))
+    assert response.status_code == 401 and response.text == REFUSAL
+    assert host.get(headers=bearer(hs_token(sub=ALICE))).status_code == 200
