@@ -16,10 +16,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import api, cli
 from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, load_settings
+from app.egress import EgressGuard
 from app.identity import UserIds
 from app.service import IceService
 from app.store import SOCKET_TIMEOUT, MemoryStore, RedisStore, StoreUnavailable
+from app.store_policy import StorePolicy
 from app.turnsecret import TurnSecretProvider
+from app.usage import AnalyticsClient
 
 MAX_BODY_BYTES = 64 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -106,6 +109,7 @@ def build_service(settings: Settings) -> IceService:
             "and TURN_URLS): serving %s. Calls behind strict NATs will fail: fine for development, not for production.",
             "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
         )
+    policy = StorePolicy(store)
     return IceService(
         store,
         providers,
@@ -114,7 +118,17 @@ def build_service(settings: Settings) -> IceService:
         turn_servers=settings.turn_servers,
         stun_urls=settings.stun_urls,
         per_user=settings.credential_scope == "user",
+        policy=policy,
+        egress=build_egress_guard(settings, policy),
     )
+
+
+def build_egress_guard(settings: Settings, policy: StorePolicy) -> EgressGuard | None:
+    """Build the monthly egress ceiling when ICE_EGRESS_LIMIT_GB is set; nothing is asked before the first request."""
+    if settings.egress_limit_bytes is None:
+        return None
+    analytics = AnalyticsClient(settings.graphql_url, settings.analytics_token, settings.account_id, settings.turn_key_id)
+    return EgressGuard(analytics, policy, settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed)
 
 
 def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:

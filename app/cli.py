@@ -86,6 +86,17 @@ def ice_status(subject: str | None) -> None:
         click.echo(f"Cool-down:    {status.snapshot.cooldown:.1f} s left after {status.snapshot.failures} failure(s) in a row")
     else:
         click.echo("Cool-down:    none")
+    if status.egress_limit is not None:
+        click.echo(f"Egress:       {_egress(status.egress, status.egress_limit, now)}")
+
+
+def _egress(reading, limit: int, now: float) -> str:
+    """Describe the month-to-date TURN egress against ICE_EGRESS_LIMIT_GB, in decimal GB."""
+    if reading is None:
+        return f"no reading yet; limit {limit / 1e9:g} GB"
+    side = "past the limit: no Cloudflare credential is handed out" if reading.egress_bytes > limit else "under the limit"
+    age = int(now - reading.read_at)
+    return f"{reading.egress_bytes / 1e9:.3f} GB of {limit / 1e9:g} GB since {reading.month}, read {age} s ago; {side}"
 
 
 def _relative(seconds: float) -> str:

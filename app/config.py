@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ MIN_JWT_SECRET_LENGTH = 32  # RFC 7518: an HMAC key at least as long as the hash
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 CREDENTIAL_SCOPES = ("shared", "user")
+DEFAULT_GRAPHQL_URL = "https://api.cloudflare.com/client/v4/graphql"
+USAGE_UNKNOWN = ("open", "closed")
+CLOUDFLARE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # account and key ids: inlined in the analytics query
 DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
@@ -78,6 +82,12 @@ class Settings:
     jwt_issuer: str | None = None
     credential_scope: str = "shared"  # shared | user (one credential per verified subject)
     user_id_secret: str | None = field(default=None, repr=False)  # keys the opaque per-user identifier
+    egress_limit_bytes: int | None = None  # ICE_EGRESS_LIMIT_GB x 10^9; None: no guard
+    account_id: str | None = None
+    analytics_token: str | None = field(default=None, repr=False)
+    graphql_url: str = DEFAULT_GRAPHQL_URL
+    usage_interval: int = 300  # seconds between analytics readings, fleet-wide
+    usage_unknown_closed: bool = False  # without a fresh reading: as over the limit
     metrics_allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # networks that may read /metrics
 
 
@@ -140,6 +150,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         **_access(env),
         **_jwt(env),
         **_scope(env, api_token, shared_secret),
+        **_egress(env, key_id),
         env_file=env_file,
     )
 
@@ -333,6 +344,40 @@ def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | N
     if own and len(own) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"ICE_USER_ID_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: use a long random value")
     return {"credential_scope": scope, "user_id_secret": own or api_token or shared_secret or env.get("ICE_JWT_SECRET")}
+
+
+def _egress(env: Mapping[str, str], key_id: str | None) -> dict:
+    """Parse the egress ceiling: ICE_EGRESS_LIMIT_GB and what reading the usage needs."""
+    interval = _integer(env, "ICE_USAGE_CHECK_INTERVAL", 300, 1, 86_400)
+    unknown = env.get("ICE_USAGE_UNKNOWN", "open").lower()
+    if unknown not in USAGE_UNKNOWN:
+        raise ConfigError(f"ICE_USAGE_UNKNOWN must be open or closed, got {unknown[:20]!r}")
+    graphql_url = _url(env, "CLOUDFLARE_GRAPHQL_URL", DEFAULT_GRAPHQL_URL, ("https://", "http://"))
+    raw = env.get("ICE_EGRESS_LIMIT_GB")
+    if raw is None:
+        return {"usage_interval": interval, "usage_unknown_closed": unknown == "closed", "graphql_url": graphql_url}
+    try:
+        limit_gb = float(raw)
+    except ValueError:
+        raise ConfigError(f"ICE_EGRESS_LIMIT_GB must be a number of decimal GB (10^9 bytes), got {raw[:20]!r}") from None
+    if not 0 <= limit_gb < 1e9:
+        raise ConfigError(f"ICE_EGRESS_LIMIT_GB must be 0 or more decimal GB, got {raw[:20]!r}")
+    for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_ANALYTICS_TOKEN"):
+        if not env.get(name):
+            raise ConfigError(f"{name} is not set: ICE_EGRESS_LIMIT_GB needs it to read the month's TURN egress")
+    if not key_id:
+        raise ConfigError("CLOUDFLARE_TURN_TOKEN_ID is not set: ICE_EGRESS_LIMIT_GB guards Cloudflare credentials, and none are configured")
+    for name, value in (("CLOUDFLARE_ACCOUNT_ID", env["CLOUDFLARE_ACCOUNT_ID"]), (KEY_ID_VARS[0], key_id)):
+        if not CLOUDFLARE_ID.match(value):
+            raise ConfigError(f"{name} must be an id of letters, digits, - and _ (as Cloudflare shows it)")
+    return {
+        "egress_limit_bytes": int(limit_gb * 1e9),
+        "account_id": env["CLOUDFLARE_ACCOUNT_ID"],
+        "analytics_token": env["CLOUDFLARE_ANALYTICS_TOKEN"],
+        "graphql_url": graphql_url,
+        "usage_interval": interval,
+        "usage_unknown_closed": unknown == "closed",
+    }
 
 
 def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:

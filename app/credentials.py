@@ -86,11 +86,12 @@ class CredentialCache:
         jitter: Callable[[], float] = random.random,
         spawn: Callable[[Callable[[], None]], None] | None = None,
         degraded: DegradedLog | None = None,
+        scope: str | None = None,
     ):
-        """Bind the scope (``user``: an opaque identifier, None for the shared credential) to its stores."""
+        """Bind the scope to its stores; ``user`` (an opaque identifier, None for the shared credential) goes to the provider."""
         self.user = user
         self.policy = policy
-        self.store, self._local = policy.stores("" if user is None else f"user:{user}")
+        self.store, self._local = policy.stores(("" if user is None else f"user:{user}") if scope is None else scope)
         self.providers = tuple(providers)
         self._labels = {provider.source: provider.label for provider in self.providers}
         self.credential_ttl = credential_ttl

@@ -8,6 +8,8 @@ No label carries a secret: sources, outcomes and cache events are fixed words.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -42,6 +44,24 @@ CREDENTIAL_EXPIRY = Gauge(
     "Unix time at which the newest credential held by a live worker expires.",
     multiprocess_mode="livemax",
 )
+
+
+@functools.cache
+def egress_gauges() -> tuple[Gauge, Gauge]:
+    """Return the egress and limit gauges, made on first use: without ICE_EGRESS_LIMIT_GB they do not appear.
+
+    One fleet-wide value each: every worker sets the shared reading and the newest setting is shown
+    (multiprocess mode "mostrecent"), never a sum over workers.
+    """
+    egress = Gauge(
+        "ice_turn_egress_bytes",
+        "TURN egress this month to date, in bytes, as Cloudflare's analytics last reported it.",
+        multiprocess_mode="mostrecent",
+    )
+    limit = Gauge("ice_turn_egress_limit_bytes", "ICE_EGRESS_LIMIT_GB in bytes (GB x 10^9).", multiprocess_mode="mostrecent")
+    return egress, limit
+
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Label children bound once: a labels() lookup per request costs more than the increment. In

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from app.cloudflare import UpstreamError
 from app.credentials import RefreshError
+from app.egress import Reading
 from app.ice import Credential, rfc3339
 from app.service import IceService
 from app.store import Snapshot, StoreUnavailable
@@ -28,6 +29,8 @@ class Status:
     store_error: str | None  # why the store did not answer, if it did not
     snapshot: Snapshot | None  # None when the store did not answer
     per_user: bool = False  # one credential per user (the snapshot is the shared one, or the user's)
+    egress_limit: int | None = None  # ICE_EGRESS_LIMIT_GB in bytes, when the ceiling is on...
+    egress: Reading | None = None  # ...and the fleet's last reading, if any
 
 
 def refresh(service: IceService, user: str | None = None) -> Credential:
@@ -39,7 +42,10 @@ def refresh(service: IceService, user: str | None = None) -> Credential:
         raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET")
     if not service.store.shared:
         raise RefreshError("REDIS_URL is not set: running workers keep their own in-process cache, which this command cannot reach")
-    return service.cache(user).replace()
+    over = service.over_limit()
+    if over and not service.cache(user, capped=True).providers:
+        raise RefreshError("TURN egress is past ICE_EGRESS_LIMIT_GB: Cloudflare is not asked, and no other provider is configured")
+    return service.cache(user, capped=over).replace()
 
 
 def revoke(service: IceService, user: str | None = None) -> tuple[Credential, Credential]:
@@ -75,6 +81,8 @@ def status(service: IceService, user: str | None = None) -> Status:
     """Describe providers, the store and what it holds (the shared entry, or ``user``'s)."""
     try:
         snapshot, error = service.cache(user).store.snapshot(), None
+        reading = service.egress.reading() if service.egress is not None else None
     except StoreUnavailable as exc:
-        snapshot, error = None, str(exc)
-    return Status(tuple(p.label for p in service.providers), service.store.shared, error, snapshot, service.per_user)
+        snapshot, error, reading = None, str(exc), None
+    limit = service.egress.limit_bytes if service.egress is not None else None
+    return Status(tuple(p.label for p in service.providers), service.store.shared, error, snapshot, service.per_user, limit, reading)

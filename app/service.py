@@ -6,6 +6,11 @@ so warm requests neither build nor encode JSON), and falls back to ``TURN_SERVER
 only, when no valid credential can be had. Per-user caches live in a bounded map: a process holds
 at most ``MAX_USERS`` of them, the least recently asked for go first.
 
+Past the monthly egress ceiling (an ``EgressGuard``), callers are answered from "capped" scopes
+whose provider chain leaves Cloudflare out: the Cloudflare credential stays cached, unserved and
+unrefreshed, and comes back at once when the reading drops under the limit, while what the next
+provider minted meanwhile is left behind.
+
 Nothing here knows Flask. Time, sleeping, randomness and thread spawning are injectable.
 """
 
@@ -22,12 +27,14 @@ from functools import cached_property
 
 from app import metrics
 from app.credentials import CredentialCache, DegradedLog, Provider
+from app.egress import EgressGuard
 from app.ice import Credential, answer_body, legacy_body
 from app.store import StoreUnavailable
 from app.store_policy import StorePolicy
 
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
+CLOUDFLARE = "cloudflare"  # the source the egress ceiling caps
 
 
 @dataclass(frozen=True)
@@ -90,42 +97,64 @@ class IceService:
         spawn: Callable[[Callable[[], None]], None] | None = None,
         per_user: bool = False,
         max_users: int = MAX_USERS,
+        policy: StorePolicy | None = None,
+        egress: EgressGuard | None = None,
     ):
-        """Wire the store and providers; ``per_user``: callers get their own credentials (user scope)."""
+        """Wire the store and providers; ``per_user``: callers get their own credentials (user scope).
+
+        ``egress``, when set, caps Cloudflare; ``policy`` is then the one the guard uses too.
+        """
         self.store = store
         self.per_user = per_user
-        self.policy = StorePolicy(store, clock)
+        self.policy = policy or StorePolicy(store, clock)
+        self.egress = egress
         self.providers = tuple(providers)
+        capped_providers = tuple(p for p in self.providers if p.source != CLOUDFLARE)
         self.turn_servers = tuple(turn_servers)
         self.stun_urls = tuple(stun_urls)
         self.cache_ttl = cache_ttl
         self._clock = clock
         self._degraded = DegradedLog()
-        self._new_cache = lambda user: CredentialCache(
-            self.policy, self.providers, credential_ttl, cache_ttl, user, clock, sleep, jitter, spawn, self._degraded
+        self._new_cache = lambda user, capped: CredentialCache(
+            self.policy,
+            capped_providers if capped else self.providers,
+            credential_ttl,
+            cache_ttl,
+            user,
+            clock,
+            sleep,
+            jitter,
+            spawn,
+            self._degraded,
+            scope=_scope(user, capped),
         )
-        self.shared_cache = self._new_cache(None)
-        self._users: OrderedDict[str, CredentialCache] = OrderedDict()
+        self.shared_cache = self._new_cache(None, False)
+        self.capped_cache = self._new_cache(None, True) if egress is not None else None
+        self._users: OrderedDict[tuple[str, bool], CredentialCache] = OrderedDict()
         self._users_mutex = threading.Lock()
         self._max_users = max_users
 
-    def cache(self, user: str | None = None) -> CredentialCache:
-        """Return the cache of ``user`` (an opaque identifier), or the shared one."""
+    def cache(self, user: str | None = None, capped: bool = False) -> CredentialCache:
+        """Return the cache of ``user`` (an opaque identifier), or the shared one; ``capped``: without Cloudflare."""
         if user is None:
-            return self.shared_cache
+            return self.capped_cache if capped and self.capped_cache is not None else self.shared_cache
+        key = (user, capped)
         with self._users_mutex:
-            cache = self._users.get(user)
+            cache = self._users.get(key)
             if cache is None:
-                cache = self._users[user] = self._new_cache(user)
+                cache = self._users[key] = self._new_cache(user, capped)
                 if len(self._users) > self._max_users:
                     self._users.popitem(last=False)
             else:
-                self._users.move_to_end(user)
+                self._users.move_to_end(key)
             return cache
 
     def answer(self, user: str | None = None) -> Answer:
         """Return what to send a caller now: a TURN credential if one can be had, else the fallback."""
-        cache = self.shared_cache if user is None else self.cache(user)
+        if self.egress is not None and self.egress.over():
+            cache = self.cache(user, capped=True)
+        else:
+            cache = self.shared_cache if user is None else self.cache(user)
         now = self._clock()
         memo = cache.memo
         if memo is not None and cache.current(memo[0], now) and memo[1] == _answer_key(memo[0], now):
@@ -145,7 +174,11 @@ class IceService:
 
     def credential(self, user: str | None = None) -> Credential | None:
         """Return a valid credential of ``user`` (or the shared one), refilling if need be; None when none can be had."""
-        return self.cache(user).credential()
+        return self.cache(user, capped=self.over_limit()).credential()
+
+    def over_limit(self) -> bool:
+        """Tell whether the month's TURN egress is past ICE_EGRESS_LIMIT_GB (never without a guard)."""
+        return self.egress is not None and self.egress.over()
 
     def readiness(self) -> dict[str, bool]:
         """Check that the shared cache answers and that a valid TURN credential is held or can be had.
@@ -158,6 +191,8 @@ class IceService:
             snapshot, store_answers = self.store.snapshot(), True
         except StoreUnavailable:
             snapshot, store_answers = None, False
+        if self.over_limit():  # a policy, not an outage: the next provider or the fallback serves
+            return {"redis": store_answers, "upstream": True}
         if not self.per_user:
             return {"redis": store_answers, "upstream": self.credential() is not None}
         local = any(not provider.remote for provider in self.providers)
@@ -175,6 +210,12 @@ class IceService:
             self._degraded.warn(now, f"no valid TURN credential: serving {what}")
         ttl = min(DEGRADED_TTL, self.cache_ttl)
         return Answer(servers, source, now + ttl, now, None)
+
+
+def _scope(user: str | None, capped: bool) -> str:
+    """Name a cache's scope in the store: "" (shared), "user:ID", and "capped"/"capped:user:ID" past the ceiling."""
+    scope = "" if user is None else f"user:{user}"
+    return scope if not capped else f"capped:{scope}" if scope else "capped"
 
 
 def _answer_key(credential: Credential | None, now: float) -> int:

@@ -14,6 +14,9 @@ inside one process (no ``REDIS_URL``, or while Redis is down). The contract, for
 - ``acquire_lock`` returns a token or None; the lock expires by itself so that a dead holder
   cannot block the fleet; ``release_lock`` deletes it only if the token still matches.
 - Any I/O failure raises ``StoreUnavailable``; nothing else leaves these methods.
+- ``read``, ``write`` and ``claim`` keep small named values beside the credentials (the fleet's
+  TURN usage reading, and who asks for the next one): ``claim`` sets a name only if it is unset,
+  for ``ttl`` seconds, and tells whether it did.
 - ``scoped(scope)`` returns the same contract for another credential (one per user): its own
   entries and lock, the same cool-down, since the upstream fails for everyone at once. Entries
   of every scope expire with their credential, so the cache stays as large as its active users.
@@ -179,6 +182,19 @@ class RedisStore:
         """Forget the failure run after a success."""
         self._call(self._redis.delete, self._keys["cooldown"], self._keys["failures"])
 
+    def read(self, name: str) -> str | None:
+        """Return the value stored under ``name``, or None."""
+        value = self._call(self._redis.get, KEY_PREFIX + name)
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
+
+    def write(self, name: str, value: str, ttl: float) -> None:
+        """Store ``value`` under ``name`` for ``ttl`` seconds."""
+        self._call(self._redis.set, KEY_PREFIX + name, value, px=max(1, int(ttl * 1000)))
+
+    def claim(self, name: str, ttl: float) -> bool:
+        """Set ``name`` for ``ttl`` seconds unless it is set; tell whether this call set it."""
+        return bool(self._call(self._redis.set, KEY_PREFIX + name, "1", nx=True, px=max(1, int(ttl * 1000))))
+
     def _call(self, function, *args, **kwargs):
         """Run one Redis call, turning its failures into StoreUnavailable."""
         try:
@@ -288,9 +304,28 @@ class MemoryStore:
             self._upstream.cooldown_until = 0.0
             self._upstream.failures = 0
 
+    def read(self, name: str) -> str | None:
+        """Return the value stored under ``name`` while it lives, or None."""
+        value, until = self._upstream.values.get(name, (None, 0.0))
+        return value if until > self._clock() else None
+
+    def write(self, name: str, value: str, ttl: float) -> None:
+        """Store ``value`` under ``name`` for ``ttl`` seconds."""
+        with self._upstream.mutex:
+            self._upstream.values[name] = (value, self._clock() + ttl)
+
+    def claim(self, name: str, ttl: float) -> bool:
+        """Set ``name`` for ``ttl`` seconds unless it is set; tell whether this call set it."""
+        with self._upstream.mutex:
+            now = self._clock()
+            if self._upstream.values.get(name, (None, 0.0))[1] > now:
+                return False
+            self._upstream.values[name] = ("1", now + ttl)
+            return True
+
 
 class _Upstream:
-    """The cool-down state the scopes of one MemoryStore share."""
+    """What the scopes of one MemoryStore share: the cool-down, the scopes themselves, named values."""
 
     def __init__(self):
         """Start with no cool-down and no scope."""
@@ -298,4 +333,5 @@ class _Upstream:
         self.cooldown_until = 0.0
         self.failures = 0
         self.scopes: dict[str, MemoryStore] = {}  # only as many as users with a valid credential
+        self.values: dict[str, tuple[str, float]] = {}  # name -> (value, until): a few fixed names
         self.prune_above = SCOPES_PRUNE_AT

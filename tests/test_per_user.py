@@ -54,7 +54,7 @@ def test_a_process_keeps_a_bounded_number_of_user_caches(make_service, provider)
     for index in range(10):
         service.answer(f"{index:032x}")
     assert len(service._users) == 3
-    assert list(service._users) == [f"{index:032x}" for index in (7, 8, 9)]
+    assert list(service._users) == [(f"{index:032x}", False) for index in (7, 8, 9)]
 
 
 def test_user_entries_in_redis_expire_with_their_credential(make_service, provider, clock):

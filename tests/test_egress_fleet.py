@@ -1,0 +1,130 @@
+"""The egress ceiling on real parts: two gunicorn hosts on one redis-server, the Cloudflare and GraphQL stand-ins."""
+
+import time
+
+import pytest
+
+from tests.cloudflare_stub import API_TOKEN, KEY_ID
+from tests.graphql_stub import ACCOUNT_ID, ANALYTICS_TOKEN, GraphqlStub
+from tests.servers import app_env, concurrent_get, run_cli, wait_until
+
+GB = 1_000_000_000
+INTERVAL = 1
+SWITCH_BUDGET = INTERVAL + 4  # one interval plus a few seconds
+TURN_SECRET = {"TURN_SHARED_SECRET": "test-coturn-secret-not-a-secret", "TURN_URLS": "turn:own.example.test:3478?transport=udp"}
+STATIC = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
+
+
+@pytest.fixture
+def graphql():
+    with GraphqlStub() as stub:
+        yield stub
+
+
+def ceiling_env(cloudflare, graphql, redis_url, **extra):
+    """Cap Cloudflare at 1 GB a month, read every second."""
+    return app_env(
+        cloudflare.base_url,
+        redis_url,
+        ICE_EGRESS_LIMIT_GB="1",
+        CLOUDFLARE_ACCOUNT_ID=ACCOUNT_ID,
+        CLOUDFLARE_ANALYTICS_TOKEN=ANALYTICS_TOKEN,
+        CLOUDFLARE_GRAPHQL_URL=graphql.url,
+        ICE_USAGE_CHECK_INTERVAL=str(INTERVAL),
+        **extra,
+    )
+
+
+def sources(*hosts, count=24):
+    """Return the sources that ``count`` concurrent requests to each host got (every worker answers some)."""
+    return {response.json()["source"] for host in hosts for response in concurrent_get(host, count)}
+
+
+def metric(text, name):
+    lines = [line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+    return [float(line.rsplit(" ", 1)[1]) for line in lines]
+
+
+def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(start_host, cloudflare, graphql, redis_url, tmp_path):
+    graphql.egress = GB // 2
+    env = ceiling_env(cloudflare, graphql, redis_url, **TURN_SECRET)
+    host_a, host_b = start_host(env, "a"), start_host(env, "b")
+    wait_until(lambda: sources(host_a, host_b) == {"cloudflare"}, 10, what="Cloudflare credentials under the limit")
+    cloudflare_user = {r.json()["iceServers"][1]["username"] for r in concurrent_get(host_a, 8)}
+    assert cloudflare.call_count == 1
+
+    # About one query per interval over the whole fleet while it serves, each for the right account, key and month.
+    graphql.queries.clear()
+    started = time.monotonic()
+    while time.monotonic() - started < 6:
+        sources(host_a, host_b, count=4)
+    elapsed = time.monotonic() - started
+    assert elapsed / INTERVAL - 2 <= graphql.count <= elapsed / INTERVAL + 2
+    month = time.strftime("%Y-%m-01", time.gmtime())
+    assert {(q["account"], q["keyId"], q["date_geq"]) for q in graphql.queries} == {(ACCOUNT_ID, KEY_ID, month)}
+
+    graphql.egress = 2 * GB
+    crossed = time.monotonic()
+    wait_until(lambda: sources(host_a, host_b) == {"turn-secret"}, SWITCH_BUDGET, interval=0.1, what="every worker past the limit")
+    switch = time.monotonic() - crossed
+    calls = cloudflare.call_count
+    for _ in range(10):
+        assert sources(host_a, host_b, count=8) == {"turn-secret"}
+        time.sleep(0.2)
+    assert cloudflare.call_count == calls == 1  # no refill, no refresh ahead while over
+
+    text = host_a.get("/metrics").text
+    assert metric(text, "ice_turn_egress_bytes") == [2 * GB] and metric(text, "ice_turn_egress_limit_bytes") == [GB]
+    status = run_cli(env, "ice-status")
+    assert status.returncode == 0, status.stderr
+    egress_lines = [line for line in status.stdout.splitlines() if line.startswith("Egress:")]
+    assert len(egress_lines) == 1 and egress_lines[0].startswith("Egress:       2.000 GB of 1 GB since")
+    assert egress_lines[0].endswith("past the limit: no Cloudflare credential is handed out")
+    assert host_a.get("/readyz").status_code == 200  # a policy, not an outage
+
+    graphql.egress = GB // 10  # a raised limit, or a new month
+    wait_until(lambda: sources(host_a, host_b) == {"cloudflare"}, SWITCH_BUDGET, interval=0.1, what="Cloudflare again")
+    assert {r.json()["iceServers"][1]["username"] for r in concurrent_get(host_b, 8)} == cloudflare_user
+    assert cloudflare.call_count == 1
+
+    logs = "".join(path.read_text() for path in tmp_path.glob("*.log")) + status.stdout + status.stderr + text
+    assert "past ICE_EGRESS_LIMIT_GB=1: not handing out Cloudflare credentials" in logs
+    assert "under ICE_EGRESS_LIMIT_GB=1: handing out Cloudflare credentials again" in logs
+    for secret in (ANALYTICS_TOKEN, API_TOKEN, "stub-password", "test-coturn-secret"):
+        assert secret not in logs
+    print(f"switch to the next provider took {switch:.2f} s")
+
+
+def test_past_the_limit_without_a_second_provider_the_answer_is_static(start_host, cloudflare, graphql, redis_url):
+    graphql.egress = 5 * GB
+    host = start_host(ceiling_env(cloudflare, graphql, redis_url, TURN_SERVERS=STATIC, ICE_USAGE_UNKNOWN="closed"))
+    assert sources(host) == {"static"}
+    wait_until(lambda: graphql.count >= 1, 5, what="a reading")
+    time.sleep(INTERVAL + 1)
+    assert sources(host) == {"static"} and cloudflare.call_count == 0
+
+
+@pytest.mark.parametrize(("unknown", "source"), [("open", "cloudflare"), ("closed", "static")])
+def test_with_the_analytics_down_open_serves_cloudflare_and_closed_does_not(
+    start_host, cloudflare, graphql, redis_url, tmp_path, unknown, source
+):
+    graphql.mode = "error500"
+    host = start_host(ceiling_env(cloudflare, graphql, redis_url, TURN_SERVERS=STATIC, ICE_USAGE_UNKNOWN=unknown))
+    assert sources(host) == {source}  # from the very first request
+    time.sleep(2 * INTERVAL + 0.5)
+    assert sources(host) == {source}
+    assert cloudflare.call_count == (1 if unknown == "open" else 0)
+    log = (tmp_path / "host.log").read_text()
+    assert "Could not read TURN usage from Cloudflare's analytics API: the analytics API answered 500" in log
+    assert ANALYTICS_TOKEN not in log
+
+
+def test_a_hanging_analytics_api_never_holds_a_request(start_host, cloudflare, graphql, redis_url):
+    graphql.mode = "hang"
+    host = start_host(ceiling_env(cloudflare, graphql, redis_url))
+    started = time.monotonic()
+    for _ in range(3):
+        assert sources(host, count=16) == {"cloudflare"}
+        time.sleep(INTERVAL)
+    assert time.monotonic() - started < 3 * INTERVAL + 3
+    assert graphql.count >= 2  # asked again each interval although the earlier queries still hang
