@@ -11,6 +11,8 @@ from flask import Flask
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.errors import ConfigurationError as LimitsError
+from redis.exceptions import RedisClusterException, RedisError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
@@ -18,8 +20,9 @@ from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, load_settings
 from app.egress import EgressGuard
 from app.identity import UserIds
+from app.redis_connect import limiter_storage
 from app.service import IceService
-from app.store import SOCKET_TIMEOUT, MemoryStore, RedisStore, StoreUnavailable
+from app.store import MemoryStore, RedisStore, StoreUnavailable
 from app.store_policy import StorePolicy
 from app.turnsecret import TurnSecretProvider
 from app.usage import AnalyticsClient
@@ -86,12 +89,16 @@ def build_verifier(settings: Settings):
 
 def build_service(settings: Settings) -> IceService:
     """Build the store and providers that ``settings`` name, warning loudly about unsafe defaults."""
-    if settings.redis_url:
-        store = RedisStore.from_url(settings.redis_url)
+    if settings.redis:
+        store = RedisStore.from_target(settings.redis)
         try:
             store.ping()
         except StoreUnavailable as exc:
-            log.warning("REDIS_URL does not answer (%s): starting anyway, each worker caching alone until it does", exc)
+            log.warning(
+                "REDIS_URL (%s) does not answer (%s): starting anyway, each worker caching alone until it does",
+                settings.redis.describe(),
+                exc,
+            )
     else:
         store = MemoryStore()
         log.warning(
@@ -138,11 +145,9 @@ def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:
     request without a valid token by its address. Failure policy: while Redis is down the limits
     are kept in memory per worker, never a 5xx.
     """
-    storage = "memory://"
-    if settings.redis_url:
-        storage = (
-            settings.redis_url.replace("unix://", "redis+unix://", 1) if settings.redis_url.startswith("unix://") else settings.redis_url
-        )
+    storage, options = "memory://", {}
+    if settings.redis:
+        storage, options = limiter_storage(settings.redis)
     elif settings.rate_limit:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
     key = get_remote_address
@@ -152,17 +157,26 @@ def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:
             user = identify()
             return f"user:{user}" if user is not None else get_remote_address()
 
-    return Limiter(
-        key,
+    limiter = dict(
         app=app,
         storage_uri=storage,
-        storage_options={"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT} if settings.redis_url else {},
+        storage_options=options,
         strategy="moving-window",  # exact counts: a fixed window lets up to twice the limit through at its edge
         headers_enabled=False,  # X-RateLimit-* would cost Redis reads on every answer; 429s carry Retry-After
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         enabled=bool(settings.rate_limit),
     )
+    try:
+        return Limiter(key, **limiter)
+    except (RedisError, RedisClusterException, LimitsError) as exc:
+        # Only a Cluster is dialled at start (its client maps the slots); the service starts without it.
+        log.warning(
+            "ICE_RATE_LIMIT is counted per worker in memory until a restart: %s did not answer (%s)",
+            settings.redis.describe(),
+            type(exc).__name__,
+        )
+        return Limiter(key, **{**limiter, "storage_uri": "memory://", "storage_options": {}})
 
 
 def warn_if_env_file_is_readable(path: str | None) -> None:

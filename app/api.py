@@ -69,7 +69,11 @@ def create_blueprint(service: IceService, settings: Settings, limiter: Limiter, 
         """Say whether the shared cache answers and a TURN credential is held or can be had."""
         checks = service.readiness()
         failing = [name for name, ok in checks.items() if not ok]
-        body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
+        body = {
+            "status": 503 if failing else 200,
+            "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()},
+            "topology": service.topology(),
+        }
         if failing:
             body["error"] = f"not ready: {', '.join(failing)}"
         response = current_app.json.response(body)

@@ -73,7 +73,7 @@ def ice_status(subject: str | None) -> None:
         return
     if status.snapshot is None:
         raise click.ClickException(f"shared cache: {status.store_error}")
-    click.echo("Shared cache: Redis, answering")
+    click.echo(f"Shared cache: Redis, answering; {current_app.extensions['ice_service'].topology()}")
     credential = status.snapshot.fresh or status.snapshot.last
     if credential is None:
         click.echo("Credential:   none cached")

@@ -19,6 +19,7 @@ from dotenv import load_dotenv
 from limits import parse_many
 
 from app.ice import is_blocked_url, parse_ice_servers
+from app.redis_url import RedisTarget, parse_redis_url
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
 DEFAULT_CREDENTIAL_TTL = 86_400
@@ -64,7 +65,8 @@ class Settings:
     api_base: str = DEFAULT_API_BASE
     credential_ttl: int = DEFAULT_CREDENTIAL_TTL
     cache_ttl: int = DEFAULT_CACHE_TTL
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # as given (it may hold a password)...
+    redis: RedisTarget | None = None  # ...and parsed: what the store and the rate limiter both connect to
     cors_origins: tuple[str, ...] = ()
     turn_servers: tuple[dict, ...] = ()
     stun_urls: tuple[str, ...] = DEFAULT_STUN_URLS
@@ -138,7 +140,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE, ("https://", "http://")).rstrip("/"),
         credential_ttl=credential_ttl,
         cache_ttl=cache_ttl,
-        redis_url=_url(env, "REDIS_URL", None, ("redis://", "rediss://", "unix://")),
+        redis_url=env.get("REDIS_URL"),
+        redis=_redis(env),
         cors_origins=_origins(env),
         turn_servers=_turn_servers(env),
         stun_urls=_stun_urls(env),
@@ -344,6 +347,25 @@ def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | N
     if own and len(own) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"ICE_USER_ID_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: use a long random value")
     return {"credential_scope": scope, "user_id_secret": own or api_token or shared_secret or env.get("ICE_JWT_SECRET")}
+
+
+def _redis(env: Mapping[str, str]) -> RedisTarget | None:
+    """Parse REDIS_URL with REDIS_CA_FILE and REDIS_SENTINEL_PASSWORD; the message never echoes a password."""
+    url, ca_file = env.get("REDIS_URL"), env.get("REDIS_CA_FILE")
+    if url is None:
+        for name in ("REDIS_CA_FILE", "REDIS_SENTINEL_PASSWORD"):
+            if env.get(name):
+                raise ConfigError(f"{name} is set but REDIS_URL is not")
+        return None
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(f"REDIS_CA_FILE names no readable file: {ca_file[:200]}")
+    try:
+        target = parse_redis_url(url, ca_file, env.get("REDIS_SENTINEL_PASSWORD"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if env.get("REDIS_SENTINEL_PASSWORD") and target.topology != "sentinel":
+        raise ConfigError("REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not redis+sentinel:// or rediss+sentinel://")
+    return target
 
 
 def _egress(env: Mapping[str, str], key_id: str | None) -> dict:

@@ -199,6 +199,10 @@ class IceService:
         upstream_fine = snapshot is None or not (snapshot.failures or snapshot.cooldown)
         return {"redis": store_answers, "upstream": bool(self.providers) and (local or upstream_fine)}
 
+    def topology(self) -> str:
+        """Name the shared cache's topology and state, for /readyz and ice-status."""
+        return self.store.describe()
+
     def _fallback(self, now: float) -> Answer:
         """Answer without a TURN credential: TURN_SERVERS, else STUN only; never cached."""
         if self.turn_servers:

@@ -17,6 +17,9 @@ inside one process (no ``REDIS_URL``, or while Redis is down). The contract, for
 - ``read``, ``write`` and ``claim`` keep small named values beside the credentials (the fleet's
   TURN usage reading, and who asks for the next one): ``claim`` sets a name only if it is unset,
   for ``ttl`` seconds, and tells whether it did.
+- Keys used together share one hash tag (``ice-servers:{tag}:name``): a scope's entries and lock,
+  or the fleet's cool-down and named values. Every key a script touches is in its KEYS and no
+  command spans two tags, so the same calls run on one server, Sentinel and Cluster.
 - ``scoped(scope)`` returns the same contract for another credential (one per user): its own
   entries and lock, the same cool-down, since the upstream fails for everyone at once. Entries
   of every scope expire with their credential, so the cache stays as large as its active users.
@@ -31,13 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError
 
 from app.ice import Credential
+from app.redis_connect import SOCKET_TIMEOUT, Connection
+from app.redis_url import RedisTarget, parse_redis_url
 
-SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
 KEY_PREFIX = "ice-servers:"
+SHARED_TAG = "shared"  # the hash tag of the shared credential's keys
+FLEET_TAG = "fleet"  # the hash tag of what every scope shares: the cool-down, named values
 FAILURES_MEMORY = 3600  # seconds a run of upstream failures is remembered, for the backoff exponent
 SCOPES_PRUNE_AT = 1024  # in-process scopes held before those with an expired credential are dropped
 
@@ -89,32 +95,36 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time, scope: str = "", _scripts=None):
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time, scope: str = "", _scripts=None, connection=None):
         """Use ``client``; ``clock`` turns absolute expiries into Redis PX values; ``scope`` names the credential."""
         self._redis = client
         self._clock = clock
+        self.connection: Connection | None = connection
         self._put_if_newer, self._release_if_owner = _scripts or (
             client.register_script(_PUT_IF_NEWER),
             client.register_script(_RELEASE_IF_OWNER),
         )
-        entry = KEY_PREFIX + (f"{scope}:" if scope else "")
-        self._keys = {name: entry + name for name in ("credential", "credential:last", "lock")}
-        self._keys.update({name: KEY_PREFIX + name for name in ("cooldown", "failures")})
+        self._keys = {name: store_key(name, scope) for name in ("credential", "credential:last", "lock")}
+        self._keys.update({name: store_key(name, None) for name in ("cooldown", "failures")})
 
     def scoped(self, scope: str) -> RedisStore:
         """Return the store of another credential: its own entries and lock, the shared cool-down."""
-        return RedisStore(self._redis, self._clock, scope, (self._put_if_newer, self._release_if_owner))
+        return RedisStore(self._redis, self._clock, scope, (self._put_if_newer, self._release_if_owner), self.connection)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        """Connect lazily to ``url`` with sub-second timeouts and one immediate reconnect."""
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
-        return cls(client)
+        """Connect lazily to ``url`` (REDIS_URL's grammar) with sub-second timeouts."""
+        return cls.from_target(parse_redis_url(url))
+
+    @classmethod
+    def from_target(cls, target: RedisTarget) -> RedisStore:
+        """Connect lazily to the parsed REDIS_URL: one server, a socket, Sentinel or Cluster."""
+        connection = Connection(target)
+        return cls(connection.client, connection=connection)
+
+    def describe(self) -> str:
+        """Name the topology and its state (the primary behind Sentinel, the cluster's state)."""
+        return self.connection.describe() if self.connection is not None else "single: a client given by the caller"
 
     def __repr__(self) -> str:
         """Name the store without the URL, which may carry a password."""
@@ -128,9 +138,11 @@ class RedisStore:
         """Return the credential inside its cache window, or None."""
         try:
             return _parse(self._redis.get(self._keys["credential"]))
-        except redis.ResponseError:  # WRONGTYPE: someone wrote another type there
-            return None
-        except redis.RedisError as exc:
+        except redis.ResponseError as exc:
+            if _wrong_type(exc):  # someone wrote another type there: a miss
+                return None
+            raise StoreUnavailable(_describe(exc)) from None
+        except (redis.RedisError, RedisClusterException) as exc:
             raise StoreUnavailable(_describe(exc)) from None
 
     def snapshot(self) -> Snapshot:
@@ -141,7 +153,10 @@ class RedisStore:
         pipe.pttl(self._keys["cooldown"])
         pipe.get(self._keys["failures"])
         # raise_on_error=False leaves a WRONGTYPE error in its slot (a miss); I/O errors still raise.
-        fresh, last, cooldown_ms, failures = self._call(pipe.execute, raise_on_error=False)
+        fresh, last, cooldown_ms, failures = results = self._call(pipe.execute, raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and not _wrong_type(result):  # NOPERM, READONLY...: not a miss
+                raise StoreUnavailable(_describe(result))
         return Snapshot(
             fresh=_parse(fresh),
             last=_parse(last),
@@ -184,23 +199,34 @@ class RedisStore:
 
     def read(self, name: str) -> str | None:
         """Return the value stored under ``name``, or None."""
-        value = self._call(self._redis.get, KEY_PREFIX + name)
+        value = self._call(self._redis.get, store_key(name, None))
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
 
     def write(self, name: str, value: str, ttl: float) -> None:
         """Store ``value`` under ``name`` for ``ttl`` seconds."""
-        self._call(self._redis.set, KEY_PREFIX + name, value, px=max(1, int(ttl * 1000)))
+        self._call(self._redis.set, store_key(name, None), value, px=max(1, int(ttl * 1000)))
 
     def claim(self, name: str, ttl: float) -> bool:
         """Set ``name`` for ``ttl`` seconds unless it is set; tell whether this call set it."""
-        return bool(self._call(self._redis.set, KEY_PREFIX + name, "1", nx=True, px=max(1, int(ttl * 1000))))
+        return bool(self._call(self._redis.set, store_key(name, None), "1", nx=True, px=max(1, int(ttl * 1000))))
 
     def _call(self, function, *args, **kwargs):
         """Run one Redis call, turning its failures into StoreUnavailable."""
         try:
             return function(*args, **kwargs)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             raise StoreUnavailable(_describe(exc)) from None
+
+
+def store_key(name: str, scope: str | None = "") -> str:
+    """Return the Redis key of ``name`` in ``scope`` ("": the shared credential; None: the fleet's keys)."""
+    tag = FLEET_TAG if scope is None else scope or SHARED_TAG
+    return f"{KEY_PREFIX}{{{tag}}}:{name}"
+
+
+def _wrong_type(exc: Exception) -> bool:
+    """Tell whether a command failed because a key holds another type (junk: a miss, not a failure)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
 def _parse(raw: object) -> Credential | None:
@@ -209,13 +235,26 @@ def _parse(raw: object) -> Credential | None:
 
 
 def _describe(exc: Exception) -> str:
-    """Describe a Redis failure in one line without the URL or its password."""
+    """Describe a Redis failure in one line, naming the cause, without the URL or its password."""
+    text = str(exc).lower()
     if isinstance(exc, redis.TimeoutError):
         return f"Redis did not answer within {SOCKET_TIMEOUT:g} s"
-    if isinstance(exc, redis.AuthenticationError):
-        return "Redis refused the password in REDIS_URL"
+    if isinstance(exc, redis.AuthenticationError) or "wrongpass" in text or "noauth" in text:
+        return "Redis refused the user or password in REDIS_URL (authentication)"
+    if "certificate verify failed" in text or "certificate_verify_failed" in text:
+        return "Redis's TLS certificate did not verify (check REDIS_CA_FILE and the host name in REDIS_URL)"
+    if "ssl" in text or "tls" in text or "wrong version number" in text:
+        return "the TLS handshake with Redis failed (rediss:// against a TLS port?)"
+    if isinstance(exc, redis.ReadOnlyError):
+        return "Redis answered READONLY: the primary was demoted (a failover)"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return "Redis refused a command to the user in REDIS_URL (NOPERM: see the README's ACL line)"
+    if isinstance(exc, MasterNotFoundError):
+        return "no Sentinel knows the primary of the service in REDIS_URL (a failover in progress?)"
     if isinstance(exc, redis.ConnectionError):
         return "could not connect to Redis"
+    if isinstance(exc, redis.exceptions.ClusterDownError | redis.exceptions.TryAgainError | RedisClusterException):
+        return f"the Redis cluster is not serving ({type(exc).__name__})"
     return f"Redis failed ({type(exc).__name__})"
 
 
@@ -249,6 +288,10 @@ class MemoryStore:
     def __repr__(self) -> str:
         """Name the store."""
         return "MemoryStore()"
+
+    def describe(self) -> str:
+        """Name the store."""
+        return "in-process: each worker holds its own (REDIS_URL is not set)"
 
     def ping(self) -> None:
         """Answer always: the process is alive."""

@@ -10,6 +10,7 @@ from app.config import Settings
 from app.service import IceService
 from app.store import MemoryStore
 from tests.cloudflare_stub import CloudflareStub
+from tests.redis_topologies import RedisClusterGroup, SentinelGroup, TlsRedis
 from tests.servers import Gunicorn, RedisServer
 
 T0 = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
@@ -147,6 +148,30 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory):
+    """Run one TLS-only redis-server with an ACL user (default user off) for the session."""
+    server = TlsRedis(tmp_path_factory.mktemp("tls-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory):
+    """Run a primary, a replica and three sentinels for the session (tests that fail over start their own)."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel")).start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """Run a three-primary Redis Cluster for the session."""
+    cluster = RedisClusterGroup(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

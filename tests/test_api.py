@@ -131,14 +131,19 @@ def test_missing_redis_and_cloudflare_are_warned_about_at_start(monkeypatch, cap
 def test_readyz_is_200_when_the_cache_answers_and_a_credential_can_be_had(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": 200, "checks": {"redis": "ok", "upstream": "ok"}}
+    assert response.get_json() == {
+        "status": 200,
+        "checks": {"redis": "ok", "upstream": "ok"},
+        "topology": "in-process: each worker holds its own (REDIS_URL is not set)",
+    }
 
 
 def test_readyz_names_the_upstream_when_no_credential_can_be_had(client, provider):
     provider.fail(401)
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": 503, "checks": {"redis": "ok", "upstream": "failing"}, "error": "not ready: upstream"}
+    body = response.get_json()
+    assert body["checks"] == {"redis": "ok", "upstream": "failing"} and body["error"] == "not ready: upstream"
 
 
 def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answering(make_service):
@@ -148,6 +153,7 @@ def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answerin
     client = create_app(Settings(), service=service).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["error"] == "not ready: redis"
+    assert response.get_json()["topology"] == "single: single server at 127.0.0.1:1"
     assert client.get("/api/ice-servers").get_json()["source"] == "cloudflare"
 
 

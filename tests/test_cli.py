@@ -82,7 +82,7 @@ def test_ice_status_shows_the_credential_and_cool_down_without_secrets(redis_cli
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "Providers:    Cloudflare"
-    assert lines[1] == "Shared cache: Redis, answering"
+    assert lines[1] == "Shared cache: Redis, answering; single: a client given by the caller"
     assert lines[2] == "Credential:   from cloudflare, fresh; user test-user"
     assert [line.split(":")[0] for line in lines[3:6]] == ["Issued", "Refresh at", "Expires at"]
     assert re.fullmatch(r"Cool-down:    (29\.\d|30\.0) s left after 1 failure\(s\) in a row", lines[6])

@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from app.store import KEY_PREFIX
+from app.store import store_key
 from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
 
 SHORT = {"TURN_CREDENTIAL_TTL": "24", "ICE_CACHE_TTL": "12"}
@@ -113,7 +113,7 @@ def test_redis_killed_under_load_then_restarted_keeps_serving_credentials(start_
         assert {sample_username(s) for s in samples} == {"stub-user-1"}
         assert cloudflare.call_count == 1
         # The restarted, empty Redis got the credential back from the workers, not from Cloudflare.
-        assert own_redis.client().get(KEY_PREFIX + "credential") is not None
+        assert own_redis.client().get(store_key("credential")) is not None
     finally:
         own_redis.stop()
 
@@ -131,7 +131,7 @@ def test_killed_lock_holder_is_recovered_from_within_the_lock_expiry(start_host,
     wait_until(lambda: cloudflare.call_count == 1, 10, what="fetch in flight")
     os.killpg(doomed.process.pid, signal.SIGKILL)  # master and every worker, mid-fetch
     killed_at = time.monotonic()
-    lock_ttl = redis.Redis.from_url(redis_url).pttl(KEY_PREFIX + "lock")
+    lock_ttl = redis.Redis.from_url(redis_url).pttl(store_key("lock"))
     assert 0 < lock_ttl <= 10_000  # the dead holder's lock is still there, with its expiry
     cloudflare.delay = 0.0
 
@@ -155,7 +155,7 @@ def test_corrupt_cache_entries_are_replaced_and_never_fail_a_request(start_host,
     host = start_host(app_env(cloudflare.base_url, redis_url))
     assert host.get().json()["source"] == "cloudflare"
     client = redis.Redis.from_url(redis_url)
-    for key in (KEY_PREFIX + "credential", KEY_PREFIX + "credential:last"):
+    for key in (store_key("credential"), store_key("credential:last")):
         client.delete(key)
         if corrupt == "junk":
             client.set(key, b"\xff{not json")
@@ -166,8 +166,8 @@ def test_corrupt_cache_entries_are_replaced_and_never_fail_a_request(start_host,
     responses = concurrent_get(host, 40)
     assert [r.status_code for r in responses] == [200] * 40
     assert {r.json()["source"] for r in responses} == {"cloudflare"}
-    assert client.type(KEY_PREFIX + "credential") == b"string"
-    assert b"iceServers" in client.get(KEY_PREFIX + "credential")
+    assert client.type(store_key("credential")) == b"string"
+    assert b"iceServers" in client.get(store_key("credential"))
 
 
 def test_retry_after_holds_every_worker_back(start_host, cloudflare, redis_url):

@@ -73,7 +73,7 @@ def test_unreachable_redis_at_start_is_a_warning_not_a_crash(start_host, cloudfl
     host = start_host(app_env(cloudflare.base_url, "redis://127.0.0.1:1/0"))
     response = host.get()
     assert response.status_code == 200 and response.json()["source"] == "cloudflare"
-    assert "REDIS_URL does not answer" in (tmp_path / "host.log").read_text()
+    assert "REDIS_URL (single server at 127.0.0.1:1) does not answer (could not connect to Redis)" in (tmp_path / "host.log").read_text()
 
 
 def test_invalid_setting_stops_gunicorn_with_one_line():

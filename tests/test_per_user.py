@@ -9,7 +9,7 @@ from app import create_app
 from app.config import ConfigError, load_settings
 from app.identity import UserIds
 from app.operations import revoke
-from app.store import KEY_PREFIX, MemoryStore, RedisStore
+from app.store import MemoryStore, RedisStore, store_key
 from app.turnsecret import TurnSecretProvider
 from tests.conftest import LocalProvider
 from tests.jwt_tools import HS_SECRET, bearer, hs_token
@@ -61,8 +61,8 @@ def test_user_entries_in_redis_expire_with_their_credential(make_service, provid
     client = fakeredis.FakeRedis()
     service = make_service(store=RedisStore(client, clock=clock))
     service.answer(ALICE)
-    keys = {key.decode() for key in client.keys(f"{KEY_PREFIX}user:*")}
-    assert keys == {f"{KEY_PREFIX}user:{ALICE}:credential", f"{KEY_PREFIX}user:{ALICE}:credential:last"}
+    keys = {key.decode() for key in client.keys("ice-servers:{user:*")}
+    assert keys == {store_key("credential", f"user:{ALICE}"), store_key("credential:last", f"user:{ALICE}")}
     assert all(0 < client.pttl(key) <= 24_000 for key in keys)
 
 

@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from app.ice import new_credential
-from app.store import KEY_PREFIX, MemoryStore, RedisStore, StoreUnavailable
+from app.redis_url import parse_redis_url
+from app.store import MemoryStore, RedisStore, StoreUnavailable, store_key
 
 TURN = [{"urls": ["turn:t.example.test:3478"], "username": "u", "credential": "c"}]
 
@@ -17,13 +18,22 @@ def credential(issued_at, credential_ttl=24, cache_ttl=12):
     return new_credential(TURN, "cloudflare", issued_at, credential_ttl, cache_ttl)
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+@pytest.fixture(params=["memory", "fakeredis", "redis", "tls-acl", "sentinel", "cluster"])
 def store(request):
+    """One store of each kind, empty: the contract holds on every topology (as dogpile.cache tests its backends)."""
     if request.param == "memory":
         return MemoryStore()
     if request.param == "fakeredis":
         return RedisStore(fakeredis.FakeRedis())
-    return RedisStore.from_url(request.getfixturevalue("redis_url"))
+    if request.param == "redis":
+        return RedisStore.from_url(request.getfixturevalue("redis_url"))
+    if request.param == "tls-acl":
+        server = request.getfixturevalue("tls_redis")
+        server.flush()
+        return RedisStore.from_target(parse_redis_url(server.url(), ca_file=str(server.ca_file)))
+    topology = request.getfixturevalue("sentinel_group" if request.param == "sentinel" else "redis_cluster")
+    topology.flush()
+    return RedisStore.from_url(topology.url)
 
 
 def test_empty_store_misses(store):
@@ -77,6 +87,22 @@ def test_cooldown_counts_failures_until_cleared(store):
     assert (store.snapshot().cooldown, store.snapshot().failures) == (0, 0)
 
 
+def test_named_values_live_for_their_ttl_and_claims_are_exclusive(store):
+    assert store.read("usage") is None
+    store.write("usage", '{"egressBytes": 1}', 30)
+    assert store.read("usage") == '{"egressBytes": 1}'
+    assert store.claim("usage:ask", 30) and not store.claim("usage:ask", 30)
+
+
+def test_scopes_have_their_own_entries_and_lock_and_share_the_cool_down(store):
+    user = store.scoped("user:" + "a1" * 16)
+    user.put(credential(time.time()))
+    assert store.get() is None and user.get() is not None
+    assert store.acquire_lock(10) and user.acquire_lock(10)
+    store.start_cooldown(30)
+    assert user.snapshot().failures == 1
+
+
 def test_memory_store_expires_by_its_clock():
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
@@ -94,21 +120,21 @@ def test_redis_keys_expire_with_the_cache_window_and_the_credential(redis_url):
     client = redis.Redis.from_url(redis_url)
     store = RedisStore(client)
     store.put(credential(time.time(), credential_ttl=86400, cache_ttl=82800))
-    assert 82790_000 < client.pttl(KEY_PREFIX + "credential") <= 82800_000
-    assert 86390_000 < client.pttl(KEY_PREFIX + "credential:last") <= 86400_000
+    assert 82790_000 < client.pttl(store_key("credential")) <= 82800_000
+    assert 86390_000 < client.pttl(store_key("credential:last")) <= 86400_000
 
 
 def test_redis_lock_has_an_expiry(redis_url):
     client = redis.Redis.from_url(redis_url)
     RedisStore(client).acquire_lock(10)
-    assert 9000 < client.pttl(KEY_PREFIX + "lock") <= 10000
+    assert 9000 < client.pttl(store_key("lock")) <= 10000
 
 
 @pytest.mark.parametrize("junk", ["not json", '{"iceServers": 1}', '{"source": "cloudflare"}'])
 def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
     client = redis.Redis.from_url(redis_url)
-    client.set(KEY_PREFIX + "credential", junk)
-    client.set(KEY_PREFIX + "credential:last", junk)
+    client.set(store_key("credential"), junk)
+    client.set(store_key("credential:last"), junk)
     store = RedisStore(client)
     assert store.get() is None and store.snapshot().last is None
     assert store.put(credential(time.time()))
@@ -117,8 +143,8 @@ def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
 
 def test_wrong_redis_type_is_a_miss_and_gets_replaced(redis_url):
     client = redis.Redis.from_url(redis_url)
-    client.hset(KEY_PREFIX + "credential", "a", "b")
-    client.lpush(KEY_PREFIX + "credential:last", "x")
+    client.hset(store_key("credential"), "a", "b")
+    client.lpush(store_key("credential:last"), "x")
     store = RedisStore(client)
     assert store.get() is None and store.snapshot().last is None
     assert store.put(credential(time.time()))

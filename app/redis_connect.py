@@ -1,0 +1,128 @@
+"""Connections to the Redis REDIS_URL names: the store's client and the rate limiter's storage, from one parsed value.
+
+Every topology gets the same short timeouts, TLS with the certificate and host name verified
+(against REDIS_CA_FILE when set), and the ACL user. The primary behind Sentinel is looked up on
+every new connection, so running hosts follow a promotion; a Cluster client is built on first
+use, so the service starts while the cluster is down. The limits library takes its own URI forms
+and options (and has no TLS cluster form), so its settings are built here from the same value
+rather than by passing REDIS_URL through.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from app.redis_url import RedisTarget
+
+SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
+CLUSTER_RETRIES = 3  # MOVED, TRYAGAIN and CLUSTERDOWN retried a few times, a few ms apart: within a request's budget
+
+
+def connection_options(target: RedisTarget) -> dict:
+    """Return what every connection to a Redis node takes: timeouts, the ACL user, TLS."""
+    options = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
+    if target.username:
+        options["username"] = target.username
+    if target.password:
+        options["password"] = target.password
+    if target.tls:
+        options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        if target.ca_file:
+            options["ssl_ca_certs"] = target.ca_file
+    return options
+
+
+def sentinel_options(target: RedisTarget) -> dict:
+    """Return what connections to the sentinels take: their own password (never Redis's), timeouts, TLS."""
+    options = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT, "password": target.sentinel_password}
+    if target.tls:
+        options.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True)
+        if target.ca_file:
+            options["ssl_ca_certs"] = target.ca_file
+    return options
+
+
+class Connection:
+    """The store's client for one target, and what it can say about the topology."""
+
+    def __init__(self, target: RedisTarget):
+        """Build the client; a Cluster client on first use."""
+        self.target = target
+        self._sentinel: Sentinel | None = None
+        options = connection_options(target)
+        once = Retry(NoBackoff(), 1)  # one immediate reconnect: a restarted server, a failed-over primary
+        if target.topology == "single":
+            host, port = target.nodes[0]
+            self.client = redis.Redis(host=host, port=port, db=target.db, ssl=target.tls, retry=once, **options)
+        elif target.topology == "unix":
+            self.client = redis.Redis(unix_socket_path=target.path, db=target.db, retry=once, **options)
+        elif target.topology == "sentinel":
+            self._sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options(target), ssl=target.tls, **options)
+            self.client = self._sentinel.master_for(target.service, db=target.db, retry=once)
+        else:
+            nodes = [ClusterNode(host, port) for host, port in target.nodes]
+            retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), CLUSTER_RETRIES)
+            self.client = LazyClient(lambda: RedisCluster(startup_nodes=nodes, ssl=target.tls, retry=retry, **options))
+
+    def describe(self) -> str:
+        """Name the topology and its state: the current primary behind Sentinel, the cluster's state."""
+        try:
+            if self._sentinel is not None:
+                host, port = self._sentinel.discover_master(self.target.service)
+                return f"sentinel: service {self.target.service}, primary {host}:{port}"
+            if self.target.topology == "cluster":
+                info = self.client.cluster_info()
+                return f"cluster: state {info.get('cluster_state', '?')}, {info.get('cluster_size', '?')} primaries serving slots"
+        except (redis.RedisError, RedisClusterException) as exc:
+            return f"{self.target.topology}: not answering ({type(exc).__name__})"
+        return f"{self.target.topology}: {self.target.describe()}"
+
+
+class LazyClient:
+    """A client built on first use, and built again after a failed build (a cluster that was down)."""
+
+    def __init__(self, build):
+        """Keep the builder."""
+        self._build = build
+        self._client = None
+        self._mutex = threading.Lock()
+
+    def register_script(self, script: str) -> Script:
+        """Return a script bound to this proxy: its SHA needs no connection, its first call builds the client."""
+        return Script(self, script.encode())
+
+    def __getattr__(self, name: str):
+        """Build the client if need be, then hand over the attribute."""
+        client = self._client
+        if client is None:
+            with self._mutex:
+                if self._client is None:
+                    try:
+                        self._client = self._build()
+                    except RedisClusterException as exc:  # no startup node answered: a connection failure for the caller
+                        raise redis.ConnectionError(f"no cluster node answered ({type(exc).__name__})") from None
+                client = self._client
+        return getattr(client, name)
+
+
+def limiter_storage(target: RedisTarget) -> tuple[str, dict]:
+    """Return the limits library's storage URI and options for the same target (credentials in the options)."""
+    options = connection_options(target)
+    hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in target.nodes)
+    if target.topology == "single":
+        return f"{'rediss' if target.tls else 'redis'}://{hosts}/{target.db}", options
+    if target.topology == "unix":
+        return f"redis+unix://{target.path}?db={target.db}", options
+    if target.topology == "sentinel":
+        # Counts are read from the primary only: a replica's lag would let more through.
+        extra = {"sentinel_kwargs": sentinel_options(target), "db": target.db, "ssl": target.tls, "use_replicas": False}
+        return f"redis+sentinel://{hosts}/{target.service}", {**options, **extra}
+    return f"redis+cluster://{hosts}", {**options, "ssl": target.tls}

@@ -1,0 +1,162 @@
+"""Beyond one Redis, on real processes: TLS with an ACL user, Sentinel failover under load, Redis Cluster."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from tests.cloudflare_stub import API_TOKEN
+from tests.redis_topologies import ACL_PASSWORD, SentinelGroup
+from tests.servers import app_env, concurrent_get, run_cli, run_load, turn_username, wait_until
+
+
+def tls_env(cloudflare, server, ca_file=None, password=ACL_PASSWORD, **extra):
+    return app_env(cloudflare.base_url, server.url(password), REDIS_CA_FILE=str(ca_file or server.ca_file), **extra)
+
+
+def test_tls_redis_with_an_acl_user_shares_one_credential(start_host, cloudflare, tls_redis):
+    tls_redis.flush()
+    env = tls_env(cloudflare, tls_redis, ICE_RATE_LIMIT="30 per minute")
+    host_a, host_b = start_host(env, "a"), start_host(env, "b")
+    headers = {"X-Forwarded-For": "203.0.113.50"}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda i: (host_a if i % 2 else host_b).get(headers=headers), range(60)))
+    assert sorted(r.status_code for r in answers) == [200] * 30 + [429] * 30  # the limiter on the same TLS user
+    assert {turn_username(r) for r in answers if r.status_code == 200} == {"stub-user-1"}
+    assert cloudflare.call_count == 1
+    assert host_a.get("/readyz").json()["checks"] == {"redis": "ok", "upstream": "ok"}
+    assert tls_redis.client("admin", "test-redis-admin-password-not-a-secret").exists("ice-servers:{shared}:credential")
+
+
+def assert_degraded_with_one_line(host, log_path, cause):
+    """Check: served from the in-process cache, /readyz names redis, one line says why, no secret."""
+    assert {r.json()["source"] for r in concurrent_get(host, 12)} == {"cloudflare"}
+    ready = host.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["error"] == "not ready: redis"
+    log = log_path.read_text()
+    assert log.count(cause) >= 1
+    assert "REDIS_URL (single server at 127.0.0.1" in log  # names Redis, not the URL
+    assert "Traceback" not in log and ACL_PASSWORD not in log and "wrong-password" not in log
+
+
+def test_a_certificate_that_does_not_verify_is_a_fault_not_a_crash(start_host, cloudflare, tls_redis, tmp_path):
+    host = start_host(tls_env(cloudflare, tls_redis, ca_file=tls_redis.wrong_ca_file))
+    assert_degraded_with_one_line(host, tmp_path / "host.log", "Redis's TLS certificate did not verify")
+
+
+def test_a_wrong_password_is_a_fault_not_a_crash(start_host, cloudflare, tls_redis, tmp_path):
+    host = start_host(tls_env(cloudflare, tls_redis, password="wrong-password-for-the-test"))
+    assert_degraded_with_one_line(host, tmp_path / "host.log", "Redis refused the user or password in REDIS_URL (authentication)")
+
+
+def test_sentinel_failover_under_load_drops_nothing(start_host, cloudflare, tmp_path):
+    group = SentinelGroup(tmp_path / "sentinel").start()
+    try:
+        env = app_env(cloudflare.base_url, group.url)
+        host_a, host_b = start_host(env, "a"), start_host(env, "b")
+        assert {turn_username(r) for r in concurrent_get(host_a, 20) + concurrent_get(host_b, 20)} == {"stub-user-1"}
+        old_primary = group.current_primary_port()
+        samples, killed = {}, {}
+
+        def load(name, host):
+            samples[name] = run_load(host, 14, clients=3)
+
+        def failover():
+            time.sleep(3)
+            killed["at"] = time.monotonic()
+            group.primary.kill()
+            wait_until(lambda: group.current_primary_port() not in (None, old_primary), 30, interval=0.1, what="promotion")
+            killed["promoted_after"] = time.monotonic() - killed["at"]
+
+        threads = [threading.Thread(target=load, args=(n, h)) for n, h in (("a", host_a), ("b", host_b))]
+        threads.append(threading.Thread(target=failover))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        everything = samples["a"] + samples["b"]
+        assert len(everything) > 200
+        assert [s for s in everything if s.status != 200] == []
+        assert {s.body["source"] for s in everything} == {"cloudflare"}  # TURN served throughout
+        assert cloudflare.call_count == 1  # holding a valid credential, nobody fetched because of the failover
+
+        # refresh-turn works shortly after the promotion and both hosts serve the new credential within 10 s.
+        result = wait_until(lambda: (r := run_cli(env, "refresh-turn")).returncode == 0 and r, 15, interval=0.5, what="refresh-turn")
+        refreshed = time.monotonic()
+        assert "expires at" in result.stdout and cloudflare.call_count == 2
+        wait_until(
+            lambda: {turn_username(r) for h in (host_a, host_b) for r in concurrent_get(h, 16)} == {"stub-user-2"},
+            10,
+            interval=0.2,
+            what="the refreshed credential on both hosts",
+        )
+        assert time.monotonic() - refreshed < 10
+        status = run_cli(env, "ice-status")
+        assert f"primary 127.0.0.1:{group.current_primary_port()}" in status.stdout
+        longest = max(s.latency for s in everything)
+        print(f"sentinel promotion {killed['promoted_after']:.1f} s after SIGKILL; longest answer {longest:.3f} s")
+    finally:
+        group.stop()
+
+
+def test_cluster_cold_burst_makes_one_call_and_refresh_reaches_both_hosts(start_host, cloudflare, redis_cluster):
+    redis_cluster.flush()
+    cloudflare.delay = 0.5
+    env = app_env(cloudflare.base_url, redis_cluster.url)
+    host_a, host_b = start_host(env, "a"), start_host(env, "b")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bursts = list(pool.map(lambda host: concurrent_get(host, 60), (host_a, host_b)))
+    answers = bursts[0] + bursts[1]
+    assert [r.status_code for r in answers] == [200] * 120
+    assert {turn_username(r) for r in answers} == {"stub-user-1"} and cloudflare.call_count == 1
+
+    result = run_cli(env, "refresh-turn")
+    refreshed = time.monotonic()
+    assert result.returncode == 0, result.stderr
+    wait_until(
+        lambda: {turn_username(r) for h in (host_a, host_b) for r in concurrent_get(h, 16)} == {"stub-user-2"},
+        10,
+        interval=0.2,
+        what="the refreshed credential on both hosts",
+    )
+    assert time.monotonic() - refreshed < 10
+    status = run_cli(env, "ice-status")
+    assert "cluster: state ok" in status.stdout
+    ready = host_a.get("/readyz").json()
+    assert ready["checks"] == {"redis": "ok", "upstream": "ok"} and ready["topology"].startswith("cluster: state ok")
+
+
+def test_rate_limit_counts_exactly_on_the_cluster(start_host, cloudflare, redis_cluster):
+    redis_cluster.flush()
+    env = app_env(cloudflare.base_url, redis_cluster.url, ICE_RATE_LIMIT="50 per minute")
+    host_a, host_b = start_host(env, "a"), start_host(env, "b")
+    headers = {"X-Forwarded-For": "203.0.113.60"}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda i: (host_a if i % 2 else host_b).get(headers=headers), range(300)))
+    assert sorted(r.status_code for r in answers) == [200] * 50 + [429] * 250
+
+
+def test_secrets_never_reach_the_log(start_host, cloudflare, tls_redis, tmp_path):
+    host = start_host(tls_env(cloudflare, tls_redis))
+    host.get()
+    log = (tmp_path / "host.log").read_text()
+    assert ACL_PASSWORD not in log and API_TOKEN not in log
+
+
+def test_a_demoted_primary_and_a_flushed_script_cache_are_handled(sentinel_group):
+    from app.ice import new_credential
+    from app.store import RedisStore, StoreUnavailable
+
+    credential = new_credential([{"urls": ["turn:t.example.test"], "username": "u", "credential": "c"}], "cloudflare", time.time(), 24, 12)
+    replica = RedisStore(sentinel_group.replica.client())  # what a demoted primary answers writes with
+    with pytest.raises(StoreUnavailable, match="READONLY"):
+        replica.put(credential)
+    sentinel_group.flush()
+    primary = RedisStore.from_url(sentinel_group.url)
+    assert primary.put(credential)
+    redis.Redis(port=sentinel_group.current_primary_port()).script_flush()  # a restart or failover empties it: NOSCRIPT
+    older = new_credential(list(credential.ice_servers), "cloudflare", credential.issued_at - 5, 24, 12)
+    assert not primary.put(older) and primary.get() == credential  # the script was loaded again, ran, and refused it
