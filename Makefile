@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PM2_VERSION := 7.0.4
 PM2 := .tools/node_modules/.bin/pm2
+# Drives Debian's firefox-esr over WebDriver BiDi (puppeteer, not the browser-downloading package), and
+# checks the client's TypeScript declarations; pinned, without install scripts, in .tools/ like pm2.
+PUPPETEER_VERSION := 24.43.1
+TYPESCRIPT_VERSION := 5.9.3
+BROWSER_TOOLS := .tools/.browser-tools-$(PUPPETEER_VERSION)-$(TYPESCRIPT_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -16,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install what the tests need (redis-server, the venv) and run them all
-test: system-deps lint $(PM2)
+test: system-deps lint $(PM2) $(BROWSER_TOOLS)
 	$(BIN)/python -m pytest
 
 ## bench: the app against a bare-Flask floor (wrk), cold burst, expiry crossing, outage, memory; about a minute
@@ -28,11 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, wrk, ...)
+## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, firefox-esr, wrk, ...)
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium wrk:wrk systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
+	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium firefox-esr:firefox-esr wrk:wrk systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git; do \
 		command -v $${need%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${need%%:*} ] || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -43,6 +48,10 @@ system-deps:
 ## pm2 for the deployment tests, pinned, in .tools/ (not global)
 $(PM2):
 	npm install --silent --no-audit --no-fund --prefix .tools pm2@$(PM2_VERSION)
+
+$(BROWSER_TOOLS): $(PM2)
+	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools puppeteer-core@$(PUPPETEER_VERSION) typescript@$(TYPESCRIPT_VERSION)
+	touch $@
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory system-deps

@@ -25,6 +25,7 @@ from app.service import IceService
 from app.store import MemoryStore, RedisStore, StoreUnavailable
 from app.store_policy import StorePolicy
 from app.turnsecret import TurnSecretProvider
+from app.url_policy import UrlPolicy
 from app.usage import AnalyticsClient
 
 MAX_BODY_BYTES = 64 * 1024
@@ -127,6 +128,7 @@ def build_service(settings: Settings) -> IceService:
         per_user=settings.credential_scope == "user",
         policy=policy,
         egress=build_egress_guard(settings, policy),
+        url_policy=UrlPolicy(settings.turn_transports, settings.max_urls),
     )
 
 

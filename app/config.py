@@ -45,6 +45,7 @@ PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 CREDENTIAL_SCOPES = ("shared", "user")
 DEFAULT_GRAPHQL_URL = "https://api.cloudflare.com/client/v4/graphql"
 USAGE_UNKNOWN = ("open", "closed")
+TURN_TRANSPORTS = ("udp", "tcp", "tls")
 CLOUDFLARE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # account and key ids: inlined in the analytics query
 DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
 
@@ -90,6 +91,8 @@ class Settings:
     graphql_url: str = DEFAULT_GRAPHQL_URL
     usage_interval: int = 300  # seconds between analytics readings, fleet-wide
     usage_unknown_closed: bool = False  # without a fresh reading: as over the limit
+    turn_transports: tuple[str, ...] = ("udp", "tcp", "tls")  # TURN transports served (tls: turns:)
+    max_urls: int = 4  # the most URLs in one answer, STUN included
     metrics_allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # networks that may read /metrics
 
 
@@ -154,6 +157,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         **_jwt(env),
         **_scope(env, api_token, shared_secret),
         **_egress(env, key_id),
+        turn_transports=_transports(env),
+        max_urls=_integer(env, "ICE_MAX_URLS", 4, 1, 32, unit="URLs"),
         env_file=env_file,
     )
 
@@ -347,6 +352,18 @@ def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | N
     if own and len(own) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"ICE_USER_ID_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: use a long random value")
     return {"credential_scope": scope, "user_id_secret": own or api_token or shared_secret or env.get("ICE_JWT_SECRET")}
+
+
+def _transports(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Parse ICE_TURN_TRANSPORTS: a comma list of udp, tcp and tls (turns:)."""
+    raw = env.get("ICE_TURN_TRANSPORTS")
+    if raw is None:
+        return TURN_TRANSPORTS
+    transports = tuple(dict.fromkeys(item.strip().lower() for item in raw.split(",") if item.strip()))
+    unknown = [item for item in transports if item not in TURN_TRANSPORTS]
+    if unknown or not transports:
+        raise ConfigError(f"ICE_TURN_TRANSPORTS must list some of udp, tcp, tls; got {raw[:40]!r}")
+    return transports
 
 
 def _redis(env: Mapping[str, str]) -> RedisTarget | None:

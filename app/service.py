@@ -31,6 +31,7 @@ from app.egress import EgressGuard
 from app.ice import Credential, answer_body, legacy_body
 from app.store import StoreUnavailable
 from app.store_policy import StorePolicy
+from app.url_policy import UrlPolicy
 
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
@@ -99,6 +100,7 @@ class IceService:
         max_users: int = MAX_USERS,
         policy: StorePolicy | None = None,
         egress: EgressGuard | None = None,
+        url_policy: UrlPolicy | None = None,
     ):
         """Wire the store and providers; ``per_user``: callers get their own credentials (user scope).
 
@@ -110,8 +112,11 @@ class IceService:
         self.egress = egress
         self.providers = tuple(providers)
         capped_providers = tuple(p for p in self.providers if p.source != CLOUDFLARE)
-        self.turn_servers = tuple(turn_servers)
-        self.stun_urls = tuple(stun_urls)
+        # The URL policy is applied where an answer is built: to every provider's servers, to those
+        # cached before a change of the policy, and to the fallback.
+        self.url_policy = url_policy or UrlPolicy()
+        self.turn_servers = self.url_policy.apply(tuple(turn_servers)) if turn_servers else ()
+        self.stun_servers = self.url_policy.apply(tuple({"urls": [url]} for url in stun_urls)) if stun_urls else ()
         self.cache_ttl = cache_ttl
         self._clock = clock
         self._degraded = DegradedLog()
@@ -165,7 +170,7 @@ class IceService:
         now = self._clock()
         if credential is not None and credential.is_valid(now):
             max_age = max(0, int(min(credential.refresh_at, credential.expires_at) - now))
-            answer = Answer(credential.ice_servers, credential.source, credential.expires_at, now, max_age)
+            answer = Answer(self.url_policy.apply(credential.ice_servers), credential.source, credential.expires_at, now, max_age)
         else:
             credential, answer = None, self._fallback(now)
         cache.memo = (credential, _answer_key(credential, now), answer)
@@ -208,7 +213,7 @@ class IceService:
         if self.turn_servers:
             servers, source = self.turn_servers, "static"
         else:
-            servers, source = tuple({"urls": [url]} for url in self.stun_urls), "stun-only"
+            servers, source = self.stun_servers, "stun-only"
         if self.providers:  # without any, STUN only is the configuration, warned about at start
             what = "static TURN_SERVERS" if source == "static" else "STUN only: calls behind strict NATs will fail"
             self._degraded.warn(now, f"no valid TURN credential: serving {what}")

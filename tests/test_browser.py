@@ -4,6 +4,7 @@ The demo page and keepFresh, against the app (gunicorn), coturn and the turn-sec
 loopback.
 """
 
+import json
 import re
 import time
 
@@ -11,7 +12,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from app.access import mint_token
-from tests.servers import ROOT, Coturn, app_env
+from tests.browsers import ARTIFACTS, KEEP_FRESH_PAGE
+from tests.servers import Coturn, app_env, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches for the network outside loopback.
@@ -24,7 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = ROOT / "test-artifacts"
 TURN_SECRET = "test-turn-shared-secret"
 
 
@@ -51,60 +52,37 @@ def turn_host(start_host, coturn, redis_url, **settings):
     return start_host(env)
 
 
-def test_demo_page_gathers_a_relay_candidate_through_coturn(browser, start_host, coturn, redis_url):
+def test_demo_page_gathers_a_relay_candidate_through_coturn_and_reports_each_url(browser, start_host, coturn, redis_url):
     host = turn_host(start_host, coturn, redis_url, ICE_DEMO="1")
     page = browser.new_page()
     page.goto(f"{host.base_url}/demo")
     page.wait_for_selector("body[data-verdict]", timeout=15000)  # the page's CSP forbids eval-based waits
     assert page.locator("body").get_attribute("data-verdict") == "relay"
-    assert page.locator("tr[data-type=relay]").count() >= 1
-    assert page.locator("#source").inner_text() == "turn-secret"
-    assert re.search(r"in \d+ s", page.locator("#expires").inner_text())
+    assert page.locator("tr[data-ok=true][data-candidate=relay]").count() == 1
+    assert page.locator("#source").inner_text() == "turn-secret" and page.locator("#count").inner_text() == "1"
+    assert re.fullmatch(r"\d+ s \(until .+Z\)", page.locator("#life").inner_text())
+    report = json.loads(page.locator("#report").input_value())
+    assert report["urls"][0]["url"] == coturn.turn_url and report["urls"][0]["ok"] and report["urls"][0]["ms"] >= 0
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
-    assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+    page.screenshot(path=str(ARTIFACTS / "demo-chromium.png"), full_page=True)
+    assert (ARTIFACTS / "demo-chromium.png").stat().st_size > 10_000
     page.close()
 
 
-# Two peers in one page, relay only, negotiated in-page; keepFresh on both. The offerer restarts ICE
-# after each swap (its negotiationneeded handler renegotiates), so both sides allocate anew.
-KEEP_FRESH_PAGE = """
-async () => {
-  const { getIceServers, keepFresh } = await import("/static/ice-servers.js");
-  const log = (window.iceLog = { swaps: [], received: [], closed: false });
-  const setConfiguration = RTCPeerConnection.prototype.setConfiguration;
-  RTCPeerConnection.prototype.setConfiguration = function (config) {
-    const before = this.getConfiguration().iceServers.find((s) => s.username);
-    const after = config.iceServers.find((s) => s.username);
-    log.swaps.push({ at: Date.now(), from: before && before.username, to: after && after.username });
-    return setConfiguration.call(this, config);
-  };
-  const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
-  const offerer = new RTCPeerConnection(config);
-  const answerer = new RTCPeerConnection(config);
-  offerer.onicecandidate = ({ candidate }) => candidate && answerer.addIceCandidate(candidate);
-  answerer.onicecandidate = ({ candidate }) => candidate && offerer.addIceCandidate(candidate);
-  offerer.onnegotiationneeded = async () => {
-    await offerer.setLocalDescription();
-    await answerer.setRemoteDescription(offerer.localDescription);
-    await answerer.setLocalDescription();
-    await offerer.setRemoteDescription(answerer.localDescription);
-  };
-  answerer.ondatachannel = ({ channel }) => {
-    channel.onmessage = ({ data }) => log.received.push({ at: Date.now(), data });
-  };
-  const channel = offerer.createDataChannel("chat");
-  channel.onclose = () => (log.closed = true);
-  let sent = 0;
-  setInterval(() => channel.readyState === "open" && channel.send(`message ${++sent}`), 200);
-  window.channel = channel;
-  keepFresh(offerer);
-  keepFresh(answerer, { restartIce: false });
-  await new Promise((resolve) => (channel.onopen = resolve));
-  log.openedAt = Date.now();
-  log.firstUsername = config.iceServers.find((s) => s.username).username;
-}
-"""
+def test_demo_page_reports_the_browsers_error_for_a_url_that_does_not_work(browser, start_host, coturn, redis_url):
+    # A second URL on a TCP port where nothing listens: no relay there, and the browser's error in the report.
+    dead = f"turn:127.0.0.1:{free_port()}?transport=tcp"
+    host = start_host(app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=f"{coturn.turn_url},{dead}", ICE_DEMO="1"))
+    page = browser.new_page()
+    page.goto(f"{host.base_url}/demo")
+    page.wait_for_selector("body[data-verdict]", timeout=20000)
+    report = json.loads(page.locator("#report").input_value())
+    page.close()
+    by_url = {row["url"]: row for row in report["urls"]}
+    assert report["verdict"] == "relay" and report["urlCount"] == 2
+    assert by_url[coturn.turn_url]["ok"] and not by_url[dead]["ok"]
+    assert by_url[dead]["error"]["code"] == 701  # the TURN server could not be reached
+    assert by_url[dead]["error"]["text"]
 
 
 def test_keep_fresh_swaps_credentials_on_a_live_connection_before_expiry(browser, start_host, coturn, redis_url):

@@ -1,55 +1,121 @@
-// The /demo page: fetch ICE servers, gather candidates, and say whether TURN hands out a relay.
+// The /demo page: which of the served STUN/TURN URLs works from this browser's network, and why the others do not.
+//
+// Each URL is tried in a peer connection of its own (TURN URLs relay-only), so every candidate and
+// every icecandidateerror belongs to that URL in any browser. The report is JSON to copy into a bug.
 const GATHER_TIMEOUT_MS = 10000;
 const $ = (id) => document.getElementById(id);
 
-function cell(row, text, className) {
-  const td = row.insertCell();
-  td.textContent = text;
-  if (className) td.className = className;
+function transportOf(url) {
+  if (/^stuns?:/i.test(url)) return "stun";
+  if (/^turns:/i.test(url)) return "tls";
+  return /[?&]transport=tcp/i.test(url) ? "tcp" : "udp";
 }
 
-function verdict(state, text) {
-  $("verdict").className = state;
-  $("verdict").textContent = text;
-  document.body.dataset.verdict = state;
+/** Try one URL; resolve with whether it produced the candidate it should, how fast, and the browser's error. */
+function probe(server, url) {
+  const transport = transportOf(url);
+  const expected = transport === "stun" ? "srflx" : "relay";
+  const result = { url, transport, ok: false, candidate: null, ms: null, error: null };
+  const pc = new RTCPeerConnection({
+    iceServers: [{ ...server, urls: [url] }],
+    iceTransportPolicy: transport === "stun" ? "all" : "relay",
+  });
+  const started = performance.now();
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (why) => {
+      if (done) return;
+      done = true;
+      pc.close();
+      if (!result.ok && !result.error) result.error = { code: null, text: why };
+      resolve(result);
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate && candidate.candidate && candidate.type === expected) {
+        Object.assign(result, { ok: true, candidate: candidate.type, ms: Math.round(performance.now() - started) });
+        finish();
+      }
+    };
+    pc.onicecandidateerror = (event) => {
+      result.error = { code: event.errorCode, text: event.errorText || "" };
+    };
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && finish(`gathering ended without a ${expected} candidate`);
+    setTimeout(() => finish(`no ${expected} candidate within ${GATHER_TIMEOUT_MS / 1000} s, and no error from the browser`), GATHER_TIMEOUT_MS);
+    pc.createDataChannel("probe");
+    pc.createOffer()
+      .then((offer) => pc.setLocalDescription(offer))
+      .catch((error) => {
+        result.error = { code: 0, text: error.message };
+        finish();
+      });
+  });
+}
+
+function row(result) {
+  const tr = $("urls").insertRow();
+  tr.dataset.ok = String(result.ok);
+  tr.dataset.candidate = result.candidate || "";
+  const cells = [
+    result.url,
+    result.transport,
+    result.ok ? result.candidate : "none",
+    result.ms === null ? "" : `${result.ms} ms`,
+    result.error ? `${result.error.code ?? ""} ${result.error.text}`.trim() : "",
+  ];
+  for (const text of cells) tr.insertCell().textContent = text;
+  tr.cells[2].className = result.ok ? "good" : "bad";
+}
+
+function showLife(expiresAt) {
+  const left = Math.max(0, Math.round((expiresAt - Date.now()) / 1000));
+  $("life").textContent = `${left} s (until ${new Date(expiresAt).toISOString()})`;
 }
 
 async function run() {
   const response = await fetch("/api/ice-servers");
   const answer = await response.json();
+  const expiresAt = Date.parse(answer.expiresAt);
+  const urls = answer.iceServers.flatMap((server) => [].concat(server.urls).map((url) => [server, url]));
   $("source").textContent = answer.source;
-  const expires = new Date(answer.expiresAt);
-  $("expires").textContent = `${answer.expiresAt} (${expires.toLocaleString()}, in ${answer.ttl} s)`;
-  // URLs and usernames only: the credential itself stays off the screen.
-  $("servers").textContent = answer.iceServers.map((s) => [].concat(s.urls).join(", ")).join(" | ");
+  $("count").textContent = `${urls.length}${urls.length >= 5 ? " (five or more slow down ICE gathering)" : ""}`;
+  showLife(expiresAt);
+  setInterval(() => showLife(expiresAt), 1000);
 
-  const seen = new Set();
-  const pc = new RTCPeerConnection({ iceServers: answer.iceServers });
-  pc.createDataChannel("demo");
-  pc.onicecandidate = ({ candidate, url }) => {
-    if (!candidate || !candidate.candidate) return;
-    seen.add(candidate.type);
-    const row = $("candidates").insertRow();
-    row.dataset.type = candidate.type;
-    cell(row, candidate.type, `type-${candidate.type}`);
-    cell(row, candidate.protocol);
-    cell(row, `${candidate.address}:${candidate.port}`);
-    cell(row, candidate.url || url || "");
+  const results = await Promise.all(urls.map(([server, url]) => probe(server, url)));
+  results.forEach(row);
+  const relays = results.filter((result) => result.ok && result.candidate === "relay");
+  const state = relays.length ? "relay" : "no-relay";
+  $("verdict").className = state;
+  $("verdict").textContent = relays.length
+    ? `TURN works from here: ${relays.length} of ${results.filter((r) => r.transport !== "stun").length} TURN URLs gave a relay candidate.`
+    : "No relay candidate: TURN does not work from this browser's network (see the errors below).";
+  // URLs and outcomes only: the credential stays out of the report.
+  const report = {
+    generatedAt: new Date().toISOString(),
+    userAgent: navigator.userAgent,
+    source: answer.source,
+    urlCount: urls.length,
+    ttl: answer.ttl,
+    expiresAt: answer.expiresAt,
+    verdict: state,
+    urls: results,
   };
-  pc.onicecandidateerror = (event) => {
-    const item = document.createElement("li");
-    item.textContent = `${event.url}: ${event.errorCode} ${event.errorText}`;
-    $("errors").append(item);
-  };
-  const done = () => {
-    if (document.body.dataset.verdict) return;
-    if (seen.has("relay")) verdict("relay", `TURN works: a relay candidate was gathered (source: ${answer.source}).`);
-    else verdict("no-relay", `No relay candidate: TURN does not work from this browser (source: ${answer.source}).`);
-    pc.close();
-  };
-  pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
-  setTimeout(done, GATHER_TIMEOUT_MS);
-  await pc.setLocalDescription(await pc.createOffer());
+  $("report").value = JSON.stringify(report, null, 2);
+  document.body.dataset.verdict = state;
 }
 
-run().catch((error) => verdict("no-relay", `Could not ask the service: ${error.message}`));
+$("copy").addEventListener("click", async () => {
+  $("report").select();
+  try {
+    await navigator.clipboard.writeText($("report").value);
+    $("copy").textContent = "Copied";
+  } catch {
+    document.execCommand("copy");
+  }
+});
+
+run().catch((error) => {
+  $("verdict").className = "no-relay";
+  $("verdict").textContent = `Could not ask the service: ${error.message}`;
+  document.body.dataset.verdict = "no-relay";
+});
