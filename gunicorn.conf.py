@@ -5,10 +5,16 @@ Any of these can be overridden without editing this file, as usual with gunicorn
 """
 
 import atexit
+import json
 import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Prometheus multiprocess mode: every worker writes its figures to files in this directory and
 # /metrics sums them. It must be set before the app (and prometheus_client) is imported, which is
@@ -29,9 +35,13 @@ workers = multiprocessing.cpu_count() * 2 + 1
 worker_class = "gthread"
 threads = 4
 
-# Build the app once in the master: a bad setting stops the start with one line before any
-# worker forks, startup warnings are printed once, and workers share the loaded code.
-preload_app = True
+# Not preloaded: a HUP (`pm2 sendSignal SIGHUP ice-servers`, `systemctl reload ice-servers`) starts
+# new workers that import the new code and get the new .env while the old ones finish their
+# requests, and the listening socket never closes. The master never imports the app (its workers
+# would inherit the old code); it checks the settings in a subprocess instead, at start (a bad one
+# stops gunicorn with one line) and on every reload (the last good settings stay in force, and one
+# line says why). Workers get the checked .env values in their environment and read no file.
+preload_app = False
 
 # One header line may be 16 KiB (gunicorn's default is 8190 bytes): a large JWT then reaches the
 # app and gets its JSON 401, not gunicorn's HTML 400. nginx passes the same (large_client_header_buffers).
@@ -54,7 +64,12 @@ loglevel = "info"
 
 
 def on_starting(server):
-    """Start the metrics from zero: files left by an earlier run would be summed in."""
+    """Refuse to start on a bad setting (one line); start the metrics from zero."""
+    server.ice_env_file = os.environ.get("ICE_ENV_FILE")  # the operator's, before the workers' is set
+    problem = _take_settings(server)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        raise SystemExit(1)
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
     for name in os.listdir(metrics_dir):
@@ -62,8 +77,77 @@ def on_starting(server):
             os.remove(os.path.join(metrics_dir, name))
 
 
+def on_reload(server):
+    """Give the new workers the new settings (or keep the last good ones), and keep the old workers until they are ready.
+
+    gunicorn retires the old workers as soon as the new ones are forked, seconds before those have
+    imported the app: nobody would answer meanwhile. So both generations run, and each new worker,
+    once it is ready, stops its share of the old ones (gracefully: they finish their requests).
+    """
+    problem = _take_settings(server)
+    if problem:
+        server.log.error("%s; the running settings stay in force: fix .env and reload again", problem)
+    else:
+        server.log.info("Reloading: new workers start with the current code and .env")
+    old = list(server.WORKERS)
+    server.num_workers = len(old) + server.cfg.workers
+    server.ice_retiring = set(old)
+    shares = server.cfg.workers
+    server.ice_handovers = [old[index::shares] for index in range(shares)]
+
+
+def pre_fork(server, worker):
+    """Hand a worker that a reload starts its share of the old workers to stop once it is ready."""
+    handovers = getattr(server, "ice_handovers", None)
+    worker.ice_retire = handovers.pop() if handovers else []
+
+
+def post_worker_init(worker):
+    """Stop this new worker's share of the old ones: it is ready to answer in their place."""
+    for pid in getattr(worker, "ice_retire", []):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _take_settings(server):
+    """Check the settings in a subprocess; on success put the .env values into the workers' environment.
+
+    Return None, or the one-line reason the settings were refused.
+    """
+    applied = getattr(server, "ice_dotenv", {})
+    # What the operator's environment says, without the values an earlier .env put there.
+    base = {name: value for name, value in os.environ.items() if not (name in applied and applied[name] == value)}
+    base.pop("ICE_ENV_FILE", None)
+    if server.ice_env_file is not None:
+        base["ICE_ENV_FILE"] = server.ice_env_file
+    try:
+        check = subprocess.run([sys.executable, "-m", "app.settings_check"], env=base, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"ice-servers: the settings check did not run ({type(exc).__name__})"
+    if check.returncode != 0:
+        lines = [line for line in check.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"ice-servers: the settings check failed (exit {check.returncode})"
+    result = json.loads(check.stdout)
+    for name, value in applied.items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    taken = {name: value for name, value in result["values"].items() if name not in base}  # the real environment wins
+    os.environ.update(taken)
+    os.environ["ICE_ENV_FILE"] = ""  # the workers take the checked values, not the file as it may be by then
+    server.ice_dotenv = taken
+    for warning in result["warnings"]:
+        server.log.warning(warning)
+    return None
+
+
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges (its counters keep counting in the sums)."""
+    """Drop a dead worker's live gauges (its counters keep counting in the sums); an old worker is not replaced."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    retiring = getattr(server, "ice_retiring", set())
+    if worker.pid in retiring:
+        retiring.discard(worker.pid)
+        server.num_workers -= 1

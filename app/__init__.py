@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import sys
 
 from flask import Flask
@@ -17,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
 from app.cloudflare import CloudflareClient
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, env_file_problem, load_settings
 from app.egress import EgressGuard
 from app.identity import UserIds
 from app.redis_connect import limiter_storage
@@ -183,11 +181,9 @@ def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:
 
 def warn_if_env_file_is_readable(path: str | None) -> None:
     """Warn when the dotenv file (it holds the API token) is readable by group or others."""
-    if path is None:
-        return
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        log.warning("%s is readable by group or others (mode %03o): run chmod 600 %s", path, mode, path)
+    problem = env_file_problem(path)
+    if problem:
+        log.warning(problem)
 
 
 def configure_logging(level: str) -> None:

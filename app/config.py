@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_urls=_integer(env, "ICE_MAX_URLS", 4, 1, 32, unit="URLs"),
         env_file=env_file,
     )
+
+
+def env_file_problem(path: str | None) -> str | None:
+    """Say what is wrong with the dotenv file's mode (it holds the API token): readable by group or others."""
+    if path is None:
+        return None
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    return f"{path} is readable by group or others (mode {mode:03o}): run chmod 600 {path}" if mode & 0o077 else None
 
 
 def _aliased(env: Mapping[str, str], name: str, alias: str) -> str | None:

@@ -5,11 +5,14 @@
 #   APP_USER         the user the service runs as and who owns .env (default www-data)
 #   SERVICE_MANAGER  pm2 | systemd | none (default: systemd if its unit is installed, else pm2 if
 #                    pm2 is on the PATH, else none)
-#   HEALTH_URL       checked after the restart (default http://127.0.0.1:8000/healthz)
+#   HEALTH_URL       checked after the reload or start (default http://127.0.0.1:8000/healthz)
+#   SYSTEMD_UNIT_DIR where the units go (default /etc/systemd/system)
 #
 # It pulls (when APP_DIR is a git checkout with a remote), builds or updates .venv with the pinned
-# requirements, checks .env (mode 600, owned by APP_USER; its content is never read or rewritten),
-# restarts the service and checks /healthz. It prints no secret.
+# requirements, checks .env (mode 600, owned by APP_USER; this script never reads or rewrites it),
+# checks the new code and settings (a bad one stops here, the running service untouched), then
+# reloads the running service gracefully (gunicorn HUP: no request dropped) or starts it, and
+# checks /healthz. It prints no secret.
 set -euo pipefail
 
 APP_DIR=${APP_DIR:-/var/www/html}
@@ -17,7 +20,7 @@ APP_USER=${APP_USER:-www-data}
 SERVICE_MANAGER=${SERVICE_MANAGER:-}
 HEALTH_URL=${HEALTH_URL:-http://127.0.0.1:8000/healthz}
 PYTHON=${PYTHON:-python3}
-UNIT_PATH=/etc/systemd/system/ice-servers.service
+UNIT_PATH=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}/ice-servers.service
 
 say() { printf 'deploy: %s\n' "$*"; }
 warn() { printf 'deploy: WARNING: %s\n' "$*" >&2; }
@@ -68,30 +71,48 @@ else
 fi
 [ "$(env_digest)" = "$env_before" ] || die ".env changed during the deploy; this must never happen"
 
-# 4. Restart.
+# 4. Check the new code and settings before anything runs them: a bad one changes nothing.
+if ! check=$(ICE_ENV_FILE="$APP_DIR/.env" .venv/bin/python -m app.settings_check 2>&1 >/dev/null); then
+    die "${check##*$'\n'}; nothing was restarted or reloaded"
+fi
+
+# 5. Put it live without dropping a request: a graceful reload when it runs, a start when it does not.
 case "$SERVICE_MANAGER" in
     systemd)
         [ "$(id -u)" = 0 ] || die "SERVICE_MANAGER=systemd needs root (sudo)"
         sed -e "s#/var/www/html#$APP_DIR#g" -e "s#^User=www-data#User=$APP_USER#" -e "s#^Group=www-data#Group=$(id -gn "$APP_USER")#" \
             deploy/ice-servers.service > "$UNIT_PATH.new"
         mv "$UNIT_PATH.new" "$UNIT_PATH"
+        cp deploy/ice-servers.socket "${UNIT_PATH%.service}.socket"
         systemctl daemon-reload
-        systemctl enable --quiet ice-servers
-        say "restarting ice-servers (systemd)"
-        systemctl restart ice-servers
+        systemctl enable --quiet ice-servers.socket ice-servers
+        if systemctl is-active --quiet ice-servers; then
+            say "reloading ice-servers (systemd, graceful)"
+            systemctl reload ice-servers
+        else
+            say "starting ice-servers (systemd)"
+            systemctl start ice-servers.socket ice-servers
+        fi
         ;;
     pm2)
-        say "restarting ice-servers (pm2)"
-        pm2 startOrRestart deploy/ecosystem.config.js --update-env >/dev/null
+        # The main PID, or nothing: pm2 prints a banner on stdout when its daemon first starts.
+        pid=$(pm2 pid ice-servers 2>/dev/null | tail -n 1 | tr -dc '0-9' || true)
+        if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+            say "reloading ice-servers (pm2, graceful: gunicorn HUP)"
+            pm2 sendSignal SIGHUP ice-servers >/dev/null
+        else
+            say "starting ice-servers (pm2)"
+            pm2 startOrRestart deploy/ecosystem.config.js --update-env >/dev/null
+        fi
         pm2 save >/dev/null
         ;;
     none)
-        say "SERVICE_MANAGER=none: not restarting anything; start it with .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app"
+        say "SERVICE_MANAGER=none: not starting anything; start it with .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app"
         exit 0
         ;;
 esac
 
-# 5. Smoke test.
+# 6. Smoke test.
 for _ in $(seq 1 30); do
     if curl -fsS --max-time 2 "$HEALTH_URL" >/dev/null 2>&1; then
         say "healthy: $HEALTH_URL answers"

@@ -1,5 +1,7 @@
 // pm2 process file for ice-servers:  pm2 start deploy/ecosystem.config.js && pm2 save
 // gunicorn runs its own workers, so pm2 keeps one process (fork mode) and restarts it if it dies.
+// After a code or .env change: pm2 sendSignal SIGHUP ice-servers (gunicorn's graceful reload; a
+// `pm2 restart` or `pm2 reload` of a fork-mode app stops it first and drops requests).
 // Logs: `pm2 logs ice-servers`. Settings come from the repository's .env, read by the app itself.
 const path = require("path");
 

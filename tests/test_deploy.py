@@ -165,11 +165,14 @@ def test_systemd_unit_passes_verify(tmp_path):
         "After=network-online.target redis-server.service",
     ):
         assert needed in unit
+    assert "Requires=ice-servers.socket" in unit
     # The binary path stubbed to this checkout, which has a .venv, as deploy.sh does with APP_DIR.
     (tmp_path / "ice-servers.service").write_text(unit.replace("/var/www/html", str(ROOT)))
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "ice-servers.service")], capture_output=True, text=True)
+    shutil.copy(ROOT / "deploy/ice-servers.socket", tmp_path / "ice-servers.socket")
+    units = [str(tmp_path / "ice-servers.socket"), str(tmp_path / "ice-servers.service")]
+    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "ice-servers.service" not in result.stderr
+    assert "ice-servers.s" not in result.stderr
 
 
 @pytest.fixture

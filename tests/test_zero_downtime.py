@@ -1,0 +1,261 @@
+"""Deploys and restarts drop nothing: under a steady load of new connections straight to gunicorn.
+
+Every response is counted: a non-200, a refused or reset connection, or no answer within 30 s is
+a failure. Through `pm2 sendSignal SIGHUP` with a changed .env, deploy.sh with a new commit (pm2,
+and systemd through a stand-in systemctl running the installed units under systemd-socket-activate),
+and a bad .env, which must leave the service serving: one credential and one upstream call throughout.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.cloudflare_stub import API_TOKEN
+from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
+from tests.test_deploy import PM2_BIN, app_user, fresh_clone
+
+GIT = ["git", "-c", "user.name=ice-servers tests", "-c", "user.email=tests@example.test"]
+
+
+@dataclass
+class Answer:
+    sent: float
+    done: float
+    status: int  # 0: refused, reset or timed out
+    urls: int
+    username: str | None
+
+
+class ClosedLoop:
+    """A few clients, each sending its next request on a new connection when the last one answered."""
+
+    def __init__(self, port: int, clients: int = 4):
+        self.port, self.clients = port, clients
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(40)
+
+    def _client(self):
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            status, urls, username = 0, 0, None
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                connection.request("GET", "/api/ice-servers", headers={"Connection": "close"})
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                status = response.status
+                servers = body["iceServers"]
+                urls = sum(len(server["urls"]) for server in servers)
+                username = next((server["username"] for server in servers if "username" in server), None)
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                status = 0
+            finally:
+                connection.close()
+            self.answers.append(Answer(sent, time.monotonic(), status, urls, username))
+
+    def latest(self) -> Answer | None:
+        good = [answer for answer in self.answers if answer.status == 200]
+        return max(good, key=lambda answer: answer.done) if good else None
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """Return the longest time without an answer between ``start`` and ``end``."""
+        times = sorted([start, *(a.done for a in self.answers if start <= a.done <= end), end])
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    """Make an origin repository holding this working tree as a commit, and a deployed clone of it (its .venv built once)."""
+    base = tmp_path_factory.mktemp("zero-downtime")
+    origin, app_dir = base / "origin", base / "html"
+    fresh_clone(origin)
+    subprocess.run([*GIT, "-C", str(origin), "add", "-A"], check=True)
+    subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "--allow-empty", "-m", "the working tree"], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(app_dir)], check=True)
+    first = deploy(app_dir, "none")
+    assert first.returncode == 0, first.stderr
+    return origin, app_dir
+
+
+def deploy(app_dir, manager, **env):
+    environ = {
+        **clean_environ(),
+        "PATH": f"{PM2_BIN}:{os.environ['PATH']}",
+        "APP_DIR": str(app_dir),
+        "APP_USER": app_user(),
+        "SERVICE_MANAGER": manager,
+        "ICE_ENV_FILE": str(app_dir / ".env"),  # the deployment's own .env (the suite's default is none)
+        **env,
+    }
+    return subprocess.run(["bash", "deploy/deploy.sh"], cwd=app_dir, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def write_env(app_dir, cloudflare, redis_url, **extra):
+    settings = {**app_env(cloudflare.base_url, redis_url, ICE_LOG_LEVEL="INFO"), **extra}
+    (app_dir / ".env").write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
+    (app_dir / ".env").chmod(0o600)
+    if os.geteuid() == 0:
+        shutil.chown(app_dir / ".env", app_user())
+
+
+def commit_healthz_marker(origin, marker):
+    """Commit a code change upstream: /healthz names the build."""
+    api = origin / "app" / "api.py"
+    text = re.sub(r', "build": "[a-z]+"', "", api.read_text())
+    api.write_text(text.replace('return {"status": "ok"}', f'return {{"status": "ok", "build": "{marker}"}}', 1))
+    subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "-am", f"healthz says {marker}"], check=True)
+
+
+def healthz(port):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/healthz")
+        return json.loads(connection.getresponse().read())
+    except (OSError, ValueError):
+        return {}
+    finally:
+        connection.close()
+
+
+def assert_nothing_dropped(load, cloudflare):
+    failures = [answer for answer in load.answers if answer.status != 200]
+    assert failures == [], f"{len(failures)} of {len(load.answers)} requests failed"
+    assert len(load.answers) > 100
+    assert len({answer.username for answer in load.answers}) == 1  # one credential before, during and after
+    assert cloudflare.call_count == 1
+
+
+def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(repository, cloudflare, redis_url, tmp_path):
+    origin, app_dir = repository
+    port = free_port()
+    pm2_env = {
+        "PM2_HOME": str(tmp_path / "pm2"),
+        "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --workers 4",
+        "HEALTH_URL": f"http://127.0.0.1:{port}/healthz",
+    }
+    pm2 = {
+        **clean_environ(),
+        "PATH": f"{PM2_BIN}:{os.environ['PATH']}",
+        "PM2_HOME": pm2_env["PM2_HOME"],
+        "ICE_ENV_FILE": str(app_dir / ".env"),
+    }
+    write_env(app_dir, cloudflare, redis_url)
+    started = deploy(app_dir, "pm2", **pm2_env)
+    assert started.returncode == 0, started.stderr
+    assert "starting ice-servers (pm2)" in started.stdout  # the first run on a fresh box starts it
+    gaps = {}
+    try:
+        with ClosedLoop(port) as load:
+            wait_until(lambda: load.latest() is not None, 10, what="first answers")
+            assert load.latest().urls == 4
+
+            # A changed .env, put live with the README's command.
+            write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2")
+            at = time.monotonic()
+            subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
+            wait_until(lambda: load.latest().urls == 2, 15, interval=0.1, what="the new .env answering")
+            time.sleep(1)
+            gaps["pm2 sendSignal SIGHUP"] = load.longest_gap(at, time.monotonic())
+
+            # A new commit, put live by deploy.sh.
+            commit_healthz_marker(origin, "second")
+            at = time.monotonic()
+            deployed = deploy(app_dir, "pm2", **pm2_env)
+            assert deployed.returncode == 0, deployed.stderr
+            assert "reloading ice-servers (pm2, graceful: gunicorn HUP)" in deployed.stdout
+            wait_until(lambda: healthz(port).get("build") == "second", 15, interval=0.1, what="the new commit answering")
+            time.sleep(1)
+            gaps["deploy.sh (pm2)"] = load.longest_gap(at, time.monotonic())
+
+            # A bad .env: deploy.sh refuses before touching the service; a reload keeps the last good settings.
+            write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2", ICE_CACHE_TTL="999999")
+            refused = deploy(app_dir, "pm2", **pm2_env)
+            assert refused.returncode == 1
+            assert refused.stderr.strip().splitlines() == [
+                "deploy: error: ice-servers: configuration error: ICE_CACHE_TTL must be between 1 and 172800 seconds, got 999999; "
+                "nothing was restarted or reloaded"
+            ]
+            subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
+            time.sleep(3)
+            assert load.latest().urls == 2 and healthz(port).get("build") == "second"
+        logs = subprocess.run(
+            [PM2_BIN / "pm2", "logs", "ice-servers", "--nostream", "--lines", "400"], env=pm2, capture_output=True, text=True
+        )
+        # The negative control: what the README tells pm2 users not to run loses requests under the same load.
+        write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2")  # a good .env: a fresh start takes it
+        with ClosedLoop(port) as restarted:
+            wait_until(lambda: restarted.latest() is not None, 10, what="answers before the restart")
+            subprocess.run([PM2_BIN / "pm2", "restart", "ice-servers"], env=pm2, check=True, capture_output=True)
+            wait_until(lambda: healthz(port).get("status") == "ok", 20, what="answers after the restart")
+            time.sleep(1)
+        assert [answer for answer in restarted.answers if answer.status != 200]
+    finally:
+        subprocess.run([PM2_BIN / "pm2", "kill"], env=pm2, capture_output=True)
+    assert_nothing_dropped(load, cloudflare)
+    lines = [line for line in logs.stdout.splitlines() if "configuration error" in line]
+    assert len(lines) == 1 and "ICE_CACHE_TTL" in lines[0] and "the running settings stay in force" in lines[0]
+    assert API_TOKEN not in logs.stdout + logs.stderr
+    print("longest gaps between answers: " + ", ".join(f"{name} {gap * 1000:.0f} ms" for name, gap in gaps.items()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="deploy.sh's systemd branch installs units as root")
+def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflare, redis_url, tmp_path):
+    origin, app_dir = repository
+    port = free_port()
+    units = tmp_path / "units"
+    units.mkdir()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "systemctl").symlink_to(ROOT / "tests" / "fake_systemctl.py")
+    socket_unit = app_dir / "deploy" / "ice-servers.socket"
+    socket_unit.write_text(socket_unit.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+    env = {
+        "PATH": f"{fake_bin}:{PM2_BIN}:{os.environ['PATH']}",
+        "SYSTEMD_UNIT_DIR": str(units),
+        "GUNICORN_CMD_ARGS": "--workers 4",
+        "HEALTH_URL": f"http://127.0.0.1:{port}/healthz",
+    }
+    write_env(app_dir, cloudflare, redis_url)
+    started = deploy(app_dir, "systemd", **env)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "starting ice-servers (systemd)" in started.stdout
+        with ClosedLoop(port) as load:
+            wait_until(lambda: load.latest() is not None, 10, what="first answers")
+            write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="3")
+            commit_healthz_marker(origin, "third")
+            at = time.monotonic()
+            deployed = deploy(app_dir, "systemd", **env)
+            assert deployed.returncode == 0, deployed.stderr
+            assert "reloading ice-servers (systemd, graceful)" in deployed.stdout
+            wait_until(lambda: load.latest().urls == 3 and healthz(port).get("build") == "third", 15, interval=0.1, what="reloaded")
+            time.sleep(1)
+            gap = load.longest_gap(at, time.monotonic())
+    finally:
+        pid = int((units / "ice-servers.pid").read_text()) if (units / "ice-servers.pid").exists() else None
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+    assert_nothing_dropped(load, cloudflare)
+    journal = (units / "journal.log").read_text()
+    assert "Listening at: fd://" in journal or f"127.0.0.1:{port}" in journal
+    print(f"longest gap between answers through deploy.sh (systemd, socket-activated): {gap * 1000:.0f} ms")
