@@ -14,7 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
+ACCOUNT_ID = "test-account-id"
 ANALYTICS_TOKEN = "test-analytics-token-not-a-secret"
 MODES = ("ok", "graphql-error", "error500", "garbage", "hang")
 

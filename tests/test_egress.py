@@ -248,7 +248,7 @@ def test_a_wrong_token_or_account_is_not_a_reading(graphql):
     with pytest.raises(UsageUnavailable, match="not authorized"):
         client_for(graphql, token="another-token-entirely").egress_bytes(time.time())
     with pytest.raises(UsageUnavailable, match="knows no such account"):
-        client_for(graphql, account="ffffffffffffffffffffffffffffffff").egress_bytes(time.time())
+        client_for(graphql, account="another-test-account-id").egress_bytes(time.time())
 
 
 # -- settings --------------------------------------------------------------------------------
