@@ -7,10 +7,6 @@ import sys
 
 from flask import Flask
 from flask_cors import CORS
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from limits.errors import ConfigurationError as LimitsError
-from redis.exceptions import RedisClusterException, RedisError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
@@ -18,6 +14,7 @@ from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, env_file_problem, load_settings
 from app.egress import EgressGuard
 from app.identity import UserIds
+from app.rate_limit import RateLimit
 from app.redis_connect import limiter_storage
 from app.service import IceService
 from app.store import MemoryStore, RedisStore, StoreUnavailable
@@ -65,7 +62,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     user_ids = UserIds(settings.user_id_secret)
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
     identify = api.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
-    api.init_app(app, service, settings, build_limiter(app, settings, identify), identify)
+    api.init_app(app, service, settings, build_rate_limit(settings), identify)
     cli.init_app(app)
     return app
 
@@ -138,45 +135,21 @@ def build_egress_guard(settings: Settings, policy: StorePolicy) -> EgressGuard |
     return EgressGuard(analytics, policy, settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed)
 
 
-def build_limiter(app: Flask, settings: Settings, identify=None) -> Limiter:
-    """Rate-limit per client address (after ProxyFix) in Redis, shared by every worker and host.
+def build_rate_limit(settings: Settings) -> RateLimit | None:
+    """Build ICE_RATE_LIMIT's check, counted in the Redis REDIS_URL names (same topology, user and CA as the cache).
 
     In jwt mode a verified user is counted by its opaque id wherever it connects from, and a
-    request without a valid token by its address. Failure policy: while Redis is down the limits
-    are kept in memory per worker, never a 5xx.
+    request without a valid token by its address.
     """
+    if not settings.rate_limit:
+        return None
     storage, options = "memory://", {}
     if settings.redis:
         storage, options = limiter_storage(settings.redis)
-    elif settings.rate_limit:
+    else:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
-    key = get_remote_address
-    if identify is not None:
-
-        def key() -> str:
-            user = identify()
-            return f"user:{user}" if user is not None else get_remote_address()
-
-    limiter = dict(
-        app=app,
-        storage_uri=storage,
-        storage_options=options,
-        strategy="moving-window",  # exact counts: a fixed window lets up to twice the limit through at its edge
-        headers_enabled=False,  # X-RateLimit-* would cost Redis reads on every answer; 429s carry Retry-After
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        enabled=bool(settings.rate_limit),
-    )
-    try:
-        return Limiter(key, **limiter)
-    except (RedisError, RedisClusterException, LimitsError) as exc:
-        # Only a Cluster is dialled at start (its client maps the slots); the service starts without it.
-        log.warning(
-            "ICE_RATE_LIMIT is counted per worker in memory until a restart: %s did not answer (%s)",
-            settings.redis.describe(),
-            type(exc).__name__,
-        )
-        return Limiter(key, **{**limiter, "storage_uri": "memory://", "storage_options": {}})
+    message = "too many requests" if settings.access_mode == "jwt" else "too many requests from this address"
+    return RateLimit(settings.rate_limit, storage, options, message)
 
 
 def warn_if_env_file_is_readable(path: str | None) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
-from flask_limiter import Limiter, RateLimitExceeded
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import HTTPException, InternalServerError, Unauthorized
 
@@ -17,6 +16,7 @@ from app import metrics
 from app.access import address_allowed, origin_allowed, token_valid
 from app.config import Settings
 from app.identity import UserIds
+from app.rate_limit import RateLimit
 from app.service import IceService
 
 if TYPE_CHECKING:  # only jwt mode builds one (PyJWT loads cryptography: no cost for the other modes)
@@ -27,34 +27,31 @@ Identify = Callable[[], str | None]  # the opaque id of the verified caller, or 
 DEMO_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'"
 
 
-def create_blueprint(service: IceService, settings: Settings, limiter: Limiter, identify: Identify | None) -> Blueprint:
+def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLimit | None, identify: Identify | None) -> Blueprint:
     """Build the blueprint around ``service``: the views hold it directly, with no lookup per request."""
     bp = Blueprint("api", __name__)
     admit = _gate(settings, identify)
     per_user = settings.credential_scope == "user"
-    # One bucket per client (address, or verified user in jwt mode) for both credential endpoints;
-    # preflights are not counted.
-    message = "too many requests" if identify else RATE_LIMITED
-    limited = (
-        limiter.shared_limit(settings.rate_limit, scope="credentials", methods=["GET", "POST"], error_message=message)
-        if settings.rate_limit
-        else (lambda view: view)
-    )
+
+    def caller() -> str:
+        """Name the caller the rate limit counts: the verified user (jwt mode), else the client address."""
+        user = identify() if identify is not None else None
+        return f"user:{user}" if user is not None else (request.remote_addr or "unknown")
 
     def respond(legacy: bool) -> Response:
-        """Admit the caller, then send the answer (theirs in user scope) in the modern or the legacy form."""
+        """Count the caller, admit it, then send the answer (theirs in user scope) in the modern or the legacy form."""
+        if rate_limit is not None and (refused := rate_limit.hit(caller())) is not None:
+            return Response(refused[0], status=429, headers=refused[1])
         user = admit()
         answer = service.answer(user) if per_user else service.answer()
         return Response(answer.legacy_json if legacy else answer.json, content_type="application/json", headers=answer.headers)
 
     @bp.get("/api/ice-servers")
-    @limited
     def ice_servers():
         """Return ICE servers with a TURN credential (or the fallback) for RTCPeerConnection."""
         return respond(legacy=False)
 
     @bp.post("/api/turn-credentials")
-    @limited
     def turn_credentials():
         """Return the same credential in the first guide's single-object form."""
         return respond(legacy=True)
@@ -191,17 +188,6 @@ def _refuse(start_response, status: int, message: str) -> list[bytes]:
     return [body]
 
 
-def rate_limited(error: RateLimitExceeded):
-    """Render a 429 as JSON with Retry-After: when the client's window frees a slot."""
-    response = http_error(error)
-    try:
-        retry_after = int(current_app.extensions["limiter"].current_limit.reset_at - time.time())
-    except Exception:  # noqa: BLE001 (the storage may be down: fall back to the window's length)
-        retry_after = int(error.limit.limit.get_expiry())
-    response.headers["Retry-After"] = str(max(1, retry_after))
-    return response
-
-
 def http_error(error: HTTPException):
     """Render any HTTP error as JSON, keeping its headers (Allow on 405, for example)."""
     message = error.description if error.description != type(error).description else error.name
@@ -217,10 +203,9 @@ def unexpected_error(error: Exception):
     return http_error(InternalServerError())
 
 
-def init_app(app: Flask, service: IceService, settings: Settings, limiter: Limiter, identify: Identify | None = None) -> None:
+def init_app(app: Flask, service: IceService, settings: Settings, rate_limit: RateLimit | None, identify: Identify | None = None) -> None:
     """Register the blueprint, the request limits and the JSON error handlers."""
-    app.register_blueprint(create_blueprint(service, settings, limiter, identify))
+    app.register_blueprint(create_blueprint(service, settings, rate_limit, identify))
     app.wsgi_app = RequestLimits(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
-    app.register_error_handler(RateLimitExceeded, rate_limited)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

@@ -76,7 +76,7 @@ class Settings:
     proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
-    rate_limit: str | None = DEFAULT_RATE_LIMIT  # Flask-Limiter syntax; None: no limit
+    rate_limit: str | None = DEFAULT_RATE_LIMIT  # the limits library syntax; None: no limit
     access_mode: str = "open"  # open | origin | token | jwt
     access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
     jwt_secret: str | None = field(default=None, repr=False)  # jwt mode: the HMAC key...
@@ -284,7 +284,7 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
 
 
 def _rate_limit(env: Mapping[str, str]) -> str | None:
-    """Parse ICE_RATE_LIMIT (Flask-Limiter syntax, e.g. "600 per minute"; 0 disables)."""
+    """Parse ICE_RATE_LIMIT (the limits library syntax, e.g. "600 per minute"; 0 disables)."""
     value = env.get("ICE_RATE_LIMIT", DEFAULT_RATE_LIMIT)
     if value == "0":
         return None
