@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.servers import ROOT
+from tests.servers import ROOT, TURN_SECRET, app_env
 
 ARTIFACTS = ROOT / "test-artifacts"
 FIREFOX = "/usr/bin/firefox-esr"
@@ -78,3 +78,9 @@ def run_firefox(url: str, timeout: float = 120, **job) -> dict:
     if completed.returncode != 0 or not lines:
         raise RuntimeError(f"firefox.mjs failed ({completed.returncode}): {completed.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def turn_host(start_host, coturn, redis_url, **settings):
+    """Start the app with the turn-secret provider in front of ``coturn``."""
+    env = app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=coturn.turn_url, **settings)
+    return start_host(env)

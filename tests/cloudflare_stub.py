@@ -131,8 +131,8 @@ class CloudflareStub:
         if self.mode == "garbage":
             return 201, {"Content-Type": "text/html"}, b"<html><body>Service temporarily unavailable</body></html>"
         serial = next(self._serial)
-        turn = {"urls": _TURN_URLS, "username": f"stub-user-{serial}", "credential": f"stub-password-{serial}"}
-        stun = {"urls": ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]}
+        turn = {"urls": TURN_URLS, "username": f"stub-user-{serial}", "credential": f"stub-password-{serial}"}
+        stun = {"urls": STUN_URLS}
         if self.turn_urls and self.signing_secret:
             turn = self._signed_for_turn_server(ttl)
             host_port = re.match(r"^turns?:([^?]+)", self.turn_urls[0]).group(1)
@@ -193,7 +193,9 @@ class CloudflareStub:
         return Handler
 
 
-_TURN_URLS = [
+# What Cloudflare answers: eight URLs, port 53 included.
+STUN_URLS = ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]
+TURN_URLS = [
     "turn:turn.cloudflare.com:3478?transport=udp",
     "turn:turn.cloudflare.com:53?transport=udp",
     "turn:turn.cloudflare.com:3478?transport=tcp",

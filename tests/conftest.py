@@ -11,7 +11,7 @@ from app.service import IceService
 from app.store import MemoryStore
 from tests.cloudflare_stub import CloudflareStub
 from tests.redis_topologies import RedisClusterGroup, SentinelGroup, TlsRedis
-from tests.servers import Gunicorn, RedisServer
+from tests.servers import TURN_SECRET, Coturn, Gunicorn, RedisServer
 
 T0 = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
 
@@ -196,3 +196,11 @@ def start_host(tmp_path):
     yield start
     for host in hosts:
         host.stop()
+
+
+@pytest.fixture
+def coturn(tmp_path):
+    """Run coturn on loopback with the tests' shared secret."""
+    server = Coturn(tmp_path, TURN_SECRET).start()
+    yield server
+    server.stop()

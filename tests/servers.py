@@ -20,6 +20,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+TURN_SECRET = "test-turn-shared-secret"  # the static-auth-secret of the tests' coturn
 
 
 def free_port() -> int:

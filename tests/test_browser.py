@@ -12,8 +12,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from app.access import mint_token
-from tests.browsers import ARTIFACTS, KEEP_FRESH_PAGE
-from tests.servers import Coturn, app_env, free_port
+from tests.browsers import ARTIFACTS, KEEP_FRESH_PAGE, turn_host
+from tests.servers import TURN_SECRET, app_env, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches for the network outside loopback.
@@ -26,7 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TURN_SECRET = "test-turn-shared-secret"
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +35,6 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-@pytest.fixture
-def coturn(tmp_path):
-    """Run coturn on loopback with the test's shared secret."""
-    server = Coturn(tmp_path, TURN_SECRET).start()
-    yield server
-    server.stop()
-
-
-def turn_host(start_host, coturn, redis_url, **settings):
-    """Start the app with the turn-secret provider in front of ``coturn``."""
-    env = app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=coturn.turn_url, **settings)
-    return start_host(env)
 
 
 def test_demo_page_gathers_a_relay_candidate_through_coturn_and_reports_each_url(browser, start_host, coturn, redis_url):

@@ -7,20 +7,8 @@ coturn (Debian's) relays two aiortc peers, relay only, configured from the servi
 import datetime
 import time
 
-import pytest
-
-from tests.servers import Coturn, app_env
+from tests.servers import TURN_SECRET, app_env
 from tests.webrtc import relay_candidates, relay_chat
-
-TURN_SECRET = "test-turn-shared-secret"
-
-
-@pytest.fixture
-def coturn(tmp_path):
-    """Run coturn on loopback with the test's shared secret."""
-    server = Coturn(tmp_path, TURN_SECRET).start()
-    yield server
-    server.stop()
 
 
 def all_urls(answer: dict) -> list[str]:

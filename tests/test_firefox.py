@@ -8,25 +8,10 @@ allocation with the new username).
 
 import re
 
-import pytest
+from tests.browsers import ANSWER_IN_A_PEER_CONNECTION, ARTIFACTS, KEEP_FRESH_PAGE, run_firefox, turn_host
+from tests.servers import app_env
 
-from tests.browsers import ANSWER_IN_A_PEER_CONNECTION, ARTIFACTS, KEEP_FRESH_PAGE, run_firefox
-from tests.servers import Coturn, app_env
-
-TURN_SECRET = "test-turn-shared-secret"
 FIVE_URLS = "Using five or more STUN/TURN servers"
-
-
-@pytest.fixture
-def coturn(tmp_path):
-    server = Coturn(tmp_path, TURN_SECRET).start()
-    yield server
-    server.stop()
-
-
-def turn_host(start_host, coturn, redis_url, **settings):
-    env = app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=coturn.turn_url, **settings)
-    return start_host(env)
 
 
 def test_the_default_answer_raises_no_five_url_warning(start_host, cloudflare, redis_url):

@@ -12,6 +12,20 @@ from tests.redis_topologies import ACL_PASSWORD, SentinelGroup
 from tests.servers import app_env, concurrent_get, run_cli, run_load, turn_username, wait_until
 
 
+def refresh_reaches_both_hosts(env, cloudflare, hosts, expected="stub-user-2"):
+    """Run refresh-turn (retrying while a failover settles) and check every worker of both hosts serves it within 10 s."""
+    result = wait_until(lambda: (r := run_cli(env, "refresh-turn")).returncode == 0 and r, 15, interval=0.5, what="refresh-turn")
+    refreshed = time.monotonic()
+    assert "expires at" in result.stdout
+    wait_until(
+        lambda: {turn_username(r) for h in hosts for r in concurrent_get(h, 16)} == {expected},
+        10,
+        interval=0.2,
+        what="the refreshed credential on both hosts",
+    )
+    assert time.monotonic() - refreshed < 10
+
+
 def tls_env(cloudflare, server, ca_file=None, password=ACL_PASSWORD, **extra):
     return app_env(cloudflare.base_url, server.url(password), REDIS_CA_FILE=str(ca_file or server.ca_file), **extra)
 
@@ -84,16 +98,8 @@ def test_sentinel_failover_under_load_drops_nothing(start_host, cloudflare, tmp_
         assert cloudflare.call_count == 1  # holding a valid credential, nobody fetched because of the failover
 
         # refresh-turn works shortly after the promotion and both hosts serve the new credential within 10 s.
-        result = wait_until(lambda: (r := run_cli(env, "refresh-turn")).returncode == 0 and r, 15, interval=0.5, what="refresh-turn")
-        refreshed = time.monotonic()
-        assert "expires at" in result.stdout and cloudflare.call_count == 2
-        wait_until(
-            lambda: {turn_username(r) for h in (host_a, host_b) for r in concurrent_get(h, 16)} == {"stub-user-2"},
-            10,
-            interval=0.2,
-            what="the refreshed credential on both hosts",
-        )
-        assert time.monotonic() - refreshed < 10
+        refresh_reaches_both_hosts(env, cloudflare, (host_a, host_b))
+        assert cloudflare.call_count == 2
         status = run_cli(env, "ice-status")
         assert f"primary 127.0.0.1:{group.current_primary_port()}" in status.stdout
         longest = max(s.latency for s in everything)
@@ -113,16 +119,7 @@ def test_cluster_cold_burst_makes_one_call_and_refresh_reaches_both_hosts(start_
     assert [r.status_code for r in answers] == [200] * 120
     assert {turn_username(r) for r in answers} == {"stub-user-1"} and cloudflare.call_count == 1
 
-    result = run_cli(env, "refresh-turn")
-    refreshed = time.monotonic()
-    assert result.returncode == 0, result.stderr
-    wait_until(
-        lambda: {turn_username(r) for h in (host_a, host_b) for r in concurrent_get(h, 16)} == {"stub-user-2"},
-        10,
-        interval=0.2,
-        what="the refreshed credential on both hosts",
-    )
-    assert time.monotonic() - refreshed < 10
+    refresh_reaches_both_hosts(env, cloudflare, (host_a, host_b))
     status = run_cli(env, "ice-status")
     assert "cluster: state ok" in status.stdout
     ready = host_a.get("/readyz").json()

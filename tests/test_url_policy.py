@@ -6,23 +6,10 @@ from app import create_app
 from app.config import ConfigError, Settings, load_settings
 from app.ice import parse_ice_servers
 from app.url_policy import UrlPolicy, classify
+from tests.cloudflare_stub import STUN_URLS, TURN_URLS
 
 # What Cloudflare answers (eight URLs, port 53 included), as the stand-in does.
-CLOUDFLARE = [
-    {"urls": ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]},
-    {
-        "urls": [
-            "turn:turn.cloudflare.com:3478?transport=udp",
-            "turn:turn.cloudflare.com:53?transport=udp",
-            "turn:turn.cloudflare.com:3478?transport=tcp",
-            "turn:turn.cloudflare.com:80?transport=tcp",
-            "turns:turn.cloudflare.com:5349?transport=tcp",
-            "turns:turn.cloudflare.com:443?transport=tcp",
-        ],
-        "username": "cf-user",
-        "credential": "cf-password",
-    },
-]
+CLOUDFLARE = [{"urls": STUN_URLS}, {"urls": TURN_URLS, "username": "cf-user", "credential": "cf-password"}]
 
 
 def urls(servers):
