@@ -103,7 +103,8 @@ def pre_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Stop this new worker's share of the old ones: it is ready to answer in their place."""
+    """Say this worker is ready (it imported the app), and stop its share of the old ones after a reload."""
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
     for pid in getattr(worker, "ice_retire", []):
         try:
             os.kill(pid, signal.SIGTERM)

@@ -102,9 +102,10 @@ class Gunicorn:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Gunicorn:
-        """Start and wait until every worker can answer /healthz."""
+        """Start and wait until it answers /healthz and, with a log, until every worker has imported the app."""
         workers = f"--workers {self.workers}" if self.workers else ""
         env = {**clean_environ(), **self.env, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port} {workers} {self.args}"}
+        offset = self.log_path.stat().st_size if self.log_path and self.log_path.exists() else 0
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", self.app],
@@ -115,7 +116,15 @@ class Gunicorn:
             start_new_session=True,
         )
         wait_until(self._healthy, 20, what="gunicorn start")
+        if self.log_path and self.workers:  # workers import the app themselves (not preloaded): some start later
+            wait_until(lambda: self._ready_workers(offset) >= self.workers, 30, what="every worker ready")
         return self
+
+    def _ready_workers(self, offset: int) -> int:
+        """Count the workers that logged "Worker ready" since this start."""
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().count(b"Worker ready")
 
     def stop(self) -> None:
         """Stop gracefully, then kill whatever is left of the process group."""
