@@ -95,7 +95,6 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
     return bp
 
 
-RATE_LIMITED = "too many requests from this address"
 TOKEN_REQUIRED = "a valid access token is required"
 
 

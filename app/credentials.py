@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from app import metrics
+from app.background import daemon_spawner
 from app.cloudflare import UpstreamError, UpstreamInvalid, UpstreamUnavailable
 from app.ice import Credential, new_credential, rfc3339
 from app.store import StoreUnavailable
@@ -97,7 +98,7 @@ class CredentialCache:
         self.credential_ttl = credential_ttl
         self.cache_ttl = cache_ttl
         self._clock, self._sleep, self._jitter = clock, sleep, jitter
-        self._spawn = spawn or _spawn_daemon
+        self._spawn = spawn or daemon_spawner("ice-refresh-ahead")
         self._degraded = degraded or DegradedLog()
         self._for = "" if user is None else f" for user {user}"  # in log lines: the opaque id, never the subject
         self._hot: Credential | None = None  # the newest credential this process has seen
@@ -419,8 +420,3 @@ def _outcome(exc: UpstreamError) -> str:
     if isinstance(exc, UpstreamInvalid):
         return "invalid"
     return "rate_limited" if exc.status == 429 else "rejected"
-
-
-def _spawn_daemon(target: Callable[[], None]) -> None:
-    """Run ``target`` in a daemon thread, so a stuck upstream never blocks shutdown."""
-    threading.Thread(target=target, name="ice-refresh-ahead", daemon=True).start()

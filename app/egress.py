@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import metrics
+from app.background import daemon_spawner
 from app.store import StoreUnavailable
 from app.store_policy import StorePolicy
 from app.usage import AnalyticsClient, UsageUnavailable, month_start
@@ -73,7 +73,7 @@ class EgressGuard:
         self._policy = policy
         self._unknown_closed = unknown_closed
         self._clock = clock
-        self._spawn = spawn or _spawn_daemon
+        self._spawn = spawn or daemon_spawner("ice-usage-reading")
         self._over = unknown_closed
         self._state: str | None = None  # over, under, unknown: what was last logged
         self._recheck_at = float("-inf")
@@ -179,8 +179,3 @@ class EgressGuard:
 def _gb(count: int) -> str:
     """Format bytes as decimal GB (10^9 bytes), as Cloudflare bills them."""
     return f"{count / 1e9:.3f} GB"
-
-
-def _spawn_daemon(target: Callable[[], None]) -> None:
-    """Run ``target`` in a daemon thread, so a hanging analytics API never blocks shutdown."""
-    threading.Thread(target=target, name="ice-usage-reading", daemon=True).start()

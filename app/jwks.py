@@ -25,6 +25,8 @@ from collections.abc import Callable
 import jwt
 import requests
 
+from app.background import daemon_spawner
+
 CONNECT_TIMEOUT = 2.0  # seconds to open the connection to the identity provider
 READ_TIMEOUT = 3.0  # seconds between bytes of its answer: with the connect, a fetch stays within 5 s
 WAIT_LIMIT = CONNECT_TIMEOUT + READ_TIMEOUT  # the longest a request waits for a fetch it needs
@@ -49,7 +51,7 @@ class JwksCache:
         self._url = url
         self._session = session or requests.Session()
         self._clock = clock
-        self._spawn = spawn or _spawn_daemon
+        self._spawn = spawn or daemon_spawner("ice-jwks-fetch")
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")  # of the keys held
         self._next_fetch_at = float("-inf")  # the earliest a lookup may start another fetch
@@ -128,8 +130,3 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, jwt.PyJWTError):
         return "no usable key in it"
     return str(exc)[:120] if str(exc) else type(exc).__name__
-
-
-def _spawn_daemon(target: Callable[[], None]) -> None:
-    """Run ``target`` in a daemon thread, so a hanging provider never blocks shutdown."""
-    threading.Thread(target=target, name="ice-jwks-fetch", daemon=True).start()
