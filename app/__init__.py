@@ -15,7 +15,7 @@ from app.config import ConfigError, Settings, env_file_problem, load_settings
 from app.egress import EgressGuard
 from app.identity import UserIds
 from app.rate_limit import RateLimit
-from app.redis_connect import limiter_storage
+from app.redis_connect import Connection
 from app.service import IceService
 from app.store import MemoryStore, RedisStore, StoreUnavailable
 from app.store_policy import StorePolicy
@@ -143,13 +143,13 @@ def build_rate_limit(settings: Settings) -> RateLimit | None:
     """
     if not settings.rate_limit:
         return None
-    storage, options = "memory://", {}
+    client = None
     if settings.redis:
-        storage, options = limiter_storage(settings.redis)
+        client = Connection(settings.redis).client
     else:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
     message = "too many requests" if settings.access_mode == "jwt" else "too many requests from this address"
-    return RateLimit(settings.rate_limit, storage, options, message)
+    return RateLimit(settings.rate_limit, client, message)
 
 
 def warn_if_env_file_is_readable(path: str | None) -> None:

@@ -1,11 +1,9 @@
-"""Connections to the Redis REDIS_URL names: the store's client and the rate limiter's storage, from one parsed value.
+"""Connections to the Redis REDIS_URL names: the store's client and the rate limit's, from one parsed value.
 
 Every topology gets the same short timeouts, TLS with the certificate and host name verified
 (against REDIS_CA_FILE when set), and the ACL user. The primary behind Sentinel is looked up on
 every new connection, so running hosts follow a promotion; a Cluster client is built on first
-use, so the service starts while the cluster is down. The limits library takes its own URI forms
-and options (and has no TLS cluster form), so its settings are built here from the same value
-rather than by passing REDIS_URL through.
+use, so the service starts while the cluster is down.
 """
 
 from __future__ import annotations
@@ -111,18 +109,3 @@ class LazyClient:
                         raise redis.ConnectionError(f"no cluster node answered ({type(exc).__name__})") from None
                 client = self._client
         return getattr(client, name)
-
-
-def limiter_storage(target: RedisTarget) -> tuple[str, dict]:
-    """Return the limits library's storage URI and options for the same target (credentials in the options)."""
-    options = connection_options(target)
-    hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in target.nodes)
-    if target.topology == "single":
-        return f"{'rediss' if target.tls else 'redis'}://{hosts}/{target.db}", options
-    if target.topology == "unix":
-        return f"redis+unix://{target.path}?db={target.db}", options
-    if target.topology == "sentinel":
-        # Counts are read from the primary only: a replica's lag would let more through.
-        extra = {"sentinel_kwargs": sentinel_options(target), "db": target.db, "ssl": target.tls, "use_replicas": False}
-        return f"redis+sentinel://{hosts}/{target.service}", {**options, **extra}
-    return f"redis+cluster://{hosts}", {**options, "ssl": target.tls}

@@ -1,47 +1,152 @@
-"""The rate limit check: exact counts, one round trip per request, a refusal no dearer than an admission, memory while Redis fails."""
+"""The rate limit: exact fleet-wide counts, no round trip for callers far from their limit, a cheap refusal, memory while Redis fails."""
 
 import json
 import logging
+import threading
+import time
 
 import redis
 
+from app import fleet_count
 from app.rate_limit import RateLimit
-from app.redis_connect import limiter_storage
+from app.redis_connect import Connection
 from app.redis_url import parse_redis_url
 
+COUNT_KEYS = "ice-servers:{ratelimit}:count:*"
 
-def script_calls(client):
-    """Return the server's counts of script calls and of the list writes an admission makes."""
+
+def script_calls(client) -> int:
+    """Return how many scripts the server has run."""
     stats = client.info("commandstats")
-    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval", "lpush", "lindex")}
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
 
 
-def test_counts_exactly_with_one_script_call_per_request_and_a_cheap_refusal(redis_url):
-    limit = RateLimit("5 per minute", *limiter_storage(parse_redis_url(redis_url)), message="too many requests from this address")
+def counted(client) -> int:
+    """Return the admissions recorded in Redis over all callers."""
+    return sum(client.llen(key) for key in client.scan_iter(COUNT_KEYS))
+
+
+def settled(limit: RateLimit) -> None:
+    """Settle this limit's admissions made alone, as its background thread does every PERIOD."""
+    limit._shared.settle()
+
+
+def test_callers_far_from_their_limit_cost_no_round_trip_and_are_all_counted(redis_url):
     client = redis.Redis.from_url(redis_url)
-    assert limit.hit("203.0.113.1") is None  # loads the script
+    client.flushall()
+    limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
+    assert limit.hit("198.51.100.1") is None  # checked in Redis: no settlement has run yet
+    settled(limit)
     before = script_calls(client)
-    admitted = [limit.hit("203.0.113.1") for _ in range(4)]
-    middle = script_calls(client)
-    refused = [limit.hit("203.0.113.1") for _ in range(4)]
-    after = script_calls(client)
-    assert admitted == [None] * 4 and all(answer is not None for answer in refused)
-    assert middle["evalsha"] - before["evalsha"] == 4 and after["evalsha"] - middle["evalsha"] == 4  # one round trip each
-    assert middle["lpush"] - before["lpush"] == 4 and after["lpush"] == middle["lpush"]  # a refusal writes nothing
+    answers = [limit.hit(f"10.0.{n // 256}.{n % 256}") for n in range(2000)]
+    during = script_calls(client) - before
+    settled(limit)
+    assert answers == [None] * 2000
+    # the background settlements only (one every 50 ms, a batch each), never one per request
+    assert during < 100
+    assert counted(client) == 2001
+
+
+def test_a_second_request_within_a_settlement_is_checked_in_redis(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
+    settled(limit)
+    before = script_calls(client)
+    assert [limit.hit("203.0.113.1") for _ in range(3)] == [None] * 3
+    assert script_calls(client) - before in (2, 3)  # one alone (unless a settlement ran between), then checks
+    settled(limit)
+    assert counted(client) == 3
+
+
+def test_several_processes_flooding_one_caller_admit_exactly_the_limit(redis_url):
+    """Four processes' worth of limits, eight threads each, one caller: exactly 100 pass, however they interleave."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limits = [RateLimit("100 per minute", Connection(parse_redis_url(redis_url)).client, "too many") for _ in range(4)]
+    for limit in limits:
+        limit.hit("warm-up")  # starts each one's settling thread
+    time.sleep(0.2)
+    admitted, lock = [], threading.Lock()
+
+    def flood(limit: RateLimit) -> None:
+        for _ in range(60):
+            answer = limit.hit("203.0.113.7")
+            with lock:
+                admitted.append(answer is None)
+            time.sleep(0.01)  # about 0.6 s of flood: beyond the margin's transition after the caller turns hot
+
+    threads = [threading.Thread(target=flood, args=(limit,)) for limit in limits for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(fleet_count.PERIOD * 3)
+    assert len(admitted) == 1920 and sum(admitted) == 100
+    assert client.llen("ice-servers:{ratelimit}:count:100/60000:203.0.113.7") == 100
+
+
+def test_a_refusal_is_built_once_writes_nothing_and_the_next_ones_cost_no_round_trip(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limit = RateLimit("5 per 2 seconds", Connection(parse_redis_url(redis_url)).client, message="too many requests from this address")
+    checks = []
+    script = limit._shared._script
+    limit._shared._script = lambda keys, args: checks.append(args[0]) or script(keys=keys, args=args)
+    assert [limit.hit("203.0.113.1") for _ in range(5)] == [None] * 5
+    writes = client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    del checks[:]
+    refused = [limit.hit("203.0.113.1") for _ in range(40)]
+    assert checks.count("check") == 1  # the first refusal learns when a slot can be free; the others wait for it here
+    assert client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0) == writes
+    assert all(answer is refused[0] for answer in refused)
     body, headers = refused[0]
     assert json.loads(body) == {"error": "too many requests from this address", "status": 429}
-    assert headers["Retry-After"] == "60"
+    assert headers["Retry-After"] == "2"
     assert limit.hit("203.0.113.2") is None  # another caller has its own count
+    time.sleep(2.1)  # the first admissions leave the window
+    assert limit.hit("203.0.113.1") is None
 
 
 def test_without_redis_each_worker_counts_in_memory_and_says_so_once(caplog):
-    limit = RateLimit("3 per minute", *limiter_storage(parse_redis_url("redis://127.0.0.1:1/0")))
+    limit = RateLimit("3 per minute", Connection(parse_redis_url("redis://127.0.0.1:1/0")).client)
     with caplog.at_level(logging.WARNING, logger="ice_servers"):
         answers = [limit.hit("203.0.113.9") for _ in range(5)]
     assert answers[:3] == [None] * 3 and answers[3] is not None and answers[4] is not None
     assert caplog.text.count("Rate limit storage unavailable") == 1
 
 
+def test_admissions_made_alone_survive_a_failed_settlement(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
+    settled(limit)
+    assert [limit.hit(f"10.1.0.{n}") for n in range(20)] == [None] * 20
+    shared = limit._shared
+    script, shared._script = shared._script, lambda **_: (_ for _ in ()).throw(redis.ConnectionError("down"))
+    shared.settle()  # fails: the admissions are kept, and nobody is admitted alone meanwhile
+    assert shared._hot is None
+    shared._script = script
+    settled(limit)
+    assert counted(client) == 20
+
+
 def test_several_limits_are_all_counted():
     limit = RateLimit("2 per second; 3 per minute")
     assert [limit.hit("a") is None for _ in range(3)] == [True, True, False]
+
+
+def test_in_memory_the_window_moves_and_quiet_callers_are_forgotten(monkeypatch):
+    from app import local_count
+
+    monkeypatch.setattr(local_count, "SWEEP_EVERY", 3)
+    now = [100.0]
+    limit = RateLimit("2 per 10 seconds", clock=lambda: now[0])
+    assert [limit.hit("a") is None for _ in range(3)] == [True, True, False]
+    now[0] += 5
+    assert limit.hit("a") is not None  # both admissions are still in the window
+    now[0] += 5.1
+    assert limit.hit("a") is None and limit.hit("b") is None  # the first two left it; a sweep ran, forgetting nobody
+    now[0] += 10.1
+    assert limit.hit("c") is None and limit.hit("c") is None  # the third admission since: a sweep forgets "a" and "b"
+    assert set(limit._local._times[0]) == {"c"}

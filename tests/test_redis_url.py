@@ -3,7 +3,6 @@
 import pytest
 
 from app.config import ConfigError, load_settings
-from app.redis_connect import limiter_storage
 from app.redis_url import RedisTarget, parse_redis_url
 
 SECRET = "s3cret-pass@word"
@@ -67,21 +66,3 @@ def test_ca_file_and_sentinel_password_need_their_forms(tmp_path):
         load_settings({"REDIS_URL": "redis://h/0", "REDIS_SENTINEL_PASSWORD": "x"})
     settings = load_settings({"REDIS_URL": "rediss+sentinel://h:26379/svc", "REDIS_CA_FILE": str(ca), "REDIS_SENTINEL_PASSWORD": "sp"})
     assert settings.redis.ca_file == str(ca) and settings.redis.sentinel_password == "sp" and "sp" not in repr(settings.redis)
-
-
-def test_the_limiter_gets_the_same_topology_credentials_and_ca_without_the_password_in_its_uri():
-    single = parse_redis_url(f"rediss://ice:{SECRET.replace('@', '%40')}@h:6380/2", ca_file="/etc/ca.pem")
-    uri, options = limiter_storage(single)
-    assert uri == "rediss://h:6380/2" and (options["username"], options["password"]) == ("ice", SECRET)
-    assert options["ssl_ca_certs"] == "/etc/ca.pem" and options["ssl_check_hostname"] is True
-
-    sentinel = parse_redis_url("redis+sentinel://ice:pw@a:26379,b:26380/svc/1", sentinel_password="sentinel-pw")
-    uri, options = limiter_storage(sentinel)
-    assert uri == "redis+sentinel://a:26379,b:26380/svc" and options["db"] == 1 and options["use_replicas"] is False
-    assert options["password"] == "pw" and options["sentinel_kwargs"]["password"] == "sentinel-pw"
-
-    cluster = parse_redis_url("rediss+cluster://ice:pw@[::1]:7000,h:7001", ca_file="/etc/ca.pem")
-    uri, options = limiter_storage(cluster)
-    assert uri == "redis+cluster://[::1]:7000,h:7001" and options["ssl"] is True and options["ssl_ca_certs"] == "/etc/ca.pem"
-
-    assert limiter_storage(parse_redis_url("unix:///run/r.sock?db=4"))[0] == "redis+unix:///run/r.sock?db=4"
