@@ -8,6 +8,7 @@ import atexit
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -29,9 +30,13 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 # nginx (deploy/nginx/ice-servers.conf) proxies to this address; never expose gunicorn directly.
 bind = "127.0.0.1:8000"
 
-# Warm requests are short and CPU-bound: about two processes per core. Threads keep a worker
-# answering health checks while one of its requests waits (at most ~6 s) for a cold-cache refill.
-workers = multiprocessing.cpu_count() * 2 + 1
+# Warm requests are short and CPU-bound: one process per core (at least two, so a reload or a
+# crash never leaves nobody answering). Threads keep a worker answering health checks while one of
+# its requests waits (at most ~6 s) for a cold-cache refill. Measured with `make bench` on 2 cores
+# (README, "Performance"): more processes than cores time-share them, and the p99 grows by half
+# for no more throughput; sync workers answer as fast but close every connection, and one waiting
+# request blocks a whole worker; 8 threads per worker were no faster than 4.
+workers = max(2, multiprocessing.cpu_count())
 worker_class = "gthread"
 threads = 4
 
@@ -46,6 +51,13 @@ preload_app = False
 # One header line may be 16 KiB (gunicorn's default is 8190 bytes): a large JWT then reaches the
 # app and gets its JSON 401, not gunicorn's HTML 400. nginx passes the same (large_client_header_buffers).
 limit_request_field_size = 16384
+
+# A keep-alive connection (nginx keeps 16 open per nginx worker; a load generator keeps its own)
+# stays with the worker that accepted it, and one worker can hold them all while the others idle:
+# measured, the throughput then halves for as long as the connections last. Each request closes its
+# connection with this probability, so the client reconnects, and an idle worker, first to accept,
+# takes it: the connections spread over the workers within a second or two.
+KEEPALIVE_REBALANCE = 1 / 64
 
 # Seconds a silent worker lives before it is replaced, and that a stopping worker gets to finish.
 timeout = 30
@@ -110,6 +122,12 @@ def post_worker_init(worker):
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def pre_request(worker, req):
+    """Now and then, answer with "Connection: close", so keep-alive connections rebalance over the workers."""
+    if random.random() < KEEPALIVE_REBALANCE:
+        req.force_close()
 
 
 def _take_settings(server):

@@ -5,6 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from tests.cloudflare_stub import API_TOKEN
 from tests.servers import ROOT, app_env, clean_environ, concurrent_get, run_cli, turn_username, wait_until
@@ -177,3 +178,15 @@ def test_rate_limit_is_exact_across_workers_and_cannot_be_forged_around(start_ho
     assert {r.status_code for r in forged} == {429}
     assert {host.get(headers={"X-Forwarded-For": "203.0.113.20"}).status_code for _ in range(10)} == {200}
     assert host.get("/healthz", headers=client_a).status_code == 200
+
+
+def test_keep_alive_connections_are_closed_now_and_then_so_they_spread_over_the_workers(start_host, cloudflare, redis_url):
+    """One keep-alive client must not stay on one worker for good: about 1 answer in 64 closes its connection."""
+    host = start_host(app_env(cloudflare.base_url, redis_url))
+    with requests.Session() as session:
+        answers = [session.get(f"{host.base_url}/api/ice-servers", timeout=15) for _ in range(1000)]
+    assert {r.status_code for r in answers} == {200}
+    closed = sum(r.headers.get("Connection", "").lower() == "close" for r in answers)
+    assert 2 <= closed <= 60  # expected ~16; never none (the chance of 0 or 1 in 1000 is under 1e-5)
+    kept = sum(r.headers.get("Connection", "").lower() != "close" for r in answers)
+    assert kept >= 900  # and keep-alive is otherwise kept
