@@ -11,6 +11,9 @@ PM2 := .tools/node_modules/.bin/pm2
 PUPPETEER_VERSION := 24.43.1
 TYPESCRIPT_VERSION := 5.9.3
 BROWSER_TOOLS := .tools/.browser-tools-$(PUPPETEER_VERSION)-$(TYPESCRIPT_VERSION)
+# The Node peer `make bench` runs beside the app (bench/peer/server.js), pinned in .tools/ as well.
+EXPRESS_VERSION := 5.3.0
+EXPRESS := .tools/.express-$(EXPRESS_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -24,8 +27,8 @@ run: $(STAMP)
 test: system-deps lint $(PM2) $(BROWSER_TOOLS)
 	$(BIN)/python -m pytest
 
-## bench: the app against a bare-Flask floor (wrk), cold burst, expiry crossing, outage, memory; about a minute
-bench: system-deps $(STAMP)
+## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory
+bench: system-deps $(STAMP) $(EXPRESS)
 	$(BIN)/python bench/run.py
 
 ## lint: ruff's checks and format check (settings in pyproject.toml)
@@ -51,6 +54,10 @@ $(PM2):
 
 $(BROWSER_TOOLS): $(PM2)
 	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools puppeteer-core@$(PUPPETEER_VERSION) typescript@$(TYPESCRIPT_VERSION)
+	touch $@
+
+$(EXPRESS): $(PM2)
+	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools express@$(EXPRESS_VERSION)
 	touch $@
 
 $(STAMP): requirements.txt requirements-dev.txt

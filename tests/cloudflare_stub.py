@@ -18,6 +18,7 @@ import hmac
 import itertools
 import json
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,7 +48,7 @@ class CloudflareStub:
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server = _QuietServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.base_url = f"http://{host}:{self.server.server_port}/v1"
 
@@ -203,6 +204,15 @@ TURN_URLS = [
     "turns:turn.cloudflare.com:5349?transport=tcp",
     "turns:turn.cloudflare.com:443?transport=tcp",
 ]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A server that says nothing when a client drops its connection (a peer process stopped mid-keep-alive)."""
+
+    def handle_error(self, request, client_address) -> None:
+        """Ignore dropped connections; report anything else as usual."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _envelope(status: int, message: str) -> tuple[int, dict, bytes]:
