@@ -25,6 +25,7 @@ may land up to ``PER_PROCESS`` admissions over a limit.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -154,7 +155,6 @@ return {margin, redis.call('ZRANGE', hot, 0, -1)}
 class Limit:
     """One limit a caller is counted against: at most ``amount`` admissions in ``window_ms``."""
 
-    name: str
     amount: int
     window_ms: int
 
@@ -239,6 +239,7 @@ class FleetCount:
             self._process = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # one per worker (per instance in tests)
             self._pending, self._full, self._hot, self._fresh_until = [{} for _ in self.limits], {}, None, 0.0
         self._spawn(self._settle_forever)
+        atexit.register(self._leave)  # a worker that stops (a reload) settles what it admitted alone
 
     def _settle_forever(self) -> None:
         """Settle every PERIOD while requests come; sleep until the next one after IDLE_AFTER without."""

@@ -33,7 +33,7 @@ class RateLimit:
         """Parse the rate; ``client``: the Redis client to count in (None: each worker counts in memory)."""
         self.items = parse_many(rate)
         self._clock = clock
-        limits = [Limit(str(item), item.amount, item.get_expiry() * 1000) for item in self.items]
+        limits = [Limit(item.amount, item.get_expiry() * 1000) for item in self.items]
         self._shared = FleetCount(client, limits, clock) if client is not None else None
         self._local = LocalCount(limits, clock)
         self._shared_down_until = 0.0

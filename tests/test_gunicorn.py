@@ -1,10 +1,12 @@
 """Real parts: gunicorn with 4 workers (two such hosts), a real redis-server, the Cloudflare stand-in."""
 
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 
 from tests.cloudflare_stub import API_TOKEN
@@ -190,3 +192,20 @@ def test_keep_alive_connections_are_closed_now_and_then_so_they_spread_over_the_
     assert 2 <= closed <= 60  # expected ~16; never none (the chance of 0 or 1 in 1000 is under 1e-5)
     kept = sum(r.headers.get("Connection", "").lower() != "close" for r in answers)
     assert kept >= 900  # and keep-alive is otherwise kept
+
+
+def test_workers_that_stop_settle_what_they_admitted_alone(start_host, cloudflare, redis_url):
+    """A stop loses no admission: each worker settles its last batch as it exits (even a quick one), and leaves the count."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="600 per minute"))
+    host.get(headers={"X-Forwarded-For": "198.51.100.1"})
+    time.sleep(0.2)  # the workers' first settlements: from here on, callers far from the limit are admitted alone
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda n: host.get(headers={"X-Forwarded-For": f"10.9.{n // 256}.{n % 256}"}), range(400)))
+    host.process.send_signal(signal.SIGQUIT)  # gunicorn's quick shutdown: workers exit at once, threads and all
+    host.process.wait(10)
+    assert {r.status_code for r in answers} == {200}
+    counted = sum(client.llen(key) for key in client.scan_iter("ice-servers:{ratelimit}:count:*"))
+    assert counted == 401
+    assert client.zcard("ice-servers:{ratelimit}:settled") == 0  # every worker left the count

@@ -150,3 +150,39 @@ def test_in_memory_the_window_moves_and_quiet_callers_are_forgotten(monkeypatch)
     now[0] += 10.1
     assert limit.hit("c") is None and limit.hit("c") is None  # the third admission since: a sweep forgets "a" and "b"
     assert set(limit._local._times[0]) == {"c"}
+
+
+def test_an_idle_worker_leaves_the_count_and_joins_again_on_its_next_request(redis_url, monkeypatch):
+    monkeypatch.setattr(fleet_count, "IDLE_AFTER", 0.3)
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
+    assert limit.hit("203.0.113.30") is None
+    time.sleep(0.15)
+    member = limit._shared._process  # other tests' limits may still be settling in this process
+
+    def counted_in() -> bool:
+        return client.zscore("ice-servers:{ratelimit}:settled", member) is not None
+
+    assert counted_in()
+    time.sleep(0.6)  # idle: it settled, left, and sleeps; nobody is admitted alone meanwhile
+    assert not counted_in() and limit._shared._hot is None
+    assert limit.hit("203.0.113.30") is None  # checked in Redis, and wakes the settling thread
+    time.sleep(0.15)
+    assert counted_in() and limit._shared._hot is not None
+
+
+def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_url, monkeypatch):
+    monkeypatch.setattr(fleet_count, "MAX_HOT", 0)
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    limit = RateLimit("100 per minute", Connection(parse_redis_url(redis_url)).client)
+    while limit.hit("203.0.113.40") is None:  # one caller up to its limit: it is hot
+        pass
+    settled(limit)
+    assert client.zcard("ice-servers:{ratelimit}:hot") == 1 and limit._shared._hot is None
+    checks = []
+    script = limit._shared._script
+    limit._shared._script = lambda keys, args: checks.append(args[0]) or script(keys=keys, args=args)
+    assert [limit.hit(f"10.2.0.{n}") for n in range(5)] == [None] * 5
+    assert checks.count("check") == 5
