@@ -43,9 +43,6 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     warn_if_env_file_is_readable(settings.env_file)
 
     app = Flask(__name__)
-    if settings.proxy_hops:
-        # Trust X-Forwarded-For/-Proto from exactly that many proxies: a client cannot spoof past them.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["ICE_DEMO"] = settings.demo
     service = service or build_service(settings)
@@ -63,6 +60,10 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
     identify = api.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
     api.init_app(app, service, settings, build_rate_limit(settings), identify)
+    if settings.proxy_hops:
+        # Trust X-Forwarded-For/-Proto from exactly that many proxies: a client cannot spoof past them.
+        # Outermost, so that every layer (the direct answer's rate limit too) sees the client's address.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     cli.init_app(app)
     return app
 

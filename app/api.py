@@ -177,6 +177,44 @@ class RequestLimits:
         return self.wsgi_app(environ, start_response)
 
 
+class DirectAnswer:
+    """WSGI middleware: GET /api/ice-servers in the default access mode (open, no CORS), answered below Flask.
+
+    The same rate limit, answer, headers and JSON 500 as the view, without Flask's request context,
+    routing and response objects, which cost more than the rest of the request together (in
+    process: 54 us through Flask against 41 us for a bare Flask view returning a constant). Every
+    other request, and every request in another mode (whose gates and CORS headers live in Flask),
+    goes to Flask.
+    """
+
+    PATH = "/api/ice-servers"
+
+    def __init__(self, wsgi_app, service: IceService, rate_limit: RateLimit | None):
+        """Wrap ``wsgi_app``."""
+        self.wsgi_app = wsgi_app
+        self.service = service
+        self.rate_limit = rate_limit
+
+    def __call__(self, environ, start_response):
+        """Answer GET /api/ice-servers; pass everything else on."""
+        if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "GET":
+            return self.wsgi_app(environ, start_response)
+        try:
+            if self.rate_limit is not None and (refused := self.rate_limit.hit(environ.get("REMOTE_ADDR") or "unknown")) is not None:
+                body, headers = refused
+                start_response("429 TOO MANY REQUESTS", [*headers.items(), ("Content-Length", str(len(body)))])
+                return [body]
+            answer = self.service.answer()
+            body = answer.json
+        except Exception:
+            log.exception("Unhandled error on GET %s", self.PATH)
+            body = json.dumps({"error": InternalServerError().name, "status": 500}).encode()
+            start_response("500 INTERNAL SERVER ERROR", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        start_response("200 OK", [*answer.headers.items(), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
 def _refuse(start_response, status: int, message: str) -> list[bytes]:
     """Answer a JSON error straight from WSGI."""
     body = json.dumps({"error": message, "status": status}).encode()
@@ -205,6 +243,8 @@ def unexpected_error(error: Exception):
 def init_app(app: Flask, service: IceService, settings: Settings, rate_limit: RateLimit | None, identify: Identify | None = None) -> None:
     """Register the blueprint, the request limits and the JSON error handlers."""
     app.register_blueprint(create_blueprint(service, settings, rate_limit, identify))
+    if settings.access_mode == "open" and not settings.cors_origins:
+        app.wsgi_app = DirectAnswer(app.wsgi_app, service, rate_limit)
     app.wsgi_app = RequestLimits(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

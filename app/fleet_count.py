@@ -182,6 +182,7 @@ class FleetCount:
         self._last_request = 0.0
         self._settler_pid = 0
         self._failing = False
+        self._exiting = False
         self._spawn = daemon_spawner("ice-rate-settle")
 
     def admit(self, caller: str) -> int | None:
@@ -239,7 +240,7 @@ class FleetCount:
             self._process = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # one per worker (per instance in tests)
             self._pending, self._full, self._hot, self._fresh_until = [{} for _ in self.limits], {}, None, 0.0
         self._spawn(self._settle_forever)
-        atexit.register(self._leave)  # a worker that stops (a reload) settles what it admitted alone
+        atexit.register(self._at_exit)
 
     def _settle_forever(self) -> None:
         """Settle every PERIOD while requests come; sleep until the next one after IDLE_AFTER without."""
@@ -268,7 +269,7 @@ class FleetCount:
             with self._mutex:
                 self._hot, self._fresh_until = None, 0.0
             self._keep(batch)
-            if not self._failing:
+            if not self._failing and not self._exiting:
                 log.warning(
                     "Rate limit settlement failed (%s): every request is checked in Redis, or in memory, meanwhile", type(exc).__name__
                 )
@@ -280,6 +281,11 @@ class FleetCount:
         hot = None if hot is None else frozenset(key.decode() if isinstance(key, bytes) else key for key in hot)
         with self._mutex:  # None: too many hot callers to send, so nobody is admitted alone
             self._margin, self._hot, self._fresh_until = int(margin), hot, started + STALE_AFTER
+
+    def _at_exit(self) -> None:
+        """Settle what this worker admitted alone and leave the count as it stops (a reload); quietly, logging may be gone."""
+        self._exiting = True
+        self._leave()
 
     def _leave(self) -> bool:
         """Settle what is left, then leave the count with nothing alone pending; False if admissions are left."""

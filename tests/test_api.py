@@ -253,3 +253,39 @@ def test_health_and_preflight_are_not_rate_limited(make_service):
     assert client.get("/api/ice-servers").status_code == 200
     assert client.get("/api/ice-servers").status_code == 429
     assert {client.get(path).status_code for path in ("/healthz", "/readyz") for _ in range(3)} == {200}
+
+
+def _direct_answer(app):
+    """Return the DirectAnswer layer of ``app``'s WSGI stack, or None."""
+    from app.api import DirectAnswer
+
+    layer = app.wsgi_app
+    while layer is not None and not isinstance(layer, DirectAnswer):
+        layer = getattr(layer, "app", None) or getattr(layer, "wsgi_app", None)
+    return layer
+
+
+@pytest.mark.parametrize("query", ["", "?x=1"])
+def test_the_direct_answer_is_the_views_answer_byte_for_byte(make_service, query):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    app = create_app(Settings(rate_limit="2 per minute"), service=make_service())
+    direct = _direct_answer(app)
+    assert direct is not None  # the default configuration answers below Flask
+
+    def call(wsgi, address):
+        environ = EnvironBuilder(path="/api/ice-servers", query_string=query[1:], environ_base={"REMOTE_ADDR": address}).get_environ()
+        body, status, headers = run_wsgi_app(wsgi, environ)
+        return status, sorted(headers.items()), b"".join(body)
+
+    # the same caller, the same count: two answers, then a refusal, from either path
+    answers = [call(direct, "203.0.113.5"), call(direct.wsgi_app, "203.0.113.5"), call(direct, "203.0.113.5")]
+    views = [call(direct.wsgi_app, "203.0.113.6"), call(direct, "203.0.113.6"), call(direct.wsgi_app, "203.0.113.6")]
+    assert answers == views
+    assert [status for status, _, _ in answers] == ["200 OK", "200 OK", "429 TOO MANY REQUESTS"]
+
+
+def test_other_access_modes_and_cors_are_answered_by_flask(make_service):
+    assert _direct_answer(create_app(Settings(cors_origins=(ORIGIN,)), service=make_service())) is None
+    assert _direct_answer(create_app(Settings(access_mode="token", access_secret="s" * 32), service=make_service())) is None
+    assert _direct_answer(create_app(Settings(), service=make_service())) is not None
