@@ -35,6 +35,7 @@ from tests.servers import Gunicorn, RedisServer, app_env, free_port, wait_until 
 ROUNDS = 3
 ROUND_SECONDS = 5
 CONNECTIONS = 32
+ISSUE_CONNECTIONS = 16  # #16 measured the default configuration with wrk -c16: it is run both ways
 WRK_THREADS = 2
 CROSSING_CONNECTIONS = 4  # below saturation: the slowest request then shows waiting, not queueing
 UPSTREAM_DELAY = 1.0  # seconds, for the cold burst and the expiry crossing
@@ -262,28 +263,33 @@ def report(bench: Bench, started: float) -> int:
     default = bench.host("default", ICE_RATE_LIMIT="600 per minute")
     default_url = f"{default.base_url}/api/ice-servers"
     wrk(default_url, 1, clients=MANY_CLIENTS)
-    default_runs, many_floor_runs = [], []
-    for _ in range(ROUNDS):
-        default_runs.append(wrk(default_url, ROUND_SECONDS, clients=MANY_CLIENTS))
-        many_floor_runs.append(wrk(floor_url, ROUND_SECONDS, clients=MANY_CLIENTS))
-    default_rps, default_p99 = ratios(default_runs, many_floor_runs)
-    default_median = statistics.median(run.rps for run in default_runs)
-    flood = wrk(default_url, ROUND_SECONDS, clients=1)
-    default_errors = sum(run.errors for run in default_runs)
-    print(
-        f"\ndefault configuration (rate limit on, {MANY_CLIENTS:,} client addresses), median of rounds: "
-        f"{default_median:.0f} req/s, throughput {default_rps:.3f} of the floor (target >= {TARGETS['default_rps_ratio']}: "
-        f"{verdict(default_rps >= TARGETS['default_rps_ratio'])}), p99 {default_p99:.3f} of the floor's "
-        f"(target <= {TARGETS['default_p99_ratio']}: {verdict(default_p99 <= TARGETS['default_p99_ratio'])}); "
-        f"errors or non-2xx: {default_errors}"
-    )
-    print(
-        f"one address flooding past its limit: {flood.rps:.0f} answers/s, nearly all 429 "
-        f"({flood.rps / default_median:.2f} x the default configuration's 200s: "
-        f"{verdict(flood.rps >= default_median)})"
-    )
-    met += [default_rps >= TARGETS["default_rps_ratio"], default_p99 <= TARGETS["default_p99_ratio"], default_errors == 0]
-    met += [flood.rps >= default_median]
+    flood_runs: list[Run] = []
+    for connections in (CONNECTIONS, ISSUE_CONNECTIONS):
+        default_runs, many_floor_runs = [], []
+        for _ in range(ROUNDS):
+            default_runs.append(wrk(default_url, ROUND_SECONDS, connections, clients=MANY_CLIENTS))
+            many_floor_runs.append(wrk(floor_url, ROUND_SECONDS, connections, clients=MANY_CLIENTS))
+            if connections == CONNECTIONS:  # one address flooding past its limit, in the same rounds
+                flood_runs.append(wrk(default_url, ROUND_SECONDS, connections, clients=1))
+        default_rps, default_p99 = ratios(default_runs, many_floor_runs)
+        median = statistics.median(run.rps for run in default_runs)
+        default_errors = sum(run.errors for run in default_runs)
+        print(
+            f"\ndefault configuration (rate limit on, {MANY_CLIENTS:,} client addresses, wrk -c{connections}), median of rounds: "
+            f"{median:.0f} req/s, throughput {default_rps:.3f} of the floor (target >= {TARGETS['default_rps_ratio']}: "
+            f"{verdict(default_rps >= TARGETS['default_rps_ratio'])}), p99 {default_p99:.3f} of the floor's "
+            f"(target <= {TARGETS['default_p99_ratio']}: {verdict(default_p99 <= TARGETS['default_p99_ratio'])}); "
+            f"errors or non-2xx: {default_errors}"
+        )
+        met += [default_rps >= TARGETS["default_rps_ratio"], default_p99 <= TARGETS["default_p99_ratio"], default_errors == 0]
+        if flood_runs and connections == CONNECTIONS:
+            flood_ratio = statistics.median(f.rps / d.rps for f, d in zip(flood_runs, default_runs, strict=True))
+            print(
+                f"one address flooding past its limit, in the same rounds: {statistics.median(r.rps for r in flood_runs):.0f} "
+                f"answers/s, nearly all 429: {flood_ratio:.2f} x the default configuration's 200s "
+                f"(target >= 1: {verdict(flood_ratio >= 1)})"
+            )
+            met += [flood_ratio >= 1]
     default.stop()
 
     # Cold burst: a fresh app on an empty cache, 4 workers, a slow upstream. The floor's figure for
