@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install what the tests need (redis-server, the venv) and run them all
-test: system-deps lint $(PM2) $(BROWSER_TOOLS)
+test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS)
 	$(BIN)/python -m pytest
 
 ## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory

@@ -50,3 +50,33 @@ def test_floor_serves_the_apps_answer_with_the_same_headers(tmp_path, cloudflare
             floor.stop()
     finally:
         app.stop()
+
+
+def test_the_node_peer_serves_cloudflares_answer_from_its_cache(cloudflare):
+    """The Express peer of `make bench` answers from each process's cache: at most one upstream call per process."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from tests.servers import ROOT, free_port, wait_until
+
+    port = free_port()
+    env = {
+        **app_env(cloudflare.base_url, None),
+        "PATH": os.environ["PATH"],
+        "NODE_PATH": str(ROOT / ".tools" / "node_modules"),
+        "PEER_WORKERS": "2",
+        "PEER_PORT": str(port),
+    }
+    peer = subprocess.Popen(["node", str(ROOT / "bench" / "peer" / "server.js")], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "peer ready: 2 workers" in peer.stdout.readline()
+        url = f"http://127.0.0.1:{port}/api/ice-servers"
+        wait_until(lambda: urllib.request.urlopen(url, timeout=5).status == 200, 10, what="the peer answering")
+        bodies = {urllib.request.urlopen(url, timeout=5).read() for _ in range(40)}
+        # a credential per process, as per-process caches have it (ours is shared through Redis)
+        assert 1 <= len(bodies) <= 2 and all(b'"iceServers"' in body for body in bodies)
+        assert len(bodies) <= cloudflare.call_count <= 2
+    finally:
+        peer.terminate()
+        peer.wait(10)
