@@ -9,13 +9,18 @@ it is admitted (one round trip), so the last admissions below a limit are always
 A caller Redis finds full to its limit is then refused by that worker alone until its oldest
 admission leaves the window. Limits under ``ALONE_FACTOR`` margins are checked in Redis every time.
 
-Why the count stays exact: a caller becomes hot when its count reaches ``limit - margin``, where
-the margin, ``PER_PROCESS`` for each process that settled in the last ``PROCESS_MEMORY_MS`` and
-one more, is more than all of them can hold admitted alone and unknown to Redis: one in the batch
-being settled and one in the batch being filled, since a process admits a caller alone at most
-once per batch and never after its hot list has the caller. Until every process has settled twice
-since the caller became hot, the check in Redis keeps ``PER_PROCESS`` free for each one that has
-not; then the caller gets its whole limit. A worker whose last settlement is older than
+Why the count stays exact: a process holds at most ``PER_PROCESS`` admissions of a caller alone
+and unknown to Redis (one in the batch being settled, one in the batch being filled: it admits a
+caller alone at most once per batch and never after its hot list has the caller), and it admits
+alone only under limits over ``ALONE_FACTOR`` x the margin its last settlement handed it. Redis
+keeps, per process, the smaller of the last two margins it handed (admissions made under the older
+one may still be on their way); a check in Redis keeps ``PER_PROCESS`` free for every process whose
+smaller margin let it admit alone under that limit, and, once the caller is hot, only for those not
+settled twice since. The margin, ``PER_PROCESS`` for each process that settled in the last
+``PROCESS_MEMORY_MS`` and one more, is what all of them can hold: a caller becomes hot when its
+count reaches ``limit - margin``. Margins grow as processes join, faster than every process settles
+(eight workers starting): the margins kept per process are what keep the count exact then. A
+worker whose last settlement is older than
 ``STALE_AFTER`` admits nobody alone, and an idle worker settles, then leaves the count. All times
 are Redis's (``TIME``), so the hosts' clocks do not matter. Every key carries one hash tag: one
 script settles a batch, on a cluster too (the rate limit's few calls per second go to one node).
@@ -41,43 +46,45 @@ STALE_AFTER = 2 * PERIOD  # a worker whose hot list is older than this admits no
 IDLE_AFTER = 1.0  # seconds without a request after which a worker leaves the count and its thread sleeps
 PER_PROCESS = 2  # admissions alone one process may hold per caller unknown to Redis (see the module's text)
 PROCESS_MEMORY_MS = 5000  # a process that has not settled for this long (killed, or stalled) no longer counts
-ALONE_FACTOR = 4  # a worker admits alone only under limits over 4 x the margin (Redis counts every admission under 2 x)
+ALONE_FACTOR = 4  # a worker admits alone only under limits over 4 x its margin (under 2 x, Redis marks no caller hot)
 MAX_HOT = 2000  # beyond this many hot callers, workers admit nobody alone: every request is checked in Redis
 MAX_FULL = 10_000  # callers remembered as at their limit (refused without a round trip); beyond it, forgotten
 MAX_PENDING = 100_000  # callers kept unsettled while Redis fails; beyond it, a failed batch is dropped
 
 PREFIX = "ice-servers:{ratelimit}:"
 HOT, SINCE, LAST, PREVIOUS = PREFIX + "hot", PREFIX + "since", PREFIX + "settled", PREFIX + "settled-before"
+HANDED, LOW = PREFIX + "margin", PREFIX + "margin-low"
+FIXED_KEYS = [HOT, SINCE, LAST, PREVIOUS, HANDED, LOW]
 
 log = logging.getLogger("ice_servers")
 
 # KEYS: hot (zset: counted key -> ms its mark lapses), since (zset: counted key -> ms it became hot), last and
-#       previous (zsets: process -> ms of its last settlement, and of the one before), then one list per counted key
-#       (admission times, newest first, at most its limit).
+#       previous (zsets: process -> ms of its last settlement, and of the one before), handed and low (zsets:
+#       process -> the margin its last settlement handed it, and the smaller of its last two), then one list per
+#       counted key (admission times, newest first, at most its limit).
 # ARGV: mode ("check": admit now if under every limit; "settle": record admissions already made; "leave": this
 #       process admits nobody alone until its next settlement), process, PER_PROCESS, PROCESS_MEMORY_MS, MAX_HOT,
-#       then per limit: its amount, window ms and how many of the counted keys that follow are its, then per
-#       counted key the admissions to record.
+#       ALONE_FACTOR, then per limit: its amount, window ms and how many of the counted keys that follow are its,
+#       then per counted key the admissions to record.
 # check returns 0, or the refusing key's 1-based index and the ms that caller surely stays refused (0: unknown);
 # settle returns {margin, hot keys, or false when too many}.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hot, since, last, previous = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local mode, process, per = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local hot, since, last, previous, handed, low = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local mode, process, per, alone_factor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
+local function forget(member)
+  for _, set in ipairs({last, previous, handed, low}) do redis.call('ZREM', set, member) end
+end
 if mode == 'leave' then
-  redis.call('ZREM', last, process)
-  redis.call('ZREM', previous, process)
+  forget(process)
   return 0
 end
 if mode == 'settle' then
   redis.call('ZADD', previous, redis.call('ZSCORE', last, process) or 0, process)
   redis.call('ZADD', last, now, process)
   local forgotten = redis.call('ZRANGEBYSCORE', last, '-inf', now - tonumber(ARGV[4]))
-  for i = 1, #forgotten do
-    redis.call('ZREM', last, forgotten[i])
-    redis.call('ZREM', previous, forgotten[i])
-  end
+  for i = 1, #forgotten do forget(forgotten[i]) end
   local lapsed = redis.call('ZRANGEBYSCORE', hot, '-inf', now)
   for i = 1, #lapsed, 1000 do
     local chunk = {unpack(lapsed, i, math.min(i + 999, #lapsed))}
@@ -87,6 +94,13 @@ if mode == 'settle' then
 end
 -- what every process together may admit alone without Redis knowing (one spare process: one that is joining)
 local margin = per * (redis.call('ZCARD', last) + 1)
+if mode == 'settle' then
+  -- this process admits alone under this margin until its next settlement, and what it admitted under the one
+  -- before may still be on its way: a check counts it under the smaller of the two
+  local before = tonumber(redis.call('ZSCORE', handed, process)) or margin
+  redis.call('ZADD', handed, margin, process)
+  redis.call('ZADD', low, math.min(before, margin), process)
+end
 
 local function at_least(key, n, window)
   if n <= 0 then return true end
@@ -94,8 +108,11 @@ local function at_least(key, n, window)
   return entry ~= false and tonumber(entry) > now - window
 end
 
--- limits this small are never admitted alone (workers need limit > 4 x their margin): Redis counts every one
+-- limits this small are not marked hot: processes handed this margin admit nobody alone under them
 local function shared(limit) return limit > 2 * margin end
+
+-- processes that may hold admissions under this limit made alone (limit > ALONE_FACTOR x a margin they were handed)
+local function alone(limit) return redis.call('ZCOUNT', low, '-inf', '(' .. (limit / alone_factor)) end
 
 local function mark(key, window)
   if not redis.call('ZSCORE', since, key) then redis.call('ZADD', since, now, key) end
@@ -113,36 +130,33 @@ end
 
 -- each counted key's limit and window, from the groups in ARGV
 local limits, windows, amounts = {}, {}, {}
-local a, k = 6, 5
+local a, k = 7, 7
 while k <= #KEYS do
   local limit, window, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   for i = k, k + count - 1 do limits[i], windows[i] = limit, window end
   a, k = a + 3, k + count
 end
-for i = 5, #KEYS do amounts[i] = tonumber(ARGV[a + i - 5]) end
+for i = 7, #KEYS do amounts[i] = tonumber(ARGV[a + i - 7]) end
 
 if mode == 'check' then
-  for i = 5, #KEYS do
+  for i = 7, #KEYS do
     local key, limit, window = KEYS[i], limits[i], windows[i]
-    local room = limit
-    if shared(limit) then
-      -- admissions alone may still be on their way from every process that has not settled twice since the
-      -- caller became hot (its hot list may not have had the caller, and it filled a batch meanwhile)
-      if at_least(key, limit - margin, window) then mark(key, window) end
-      local became = redis.call('ZSCORE', since, key)
-      local unsure = redis.call('ZCARD', last) + 1
-      if became then unsure = redis.call('ZCOUNT', previous, '-inf', became) end
-      room = limit - per * unsure
-    end
+    if shared(limit) and at_least(key, limit - margin, window) then mark(key, window) end
+    -- admissions alone may still be on their way from every process that may admit alone under this limit, unless
+    -- it settled twice since the caller became hot (before, its hot list may not have had the caller)
+    local unsure = alone(limit)
+    local became = redis.call('ZSCORE', since, key)
+    if unsure > 0 and became then unsure = math.min(unsure, redis.call('ZCOUNT', previous, '-inf', became)) end
+    local room = limit - per * unsure
     if at_least(key, room, window) then
       -- full to the limit itself: nothing frees a slot before its oldest admission leaves the window
       local wait = 0
       if room == limit then wait = tonumber(redis.call('LINDEX', key, limit - 1)) + window - now end
-      return {i - 4, wait}
+      return {i - 6, wait}
     end
   end
 end
-for i = 5, #KEYS do
+for i = 7, #KEYS do
   record(KEYS[i], limits[i], windows[i], amounts[i])
 end
 if mode == 'check' then return 0 end
@@ -202,10 +216,10 @@ class FleetCount:
             self._full.pop(caller, None)
         if self._alone(keys, now):
             return None
-        args = ["check", self._process, PER_PROCESS, PROCESS_MEMORY_MS, MAX_HOT]
+        args = self._head("check")
         for limit in self.limits:
             args += [limit.amount, limit.window_ms, 1]
-        refused = self._script(keys=[HOT, SINCE, LAST, PREVIOUS, *keys], args=args + [1] * len(keys))
+        refused = self._script(keys=[*FIXED_KEYS, *keys], args=args + [1] * len(keys))
         self._wake.set()  # a caller checked in Redis: the settling thread runs again if it slept
         if not refused:
             return None
@@ -258,7 +272,7 @@ class FleetCount:
         started = self._clock()
         with self._mutex:
             batch, self._pending = self._pending, [{} for _ in self.limits]
-        keys, args, amounts = [HOT, SINCE, LAST, PREVIOUS], ["settle", self._process, PER_PROCESS, PROCESS_MEMORY_MS, MAX_HOT], []
+        keys, args, amounts = list(FIXED_KEYS), self._head("settle"), []
         for limit, admitted in zip(self.limits, batch, strict=True):
             args += [limit.amount, limit.window_ms, len(admitted)]
             keys += admitted
@@ -295,10 +309,14 @@ class FleetCount:
             if any(self._pending):
                 return False
         try:
-            self._script(keys=[HOT, SINCE, LAST, PREVIOUS], args=["leave", self._process, PER_PROCESS, PROCESS_MEMORY_MS, MAX_HOT])
+            self._script(keys=FIXED_KEYS, args=self._head("leave"))
         except Exception:  # noqa: BLE001 (Redis forgets the process after PROCESS_MEMORY_MS anyway)
             pass
         return True
+
+    def _head(self, mode: str) -> list:
+        """Return the script's first arguments: the mode, this process and the settings every call shares."""
+        return [mode, self._process, PER_PROCESS, PROCESS_MEMORY_MS, MAX_HOT, ALONE_FACTOR]
 
     def _keep(self, batch: list[dict[str, int]]) -> None:
         """Put an unsettled batch back, unless too many callers are waiting already."""

@@ -8,6 +8,7 @@ import time
 import redis
 
 from app import fleet_count
+from app.fleet_count import FleetCount, Limit
 from app.rate_limit import RateLimit
 from app.redis_connect import Connection
 from app.redis_url import parse_redis_url
@@ -186,3 +187,33 @@ def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_ur
     limit._shared._script = lambda keys, args: checks.append(args[0]) or script(keys=keys, args=args)
     assert [limit.hit(f"10.2.0.{n}") for n in range(5)] == [None] * 5
     assert checks.count("check") == 5
+
+
+def test_processes_joining_faster_than_two_settlements_never_let_a_caller_past_its_limit(redis_url):
+    """Two processes admit alone under a small fleet's margin; six join before those two settle again; exactly 30 pass.
+
+    Found by CI: two gunicorn hosts of four workers let 32 of "30 per minute" through while the workers were still
+    registering. Settlements are run by hand here (no settling thread) and the clock stands still, so the order is fixed.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    fleets = [FleetCount(Connection(parse_redis_url(redis_url)).client, [Limit(30, 60_000)], clock=lambda: 100.0) for _ in range(8)]
+    for fleet in fleets:
+        fleet._spawn = lambda target: None
+    early, late, caller = fleets[:2], fleets[2:], "203.0.113.60"
+    for fleet in early:
+        fleet.admit("warm-up")
+        fleet.settle()  # margins 4 and 6: both admit a caller alone under 30 (over 4 x their margin)
+    checks = script_calls(client)
+    passed = sum(fleet.admit(caller) is None for fleet in early)
+    assert passed == 2 and script_calls(client) == checks  # admitted alone: Redis does not know them yet
+    for fleet in late:
+        fleet.admit("warm-up")
+        fleet.settle()  # eight processes: a margin of 18, and 30 is under 2 margins: every request is checked in Redis
+    passed += sum(late[n % 6].admit(caller) is None for n in range(40))
+    for fleet in early:
+        fleet.settle()
+        fleet.settle()  # the margin of 18 reached them, and what they admitted alone is counted
+    passed += sum(late[n % 6].admit(caller) is None for n in range(10))
+    assert passed == 30
+    assert client.llen(Limit(30, 60_000).key(caller)) == 30
