@@ -12,6 +12,7 @@ from app.fleet_count import FleetCount, Limit
 from app.rate_limit import RateLimit
 from app.redis_connect import Connection
 from app.redis_url import parse_redis_url
+from tests.servers import wait_until
 
 COUNT_KEYS = "ice-servers:{ratelimit}:count:*"
 
@@ -82,9 +83,9 @@ def test_several_processes_flooding_one_caller_admit_exactly_the_limit(redis_url
         thread.start()
     for thread in threads:
         thread.join()
-    time.sleep(fleet_count.PERIOD * 3)
     assert len(admitted) == 1920 and sum(admitted) == 100
-    assert client.llen("ice-servers:{ratelimit}:count:100/60000:203.0.113.7") == 100
+    key = "ice-servers:{ratelimit}:count:100/60000:203.0.113.7"
+    wait_until(lambda: client.llen(key) == 100, 5, what="every admission settled")  # the last ones alone, next settlement
 
 
 def test_a_refusal_is_built_once_writes_nothing_and_the_next_ones_cost_no_round_trip(redis_url):
@@ -159,18 +160,16 @@ def test_an_idle_worker_leaves_the_count_and_joins_again_on_its_next_request(red
     client.flushall()
     limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
     assert limit.hit("203.0.113.30") is None
-    time.sleep(0.15)
     member = limit._shared._process  # other tests' limits may still be settling in this process
 
     def counted_in() -> bool:
         return client.zscore("ice-servers:{ratelimit}:settled", member) is not None
 
-    assert counted_in()
-    time.sleep(0.6)  # idle: it settled, left, and sleeps; nobody is admitted alone meanwhile
-    assert not counted_in() and limit._shared._hot is None
+    wait_until(counted_in, 5, what="the first settlement")
+    wait_until(lambda: not counted_in(), 5, what="leaving when idle")  # it settled, left, and sleeps
+    assert limit._shared._hot is None  # nobody is admitted alone meanwhile
     assert limit.hit("203.0.113.30") is None  # checked in Redis, and wakes the settling thread
-    time.sleep(0.15)
-    assert counted_in() and limit._shared._hot is not None
+    wait_until(lambda: counted_in() and limit._shared._hot is not None, 5, what="joining again")
 
 
 def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_url, monkeypatch):
