@@ -17,8 +17,8 @@ keeps, per process, the smaller of the last two margins it handed (admissions ma
 one may still be on their way); a check in Redis keeps ``PER_PROCESS`` free for every process whose
 smaller margin let it admit alone under that limit, and, once the caller is hot, only for those not
 settled twice since. The margin, ``PER_PROCESS`` for each process that settled in the last
-``PROCESS_MEMORY_MS`` and one more, is what all of them can hold: a caller becomes hot when its
-count reaches ``limit - margin``. Margins grow as processes join, faster than every process settles
+``PROCESS_MEMORY_MS`` and one more, is more than all of them can hold: a caller becomes hot when
+its count reaches ``limit - margin``. Margins grow as processes join, faster than every process settles
 (eight workers starting): the margins kept per process are what keep the count exact then. A
 worker whose last settlement is older than
 ``STALE_AFTER`` admits nobody alone, and an idle worker settles, then leaves the count. All times
@@ -54,7 +54,7 @@ MAX_PENDING = 100_000  # callers kept unsettled while Redis fails; beyond it, a 
 PREFIX = "ice-servers:{ratelimit}:"
 HOT, SINCE, LAST, PREVIOUS = PREFIX + "hot", PREFIX + "since", PREFIX + "settled", PREFIX + "settled-before"
 HANDED, LOW = PREFIX + "margin", PREFIX + "margin-low"
-FIXED_KEYS = [HOT, SINCE, LAST, PREVIOUS, HANDED, LOW]
+FIXED_KEYS = (HOT, SINCE, LAST, PREVIOUS, HANDED, LOW)
 
 log = logging.getLogger("ice_servers")
 
@@ -92,7 +92,7 @@ if mode == 'settle' then
     redis.call('ZREM', since, unpack(chunk))
   end
 end
--- what every process together may admit alone without Redis knowing (one spare process: one that is joining)
+-- more than every process together may hold alone unknown here: within it of its limit, a caller is hot
 local margin = per * (redis.call('ZCARD', last) + 1)
 if mode == 'settle' then
   -- this process admits alone under this margin until its next settlement, and what it admitted under the one
@@ -108,8 +108,8 @@ local function at_least(key, n, window)
   return entry ~= false and tonumber(entry) > now - window
 end
 
--- limits this small are not marked hot: processes handed this margin admit nobody alone under them
-local function shared(limit) return limit > 2 * margin end
+-- callers under limits this small are never marked hot: processes handed this margin admit nobody alone under them
+local function can_be_hot(limit) return limit > 2 * margin end
 
 -- processes that may hold admissions under this limit made alone (limit > ALONE_FACTOR x a margin they were handed)
 local function alone(limit) return redis.call('ZCOUNT', low, '-inf', '(' .. (limit / alone_factor)) end
@@ -125,7 +125,7 @@ local function record(key, limit, window, amount)
   for i = 1, #times, 1000 do length = redis.call('LPUSH', key, unpack(times, i, math.min(i + 999, #times))) end
   if length > limit then redis.call('LTRIM', key, 0, limit - 1) end
   redis.call('PEXPIRE', key, window)
-  if shared(limit) and length >= limit - margin and at_least(key, limit - margin, window) then mark(key, window) end
+  if can_be_hot(limit) and length >= limit - margin and at_least(key, limit - margin, window) then mark(key, window) end
 end
 
 -- each counted key's limit and window, from the groups in ARGV
@@ -141,12 +141,14 @@ for i = 7, #KEYS do amounts[i] = tonumber(ARGV[a + i - 7]) end
 if mode == 'check' then
   for i = 7, #KEYS do
     local key, limit, window = KEYS[i], limits[i], windows[i]
-    if shared(limit) and at_least(key, limit - margin, window) then mark(key, window) end
+    if can_be_hot(limit) and at_least(key, limit - margin, window) then mark(key, window) end
     -- admissions alone may still be on their way from every process that may admit alone under this limit, unless
     -- it settled twice since the caller became hot (before, its hot list may not have had the caller)
     local unsure = alone(limit)
-    local became = redis.call('ZSCORE', since, key)
-    if unsure > 0 and became then unsure = math.min(unsure, redis.call('ZCOUNT', previous, '-inf', became)) end
+    if unsure > 0 then
+      local became = redis.call('ZSCORE', since, key)
+      if became then unsure = math.min(unsure, redis.call('ZCOUNT', previous, '-inf', became)) end
+    end
     local room = limit - per * unsure
     if at_least(key, room, window) then
       -- full to the limit itself: nothing frees a slot before its oldest admission leaves the window

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 
+import pytest
 import redis
 
 from app import fleet_count
@@ -13,20 +14,32 @@ from app.fleet_count import FleetCount, Limit
 from app.rate_limit import RateLimit
 from app.redis_connect import Connection
 from app.redis_url import parse_redis_url
-from tests.servers import wait_until
+from tests.servers import RedisServer, wait_until
 
 COUNT_KEYS = "ice-servers:{ratelimit}:count:*"
 
 
-def script_calls(client) -> int:
-    """Return how many scripts the server has run."""
-    stats = client.info("commandstats")
-    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+def calls_of(fleet: FleetCount) -> list[str]:
+    """Record the mode ("check", "settle", "leave") of each script call ``fleet`` makes from here on; no other's.
+
+    Not the server's own count: limits of earlier tests in this process may still be settling on the same server.
+    """
+    calls, script = [], fleet._script
+    fleet._script = lambda keys, args: calls.append(args[0]) or script(keys=keys, args=args)
+    return calls
 
 
 def counted(client) -> int:
     """Return the admissions recorded in Redis over all callers."""
     return sum(client.llen(key) for key in client.scan_iter(COUNT_KEYS))
+
+
+@pytest.fixture
+def own_redis_url(tmp_path):
+    """Run a redis-server of this test's own: no limit of another test, still settling in this process, counts in it."""
+    server = RedisServer(tmp_path).start()
+    yield server.url
+    server.stop()
 
 
 def settled(limit: RateLimit) -> None:
@@ -40,9 +53,9 @@ def test_callers_far_from_their_limit_cost_no_round_trip_and_are_all_counted(red
     limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
     assert limit.hit("198.51.100.1") is None  # checked in Redis: no settlement has run yet
     settled(limit)
-    before = script_calls(client)
+    calls = calls_of(limit._shared)
     answers = [limit.hit(f"10.0.{n // 256}.{n % 256}") for n in range(2000)]
-    during = script_calls(client) - before
+    during = len(calls)
     settled(limit)
     assert answers == [None] * 2000
     # the background settlements only (one every 50 ms, a batch each), never one per request
@@ -55,9 +68,9 @@ def test_a_second_request_within_a_settlement_is_checked_in_redis(redis_url):
     client.flushall()
     limit = RateLimit("600 per minute", Connection(parse_redis_url(redis_url)).client)
     settled(limit)
-    before = script_calls(client)
+    calls = calls_of(limit._shared)
     assert [limit.hit("203.0.113.1") for _ in range(3)] == [None] * 3
-    assert script_calls(client) - before in (2, 3)  # one alone (unless a settlement ran between), then checks
+    assert len(calls) in (2, 3)  # one alone (unless a settlement ran between), then checks
     settled(limit)
     assert counted(client) == 3
 
@@ -89,13 +102,10 @@ def test_several_processes_flooding_one_caller_admit_exactly_the_limit(redis_url
     wait_until(lambda: client.llen(key) == 100, 5, what="every admission settled")  # the last ones alone, next settlement
 
 
-def test_a_refusal_is_built_once_writes_nothing_and_the_next_ones_cost_no_round_trip(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    limit = RateLimit("5 per 2 seconds", Connection(parse_redis_url(redis_url)).client, message="too many requests from this address")
-    checks = []
-    script = limit._shared._script
-    limit._shared._script = lambda keys, args: checks.append(args[0]) or script(keys=keys, args=args)
+def test_a_refusal_is_built_once_writes_nothing_and_the_next_ones_cost_no_round_trip(own_redis_url):
+    client = redis.Redis.from_url(own_redis_url)  # its own server: the count of writes is this test's only
+    limit = RateLimit("5 per 2 seconds", Connection(parse_redis_url(own_redis_url)).client, message="too many requests from this address")
+    checks = calls_of(limit._shared)
     assert [limit.hit("203.0.113.1") for _ in range(5)] == [None] * 5
     writes = client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
     del checks[:]
@@ -182,31 +192,29 @@ def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_ur
         pass
     settled(limit)
     assert client.zcard("ice-servers:{ratelimit}:hot") == 1 and limit._shared._hot is None
-    checks = []
-    script = limit._shared._script
-    limit._shared._script = lambda keys, args: checks.append(args[0]) or script(keys=keys, args=args)
+    checks = calls_of(limit._shared)
     assert [limit.hit(f"10.2.0.{n}") for n in range(5)] == [None] * 5
     assert checks.count("check") == 5
 
 
-def test_processes_joining_faster_than_two_settlements_never_let_a_caller_past_its_limit(redis_url):
+def test_processes_joining_faster_than_two_settlements_never_let_a_caller_past_its_limit(own_redis_url):
     """Two processes admit alone under a small fleet's margin; six join before those two settle again; exactly 30 pass.
 
     Found by CI: two gunicorn hosts of four workers let 32 of "30 per minute" through while the workers were still
     registering. Settlements are run by hand here (no settling thread) and the clock stands still, so the order is fixed.
     """
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(own_redis_url)
     client.flushall()
-    fleets = [FleetCount(Connection(parse_redis_url(redis_url)).client, [Limit(30, 60_000)], clock=lambda: 100.0) for _ in range(8)]
+    fleets = [FleetCount(Connection(parse_redis_url(own_redis_url)).client, [Limit(30, 60_000)], clock=lambda: 100.0) for _ in range(8)]
     for fleet in fleets:
         fleet._spawn = lambda target: None
     early, late, caller = fleets[:2], fleets[2:], "203.0.113.60"
     for fleet in early:
         fleet.admit("warm-up")
         fleet.settle()  # margins 4 and 6: both admit a caller alone under 30 (over 4 x their margin)
-    checks = script_calls(client)
+    calls = [calls_of(fleet) for fleet in early]
     passed = sum(fleet.admit(caller) is None for fleet in early)
-    assert passed == 2 and script_calls(client) == checks  # admitted alone: Redis does not know them yet
+    assert passed == 2 and calls == [[], []]  # admitted alone: Redis does not know them yet
     for fleet in late:
         fleet.admit("warm-up")
         fleet.settle()  # eight processes: a margin of 18, and 30 is under 2 margins: every request is checked in Redis
@@ -274,13 +282,13 @@ class Replay:
         return self.passed
 
 
-def test_random_orders_of_joins_settlements_and_leaves_admit_exactly_the_limit(redis_url):
+def test_random_orders_of_joins_settlements_and_leaves_admit_exactly_the_limit(own_redis_url):
     """Never more than the limit at any step, requests arriving while settlements travel too; exactly the limit at the end.
 
     Before Redis kept each process's margins, seed 6 let 31 of 30 through; with PER_PROCESS = 1, seed 0 fails.
     """
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(own_redis_url)
     for seed in range(40):
         client.flushall()
-        replay = Replay(redis_url, seed)
+        replay = Replay(own_redis_url, seed)
         assert replay.run() == replay.amount, f"seed {seed}"
