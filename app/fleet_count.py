@@ -21,7 +21,8 @@ settled twice since. The margin, ``PER_PROCESS`` for each process that settled i
 its count reaches ``limit - margin``. Margins grow as processes join, faster than every process settles
 (eight workers starting): the margins kept per process are what keep the count exact then. A
 worker whose last settlement is older than
-``STALE_AFTER`` admits nobody alone, and an idle worker settles, then leaves the count. All times
+``STALE_AFTER`` admits nobody alone, and an idle worker settles, then leaves the count; so does a
+worker that exits, after the settlement in flight (none lands after its leave). All times
 are Redis's (``TIME``), so the hosts' clocks do not matter. Every key carries one hash tag: one
 script settles a batch, on a cluster too (the rate limit's few calls per second go to one node).
 What it does not cover: a worker that stalls for over ``PROCESS_MEMORY_MS`` with a batch in hand
@@ -199,6 +200,8 @@ class FleetCount:
         self._settler_pid = 0
         self._failing = False
         self._exiting = False
+        self._gone = False  # left the count as the process exits: no call to Redis from here on
+        self._turn = threading.RLock()  # one settlement or leave at a time, so none can land after the exit's leave
         self._spawn = daemon_spawner("ice-rate-settle")
 
     def admit(self, caller: str) -> int | None:
@@ -271,6 +274,11 @@ class FleetCount:
 
     def settle(self) -> None:
         """Record the admissions made alone in one script call, and fetch the hot callers; keep them on failure."""
+        with self._turn:
+            if not self._gone:
+                self._settle()
+
+    def _settle(self) -> None:
         started = self._clock()
         with self._mutex:
             batch, self._pending = self._pending, [{} for _ in self.limits]
@@ -300,21 +308,26 @@ class FleetCount:
 
     def _at_exit(self) -> None:
         """Settle what this worker admitted alone and leave the count as it stops (a reload); quietly, logging may be gone."""
-        self._exiting = True
-        self._leave()
+        with self._turn:  # waits for a settlement in flight: landing after the leave, it would count this process again
+            self._exiting = True
+            self._leave()
+            self._gone = True
 
     def _leave(self) -> bool:
         """Settle what is left, then leave the count with nothing alone pending; False if admissions are left."""
-        self.settle()
-        with self._mutex:
-            self._hot, self._fresh_until = None, 0.0  # admit nobody alone from here on
-            if any(self._pending):
-                return False
-        try:
-            self._script(keys=FIXED_KEYS, args=self._head("leave"))
-        except Exception:  # noqa: BLE001 (Redis forgets the process after PROCESS_MEMORY_MS anyway)
-            pass
-        return True
+        with self._turn:
+            if self._gone:
+                return True
+            self._settle()
+            with self._mutex:
+                self._hot, self._fresh_until = None, 0.0  # admit nobody alone from here on
+                if any(self._pending):
+                    return False
+            try:
+                self._script(keys=FIXED_KEYS, args=self._head("leave"))
+            except Exception:  # noqa: BLE001 (Redis forgets the process after PROCESS_MEMORY_MS anyway)
+                pass
+            return True
 
     def _head(self, mode: str) -> list:
         """Return the script's first arguments: the mode, this process and the settings every call shares."""

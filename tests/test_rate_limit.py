@@ -183,6 +183,45 @@ def test_an_idle_worker_leaves_the_count_and_joins_again_on_its_next_request(red
     wait_until(lambda: counted_in() and limit._shared._hot is not None, 5, what="joining again")
 
 
+def test_a_settlement_in_flight_as_the_worker_exits_cannot_count_it_again(own_redis_url):
+    """The exit waits for the settlement in flight, then leaves; nothing reaches Redis after its leave.
+
+    Found by CI: after gunicorn's quick shutdown, one stopped worker was still counted in Redis. Its settling thread's
+    call landed after the exit's leave and registered it again, shrinking every caller's room for 5 s.
+    """
+    client = redis.Redis.from_url(own_redis_url)
+    fleet = FleetCount(Connection(parse_redis_url(own_redis_url)).client, [Limit(600, 60_000)], clock=lambda: 100.0)
+    fleet._spawn = lambda target: None  # this test plays the settling thread
+    fleet.admit("warm-up")
+    fleet.settle()
+    in_flight, go_on, landed, script = threading.Event(), threading.Event(), [], fleet._script
+
+    def call(keys, args):
+        if threading.current_thread().name == "settling":
+            in_flight.set()
+            go_on.wait(5)
+        answer = script(keys=keys, args=args)
+        landed.append(args[0])
+        return answer
+
+    fleet._script = call
+    assert fleet.admit("10.3.0.1") is None  # admitted alone
+    settling = threading.Thread(target=fleet.settle, name="settling")
+    settling.start()
+    assert in_flight.wait(5)
+    exiting = threading.Thread(target=fleet._at_exit)
+    exiting.start()
+    exiting.join(0.3)
+    assert exiting.is_alive()  # waiting for the settlement in flight, which cannot finish before go_on
+    go_on.set()
+    settling.join(5)
+    exiting.join(5)
+    fleet.settle()  # the settling thread's next turn, after the exit
+    assert landed == ["settle", "settle", "leave"]
+    assert client.zscore(fleet_count.LAST, fleet._process) is None
+    assert counted(client) == 2
+
+
 def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_url, monkeypatch):
     monkeypatch.setattr(fleet_count, "MAX_HOT", 0)
     client = redis.Redis.from_url(redis_url)
