@@ -310,7 +310,7 @@ class FleetCount:
         """Settle what this worker admitted alone and leave the count as it stops (a reload); quietly, logging may be gone."""
         with self._turn:  # waits for a settlement in flight: landing after the leave, it would count this process again
             self._exiting = True
-            self._leave()
+            self._leave() or self._leave()  # a request admitted alone during the first settles in the second
             self._gone = True
 
     def _leave(self) -> bool:

@@ -222,6 +222,28 @@ def test_a_settlement_in_flight_as_the_worker_exits_cannot_count_it_again(own_re
     assert counted(client) == 2
 
 
+def test_a_request_admitted_alone_while_the_worker_exits_is_settled_before_it_leaves(own_redis_url):
+    """Request threads may still answer during the exit's settlement: a second try settles them, then leaves."""
+    client = redis.Redis.from_url(own_redis_url)
+    fleet = FleetCount(Connection(parse_redis_url(own_redis_url)).client, [Limit(600, 60_000)], clock=lambda: 100.0)
+    fleet._spawn = lambda target: None
+    fleet.admit("warm-up")
+    fleet.settle()
+    landed, script = [], fleet._script
+
+    def call(keys, args):
+        if not landed:  # the exit's settlement is on its way: a request thread still answers
+            assert fleet.admit("10.3.0.2") is None  # admitted alone
+        landed.append(args[0])
+        return script(keys=keys, args=args)
+
+    fleet._script = call
+    fleet._at_exit()
+    assert landed == ["settle", "settle", "leave"]
+    assert client.zscore(fleet_count.LAST, fleet._process) is None
+    assert counted(client) == 2
+
+
 def test_too_many_callers_near_their_limit_and_nobody_is_admitted_alone(redis_url, monkeypatch):
     monkeypatch.setattr(fleet_count, "MAX_HOT", 0)
     client = redis.Redis.from_url(redis_url)
