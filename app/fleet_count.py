@@ -18,15 +18,14 @@ one may still be on their way); a check in Redis keeps ``PER_PROCESS`` free for 
 smaller margin let it admit alone under that limit, and, once the caller is hot, only for those not
 settled twice since. The margin, ``PER_PROCESS`` for each process that settled in the last
 ``PROCESS_MEMORY_MS`` and one more, is more than all of them can hold: a caller becomes hot when
-its count reaches ``limit - margin``. Margins grow as processes join, faster than every process settles
-(eight workers starting): the margins kept per process are what keep the count exact then. A
-worker whose last settlement is older than
-``STALE_AFTER`` admits nobody alone, and an idle worker settles, then leaves the count; so does a
-worker that exits, after the settlement in flight (none lands after its leave). All times
-are Redis's (``TIME``), so the hosts' clocks do not matter. Every key carries one hash tag: one
-script settles a batch, on a cluster too (the rate limit's few calls per second go to one node).
-What it does not cover: a worker that stalls for over ``PROCESS_MEMORY_MS`` with a batch in hand
-may land up to ``PER_PROCESS`` admissions over a limit.
+its count reaches ``limit - margin``. Margins grow as processes join, faster than every process
+settles (eight workers starting): the margins kept per process are what keep the count exact then.
+A worker whose last settlement is older than ``STALE_AFTER`` admits nobody alone, and an idle
+worker settles, then leaves the count; so does a worker that exits, after the settlement in flight
+(none lands after its leave). All times are Redis's (``TIME``), so the hosts' clocks do not matter.
+Every key carries one hash tag: one script settles a batch, on a cluster too (the rate limit's few
+calls per second go to one node). What it does not cover: a worker that stalls for over
+``PROCESS_MEMORY_MS`` with a batch in hand may land up to ``PER_PROCESS`` admissions over a limit.
 """
 
 from __future__ import annotations
