@@ -198,7 +198,8 @@ def test_workers_that_stop_settle_what_they_admitted_alone(start_host, cloudflar
     client.flushall()
     host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="600 per minute"))
     host.get(headers={"X-Forwarded-For": "198.51.100.1"})
-    time.sleep(0.2)  # the workers' first settlements: from here on, callers far from the limit are admitted alone
+    # the first settlement: from here on, callers far from the limit are admitted alone
+    wait_until(lambda: client.zcard("ice-servers:{ratelimit}:settled") >= 1, 5, what="the first settlement")
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda n: host.get(headers={"X-Forwarded-For": f"10.9.{n // 256}.{n % 256}"}), range(400)))
     host.process.send_signal(signal.SIGQUIT)  # gunicorn's quick shutdown: workers exit at once, threads and all
