@@ -23,9 +23,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## test: install what the tests need (redis-server, the venv) and run them all
+# Tests wait on servers and browsers far more than they compute: four at a time on two cores. Tests of one
+# module-scoped deployment, browser or Redis topology share a group, so that only one worker builds it.
+TEST_WORKERS ?= 4
+
+## test: install what the tests need (redis-server, the venv) and run them all, in parallel
 test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory
 bench: system-deps $(STAMP) $(EXPRESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -24,11 +25,34 @@ VENV_BIN = Path(sys.executable).parent
 TURN_SECRET = "test-turn-shared-secret"  # the static-auth-secret of the tests' coturn
 
 
+# Each pytest-xdist worker takes its ports from a band of its own, below the kernel's ephemeral range
+# (32768-60999), so two workers never pick the same port and no outgoing connection takes one. A
+# cluster node's bus port (port + 10000) lands in 20000-28999, outside every band.
+PORT_BAND = 1000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_ports = itertools.cycle(range(10000 + PORT_BAND * (int(_worker[2:]) % 9), 10000 + PORT_BAND * (int(_worker[2:]) % 9 + 1)))
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Return a TCP port free on 127.0.0.1 (and UDP, for coturn) right now, from this worker's band."""
+    with _ports_lock:
+        for _ in range(PORT_BAND):
+            port = next(_ports)
+            if _bindable(port):
+                return port
+    raise RuntimeError(f"no free port in this test worker's band ({_worker})")
+
+
+def _bindable(port: int) -> bool:
+    """Tell whether ``port`` can be bound on 127.0.0.1 for TCP and UDP."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -20,6 +20,9 @@ import requests
 from tests.cloudflare_stub import API_TOKEN
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
+# One worker runs the tests that share this module fixture (make test runs them in parallel).
+pytestmark = pytest.mark.xdist_group("deploy")
+
 PM2_BIN = ROOT / ".tools" / "node_modules" / ".bin"
 FAKE_ENV = b"# test .env: fake values only\nICE_LOG_LEVEL=INFO\nCLOUDFLARE_API_TOKEN_NOTE='not-a-real-token-value'\n"
 

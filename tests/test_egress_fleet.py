@@ -12,6 +12,8 @@ GB = 1_000_000_000
 INTERVAL = 1
 SWITCH_BUDGET = INTERVAL + 4  # one interval plus a few seconds
 TURN_SECRET = {"TURN_SHARED_SECRET": "test-coturn-secret-not-a-secret", "TURN_URLS": "turn:own.example.test:3478?transport=udp"}
+PAST = "past ICE_EGRESS_LIMIT_GB=1: not handing out Cloudflare credentials"
+UNDER_AGAIN = "under ICE_EGRESS_LIMIT_GB=1: handing out Cloudflare credentials again"
 STATIC = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
 
 
@@ -40,6 +42,20 @@ def sources(*hosts, count=24):
     return {response.json()["source"] for host in hosts for response in concurrent_get(host, count)}
 
 
+def switched(tmp_path, line: str, since: dict) -> int:
+    """Count the worker processes of both hosts that logged ``line`` after the log offsets ``since``."""
+    pids = set()
+    for path in tmp_path.glob("*.log"):
+        with open(path) as log:
+            log.seek(since.get(path, 0))
+            pids |= {entry.split("[", 1)[1].split("]", 1)[0] for entry in log if line in entry}
+    return len(pids)
+
+
+def log_offsets(tmp_path) -> dict:
+    return {path: path.stat().st_size for path in tmp_path.glob("*.log")}
+
+
 def metric(text, name):
     lines = [line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
     return [float(line.rsplit(" ", 1)[1]) for line in lines]
@@ -64,8 +80,14 @@ def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(sta
     assert {(q["account"], q["keyId"], q["date_geq"]) for q in graphql.queries} == {(ACCOUNT_ID, KEY_ID, month)}
 
     graphql.egress = 2 * GB
-    crossed = time.monotonic()
-    wait_until(lambda: sources(host_a, host_b) == {"turn-secret"}, SWITCH_BUDGET, interval=0.1, what="every worker past the limit")
+    crossed, offsets = time.monotonic(), log_offsets(tmp_path)
+    # Every worker of both hosts says it switched (a round of requests need not reach each of the eight).
+    wait_until(
+        lambda: sources(host_a, host_b) == {"turn-secret"} and switched(tmp_path, PAST, offsets) == 8,
+        SWITCH_BUDGET,
+        interval=0.1,
+        what="every worker past the limit",
+    )
     switch = time.monotonic() - crossed
     calls = cloudflare.call_count
     for _ in range(10):
@@ -83,13 +105,18 @@ def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(sta
     assert host_a.get("/readyz").status_code == 200  # a policy, not an outage
 
     graphql.egress = GB // 10  # a raised limit, or a new month
-    wait_until(lambda: sources(host_a, host_b) == {"cloudflare"}, SWITCH_BUDGET, interval=0.1, what="Cloudflare again")
+    offsets = log_offsets(tmp_path)
+    wait_until(
+        lambda: sources(host_a, host_b) == {"cloudflare"} and switched(tmp_path, UNDER_AGAIN, offsets) == 8,
+        SWITCH_BUDGET,
+        interval=0.1,
+        what="Cloudflare again",
+    )
     assert {r.json()["iceServers"][1]["username"] for r in concurrent_get(host_b, 8)} == cloudflare_user
     assert cloudflare.call_count == 1
 
     logs = "".join(path.read_text() for path in tmp_path.glob("*.log")) + status.stdout + status.stderr + text
-    assert "past ICE_EGRESS_LIMIT_GB=1: not handing out Cloudflare credentials" in logs
-    assert "under ICE_EGRESS_LIMIT_GB=1: handing out Cloudflare credentials again" in logs
+    assert PAST in logs and UNDER_AGAIN in logs
     for secret in (ANALYTICS_TOKEN, API_TOKEN, "stub-password", "test-coturn-secret"):
         assert secret not in logs
     print(f"switch to the next provider took {switch:.2f} s")

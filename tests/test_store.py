@@ -11,6 +11,9 @@ from app.ice import new_credential
 from app.redis_url import parse_redis_url
 from app.store import MemoryStore, RedisStore, StoreUnavailable, store_key
 
+# One worker runs the tests that share this session fixture (make test runs them in parallel).
+pytestmark = pytest.mark.xdist_group("redis-topologies")
+
 TURN = [{"urls": ["turn:t.example.test:3478"], "username": "u", "credential": "c"}]
 
 

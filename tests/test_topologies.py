@@ -11,6 +11,9 @@ from tests.cloudflare_stub import API_TOKEN
 from tests.redis_topologies import ACL_PASSWORD, SentinelGroup
 from tests.servers import app_env, concurrent_get, flood_to_the_limit, run_cli, run_load, turn_username, wait_until
 
+# One worker runs the tests that share this session fixture (make test runs them in parallel).
+pytestmark = pytest.mark.xdist_group("redis-topologies")
+
 
 def refresh_reaches_both_hosts(env, cloudflare, hosts, expected="stub-user-2"):
     """Run refresh-turn (retrying while a failover settles) and check every worker of both hosts serves it within 10 s."""

@@ -23,6 +23,9 @@ from tests.cloudflare_stub import API_TOKEN
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 from tests.test_deploy import PM2_BIN, app_user, fresh_clone
 
+# One worker runs the tests that share this module fixture (make test runs them in parallel).
+pytestmark = pytest.mark.xdist_group("deploy")
+
 GIT = ["git", "-c", "user.name=ice-servers tests", "-c", "user.email=tests@example.test"]
 
 
