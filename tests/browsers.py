@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.servers import ROOT, TURN_SECRET, app_env
 
 ARTIFACTS = ROOT / "test-artifacts"
 FIREFOX = "/usr/bin/firefox-esr"
+CHROMIUM = "/usr/bin/chromium"
+# Headless, and nothing that reaches for the network outside loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Two peers in one page, relay only, negotiated in-page; keepFresh on both. The offerer restarts ICE
 # after each swap (its negotiationneeded handler renegotiates), so both sides allocate anew.
 KEEP_FRESH_PAGE = """
 async () => {
   const { getIceServers, keepFresh } = await import("/static/ice-servers.js");
+  // Real time, whatever the page does to Date (a test may set the page's clock wrong).
+  const now = () => Math.round(performance.timeOrigin + performance.now());
   const log = (window.iceLog = { swaps: [], received: [], closed: false });
   const setConfiguration = RTCPeerConnection.prototype.setConfiguration;
   RTCPeerConnection.prototype.setConfiguration = function (config) {
     const before = this.getConfiguration().iceServers.find((s) => s.username);
     const after = config.iceServers.find((s) => s.username);
-    log.swaps.push({ at: Date.now(), from: before && before.username, to: after && after.username });
+    log.swaps.push({ at: now(), from: before && before.username, to: after && after.username });
     return setConfiguration.call(this, config);
   };
   const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
@@ -37,7 +52,7 @@ async () => {
     await offerer.setRemoteDescription(answerer.localDescription);
   };
   answerer.ondatachannel = ({ channel }) => {
-    channel.onmessage = ({ data }) => log.received.push({ at: Date.now(), data });
+    channel.onmessage = ({ data }) => log.received.push({ at: now(), data });
   };
   const channel = offerer.createDataChannel("chat");
   channel.onclose = () => (log.closed = true);
@@ -47,7 +62,7 @@ async () => {
   keepFresh(offerer);
   keepFresh(answerer, { restartIce: false });
   await new Promise((resolve) => (channel.onopen = resolve));
-  log.openedAt = Date.now();
+  log.openedAt = now();
   log.firstUsername = config.iceServers.find((s) => s.username).username;
 }
 """
@@ -84,3 +99,83 @@ def turn_host(start_host, coturn, redis_url, **settings):
     """Start the app with the turn-secret provider in front of ``coturn``."""
     env = app_env(None, redis_url, TURN_SHARED_SECRET=TURN_SECRET, TURN_URLS=coturn.turn_url, **settings)
     return start_host(env)
+
+
+class FirefoxPage:
+    """A tab of a FirefoxProfile, with the part of Playwright's Page the tests use: goto, evaluate, close."""
+
+    def __init__(self, profile: FirefoxProfile, index: int):
+        self._profile, self._index = profile, index
+
+    def goto(self, url: str) -> None:
+        self._profile.command("goto", page=self._index, url=url)
+
+    def evaluate(self, source: str, arg=None):
+        """Evaluate an expression, or call a function's source with ``arg``, as Playwright's evaluate does."""
+        return self._profile.command("evaluate", page=self._index, source=source, arg=arg)["result"]
+
+    def close(self) -> None:
+        self._profile.command("close", page=self._index)
+
+
+class FirefoxProfile:
+    """Debian's Firefox ESR, one profile, driven step by step through tests/firefox.mjs --interactive."""
+
+    def __init__(self, timeout: float = 60):
+        self._timeout = timeout
+        self._process = subprocess.Popen(
+            ["node", str(ROOT / "tests" / "firefox.mjs"), "--interactive"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    def command(self, op: str, **fields) -> dict:
+        """Send one command; return its answer, or raise with Firefox's error."""
+        self._process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self._process.stdin.flush()
+        ready, _, _ = select.select([self._process.stdout], [], [], self._timeout)
+        line = self._process.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(
+                f"firefox.mjs gave no answer to {op}: {self._process.stderr.read() if self._process.poll() is not None else ''}"
+            )
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"firefox.mjs {op}: {answer['error']}")
+        return answer
+
+    def new_page(self) -> FirefoxPage:
+        return FirefoxPage(self, self.command("newPage")["page"])
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self._process.stdin.close()
+                self._process.wait(20)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait(5)
+
+
+@contextmanager
+def browser_profile(name: str):
+    """Yield a fresh profile of Debian's Chromium (Playwright) or Firefox ESR (puppeteer): ``new_page()`` opens a tab in it."""
+    if name == "firefox":
+        profile = FirefoxProfile()
+        try:
+            yield profile
+        finally:
+            profile.close()
+        return
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium.new_context()
+        finally:
+            chromium.close()

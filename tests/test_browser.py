@@ -12,23 +12,11 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from app.access import mint_token
-from tests.browsers import ARTIFACTS, KEEP_FRESH_PAGE, turn_host
+from tests.browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, KEEP_FRESH_PAGE, turn_host
 from tests.servers import TURN_SECRET, app_env, free_port
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("chromium")
-
-CHROMIUM = "/usr/bin/chromium"
-# Headless, and nothing that reaches for the network outside loopback.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
