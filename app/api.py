@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # only jwt mode builds one (PyJWT loads cryptography: no cost
     from app.jwt_access import JwtVerifier
 
 log = logging.getLogger("ice_servers")
+# On every answer but the static files: a credential is a secret that changes, so no browser, proxy or
+# CDN may store one (a stored answer hands a stale, revoked or another user's credential to fetch()).
+NO_STORE = "no-store"
 Identify = Callable[[], str | None]  # the opaque id of the verified caller, or None
 DEMO_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'"
 
@@ -75,7 +78,6 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
             body["error"] = f"not ready: {', '.join(failing)}"
         response = current_app.json.response(body)
         response.status_code = body["status"]
-        response.headers["Cache-Control"] = "no-store"
         return response
 
     @bp.get("/metrics")
@@ -83,14 +85,21 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
         """Return Prometheus text summed over all workers, to the addresses in ICE_METRICS_ALLOW only."""
         if not address_allowed(request.remote_addr, settings.metrics_allow):
             abort(403, description="metrics are only for the addresses in ICE_METRICS_ALLOW")
-        return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"}
+        return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE}
 
     @bp.get("/demo")
     def demo():
         """Show, in a browser, whether TURN works from here (only with ICE_DEMO=1)."""
         if not current_app.config["ICE_DEMO"]:
             abort(404)
-        return render_template("demo.html"), 200, {"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-store"}
+        return render_template("demo.html"), 200, {"Content-Security-Policy": DEMO_CSP}
+
+    @bp.after_app_request
+    def no_store(response: Response) -> Response:
+        """Keep every answer but the static files out of every cache (see NO_STORE)."""
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = NO_STORE
+        return response
 
     return bp
 
@@ -209,7 +218,8 @@ class DirectAnswer:
         except Exception:
             log.exception("Unhandled error on GET %s", self.PATH)
             body = json.dumps({"error": InternalServerError().name, "status": 500}).encode()
-            start_response("500 INTERNAL SERVER ERROR", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", NO_STORE)]
+            start_response("500 INTERNAL SERVER ERROR", headers)
             return [body]
         start_response("200 OK", [*answer.headers.items(), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
@@ -219,9 +229,13 @@ def _refuse(start_response, status: int, message: str) -> list[bytes]:
     """Answer a JSON error straight from WSGI."""
     body = json.dumps({"error": message, "status": status}).encode()
     reason = {400: "Bad Request", 413: "Request Entity Too Large", 414: "URI Too Long"}[status]
-    start_response(
-        f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
-    )
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", NO_STORE),
+        ("Connection", "close"),
+    ]
+    start_response(f"{status} {reason}", headers)
     return [body]
 
 

@@ -52,7 +52,7 @@ def revoke_turn(subject: str | None) -> None:
     whose = "" if user is None else f" of user {user}"
     click.echo(
         f"Revoked TURN credential {old.username}{whose}. New credential from {new.source} expires at {rfc3339(new.expires_at)}; "
-        f"every worker serves it within {LOCAL_STALENESS:g} s."
+        "every worker serves it now."
     )
 
 

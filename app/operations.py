@@ -11,13 +11,16 @@ import logging
 from dataclasses import dataclass
 
 from app.cloudflare import UpstreamError
-from app.credentials import RefreshError
+from app.credentials import LOCAL_STALENESS, RefreshError
 from app.egress import Reading
 from app.ice import Credential, rfc3339
 from app.service import IceService
 from app.store import Snapshot, StoreUnavailable
 
 log = logging.getLogger("ice_servers")
+
+# Beyond LOCAL_STALENESS, for the time a request already past its look at the cache takes to answer.
+HANDOVER_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ def revoke(service: IceService, user: str | None = None) -> tuple[Credential, Cr
 
     A new credential is had first: when none can be, the old one is kept (not revoked) and
     RefreshError says so. Every worker takes the new one at its next look at the shared cache
-    (put-if-newer: a worker's older copy can never be put back over it). Returns (old, new).
+    (put-if-newer: a worker's older copy can never be put back over it), at most LOCAL_STALENESS
+    later; the revocation waits that long, so that when this returns no worker hands out the old
+    credential and a page's next fetch gets the new one. Returns (old, new).
     """
     whose = "" if user is None else " for that user"
     try:
@@ -69,6 +74,7 @@ def revoke(service: IceService, user: str | None = None) -> tuple[Credential, Cr
         new = refresh(service, user)
     except RefreshError as exc:
         raise RefreshError(f"no new credential could be had, so {old.username} is kept and was not revoked: {exc}") from None
+    service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
     try:
         provider.revoke(old.username)
     except UpstreamError as exc:

@@ -61,4 +61,4 @@ class RateLimit:
 def _refusal(item, message: str) -> tuple[bytes, dict]:
     """Build the 429 of ``item`` once: a JSON error and Retry-After the window's length (a free slot comes no later)."""
     body = json.dumps({"error": message, "status": 429}).encode()
-    return body, {"Retry-After": str(item.get_expiry()), "Content-Type": "application/json"}
+    return body, {"Retry-After": str(item.get_expiry()), "Content-Type": "application/json", "Cache-Control": "no-store"}

@@ -38,19 +38,23 @@ MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared ca
 CLOUDFLARE = "cloudflare"  # the source the egress ceiling caps
 
 
+# Every answer: a credential is a secret that changes (refreshed, revoked, one per user), so no HTTP
+# cache may keep one; clients hold it in memory for its ttl.
+HEADERS = {"Cache-Control": "no-store"}
+
+
 @dataclass(frozen=True)
 class Answer:
-    """What to send a caller: ICE servers, their source and life span, and how long to cache.
+    """What to send a caller: ICE servers, their source and life span.
 
-    The serialized bodies and headers are computed once per Answer; the service reuses an Answer
-    for the rest of its second, so warm requests neither build nor encode JSON.
+    The serialized bodies are computed once per Answer; the service reuses an Answer for the rest
+    of its second, so warm requests neither build nor encode JSON.
     """
 
     ice_servers: tuple[dict, ...]
     source: str
     expires_at: float
     now: float
-    max_age: int | None  # None: nothing to cache (no TURN credential)
 
     def body(self) -> dict:
         """Return the ``GET /api/ice-servers`` body."""
@@ -59,11 +63,6 @@ class Answer:
     def legacy_body(self) -> dict:
         """Return the single-object body of ``POST /api/turn-credentials``."""
         return legacy_body(self.ice_servers)
-
-    @property
-    def cache_control(self) -> str:
-        """Return the Cache-Control value: private while the credential is fresh, else no-store."""
-        return "no-store" if self.max_age is None else f"private, max-age={self.max_age}"
 
     @cached_property
     def json(self) -> bytes:
@@ -75,10 +74,10 @@ class Answer:
         """Return the ``POST /api/turn-credentials`` body, encoded."""
         return _encode(self.legacy_body())
 
-    @cached_property
+    @property
     def headers(self) -> dict[str, str]:
-        """Return the response headers besides Content-Type."""
-        return {"Cache-Control": self.cache_control}
+        """Return the response headers besides Content-Type: never stored by any cache."""
+        return HEADERS
 
 
 class IceService:
@@ -107,6 +106,7 @@ class IceService:
         ``egress``, when set, caps Cloudflare; ``policy`` is then the one the guard uses too.
         """
         self.store = store
+        self.sleep = sleep  # operator actions wait with it (revoke-turn waits for every worker to move on)
         self.per_user = per_user
         self.policy = policy or StorePolicy(store, clock)
         self.egress = egress
@@ -169,8 +169,7 @@ class IceService:
         credential = cache.credential()
         now = self._clock()
         if credential is not None and credential.is_valid(now):
-            max_age = max(0, int(min(credential.refresh_at, credential.expires_at) - now))
-            answer = Answer(self.url_policy.apply(credential.ice_servers), credential.source, credential.expires_at, now, max_age)
+            answer = Answer(self.url_policy.apply(credential.ice_servers), credential.source, credential.expires_at, now)
         else:
             credential, answer = None, self._fallback(now)
         cache.memo = (credential, _answer_key(credential, now), answer)
@@ -209,7 +208,7 @@ class IceService:
         return self.store.describe()
 
     def _fallback(self, now: float) -> Answer:
-        """Answer without a TURN credential: TURN_SERVERS, else STUN only; never cached."""
+        """Answer without a TURN credential: TURN_SERVERS, else STUN only; ``ttl`` is a hint of when to ask again."""
         if self.turn_servers:
             servers, source = self.turn_servers, "static"
         else:
@@ -218,7 +217,7 @@ class IceService:
             what = "static TURN_SERVERS" if source == "static" else "STUN only: calls behind strict NATs will fail"
             self._degraded.warn(now, f"no valid TURN credential: serving {what}")
         ttl = min(DEGRADED_TTL, self.cache_ttl)
-        return Answer(servers, source, now + ttl, now, None)
+        return Answer(servers, source, now + ttl, now)
 
 
 def _scope(user: str | None, capped: bool) -> str:

@@ -10,7 +10,7 @@ from flask import Flask, Response
 
 app = Flask(__name__)
 BODY = open(os.environ["FLOOR_BODY_FILE"], "rb").read()  # noqa: SIM115 (read once at import)
-HEADERS = {"Cache-Control": os.environ.get("FLOOR_CACHE_CONTROL", "private, max-age=82800")}
+HEADERS = {"Cache-Control": os.environ.get("FLOOR_CACHE_CONTROL", "no-store")}
 
 
 @app.get("/api/ice-servers")

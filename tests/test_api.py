@@ -23,7 +23,7 @@ def test_ice_servers_answer_has_the_contract_shape(client):
         "username": "user-1",
         "credential": "password-1",
     }
-    assert response.headers["Cache-Control"] == "private, max-age=12"
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_legacy_post_serves_the_same_credential_as_one_object(client, provider):
@@ -37,6 +37,32 @@ def test_legacy_post_serves_the_same_credential_as_one_object(client, provider):
             "credential": modern["iceServers"][1]["credential"],
         }
     }
+
+
+def test_no_answer_may_be_stored_by_any_cache(client, make_service):
+    # A stored answer hands a stale, revoked or another user's credential to the next fetch().
+    answers = [
+        client.get("/api/ice-servers"),
+        client.post("/api/turn-credentials"),
+        client.get("/healthz"),
+        client.get("/readyz"),
+        client.get("/metrics"),
+        client.get("/wp-login.php"),
+        client.delete("/api/ice-servers"),
+        client.post("/api/turn-credentials", data=b"x" * (65 * 1024)),
+    ]
+    assert [r.headers.get("Cache-Control") for r in answers] == ["no-store"] * len(answers)
+    token_app = create_app(Settings(access_mode="token", access_secret="test-access-secret-long-enough"), service=make_service())
+    refused = token_app.test_client().get("/api/ice-servers")
+    assert refused.status_code == 401 and refused.headers["Cache-Control"] == "no-store"
+    limited_app = create_app(Settings(rate_limit="1 per minute"), service=make_service())
+    limited = [limited_app.test_client().get("/api/ice-servers") for _ in range(2)]
+    assert [r.status_code for r in limited] == [200, 429] and {r.headers["Cache-Control"] for r in limited} == {"no-store"}
+
+
+def test_the_client_module_may_be_revalidated_not_stored_forever(client):
+    response = client.get("/static/ice-servers.js")
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-cache" and response.headers.get("ETag")
 
 
 def test_degraded_answer_is_not_cached(client, provider):

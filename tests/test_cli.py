@@ -9,6 +9,7 @@ import responses
 from app import create_app
 from app.cloudflare import CloudflareClient
 from app.config import Settings
+from app.credentials import LOCAL_STALENESS
 from app.ice import rfc3339
 from app.service import IceService
 from app.store import MemoryStore, RedisStore
@@ -24,8 +25,10 @@ def redis_client():
     return fakeredis.FakeRedis()
 
 
-def make_runner(store):
-    service = IceService(store, [CloudflareClient("test-key-id", TOKEN, BASE)], credential_ttl=86400, cache_ttl=82800)
+def make_runner(store, sleep=None):
+    service = IceService(
+        store, [CloudflareClient("test-key-id", TOKEN, BASE)], credential_ttl=86400, cache_ttl=82800, **({"sleep": sleep} if sleep else {})
+    )
     return create_app(Settings(), service=service).test_cli_runner(), service
 
 
@@ -126,6 +129,22 @@ def test_revoke_turn_replaces_then_revokes_the_old_credential(redis_client, serv
     assert RedisStore(redis_client).get().username == "test-user-2"
     assert result.output.startswith("Revoked TURN credential test-user. New credential from cloudflare expires at")
     assert "test-password" not in result.output and TOKEN not in result.output
+
+
+def test_revoke_turn_revokes_only_once_every_worker_has_moved_to_the_new_credential(redis_client):
+    # Workers re-read the shared cache within LOCAL_STALENESS: revoking sooner would hand callers a dead credential,
+    # and a page fetching right after the command would still get the old one.
+    events = []
+    with responses.RequestsMock() as upstream:
+        upstream.post(URL, json=ANSWER, status=201)
+        runner, service = make_runner(RedisStore(redis_client), sleep=lambda seconds: events.append(("wait", seconds)))
+        service.answer()
+        upstream.replace(upstream.POST, URL, json=NEW_ANSWER, status=201)
+        upstream.add_callback(upstream.POST, REVOKE, callback=lambda request: events.append(("revoke", 0)) or (204, {}, b""))
+        result = runner.invoke(args=["revoke-turn"])
+    assert result.exit_code == 0, result.output
+    assert [name for name, _ in events] == ["wait", "revoke"] and events[0][1] >= LOCAL_STALENESS
+    assert result.output.rstrip().endswith("every worker serves it now.")
 
 
 def test_revoke_turn_keeps_the_old_credential_when_no_new_one_can_be_had(redis_client, serving_test_user):

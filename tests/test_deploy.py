@@ -216,9 +216,12 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
     )
     (tmp_path / "site.conf").write_text(site)
     user = "user root;" if os.geteuid() == 0 else ""
+    # An operator's cache for every site of the box, one that ignores Cache-Control: the site must still store nothing.
     (tmp_path / "nginx.conf").write_text(
         f"{user}\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
+        f"  proxy_cache_path {tmp_path}/cache keys_zone=everything:1m;\n  proxy_cache everything;\n"
+        "  proxy_cache_valid 200 10m;\n  proxy_ignore_headers Cache-Control Expires;\n"
         f"  include {tmp_path}/site.conf;\n}}\n"
     )
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -226,7 +229,7 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
         [nginx_bin, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
     )
     wait_until(lambda: _answers_tls(https_port), 10, what="nginx start")
-    yield {"http": http_port, "https": https_port, "app": app}
+    yield {"http": http_port, "https": https_port, "app": app, "cache": tmp_path / "cache"}
     process.send_signal(signal.SIGQUIT)
     process.wait(10)
 
@@ -256,6 +259,13 @@ def test_nginx_serves_the_api_over_tls_with_hsts(nginx):
     status, headers, body = _tls_request(nginx["https"], "GET", "/api/ice-servers")
     assert status == 200 and b'"source":"cloudflare"' in body
     assert headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_nginx_stores_no_answer_even_under_a_cache_for_the_whole_box(nginx):
+    answers = [_tls_request(nginx["https"], "GET", "/api/ice-servers") for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert {headers["Cache-Control"] for _, headers, _ in answers} == {"no-store"}
+    assert not [path for path in nginx["cache"].rglob("*") if path.is_file()]
 
 
 def test_nginx_redirects_http_to_https(nginx):

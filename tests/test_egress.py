@@ -90,7 +90,7 @@ def test_over_the_limit_without_a_second_provider_the_fallback_serves(guarded, a
     analytics.egress = LIMIT * 3
     service = primed(guarded(turn_servers=STATIC), clock)
     answer = service.answer()
-    assert answer.source == "static" and answer.cache_control == "no-store"
+    assert answer.source == "static" and answer.headers["Cache-Control"] == "no-store"
     assert provider.calls == 0
     assert service.readiness() == {"redis": True, "upstream": True}  # a policy, not an outage
 

@@ -47,11 +47,14 @@ def test_warm_cache_serves_without_upstream_calls(make_service, provider, clock)
     assert provider.calls == 1
 
 
-def test_cache_control_stops_at_the_refresh_point(make_service, clock):
+def test_no_answer_may_be_cached_fresh_or_degraded(make_service, provider, clock):
     service = make_service()
-    assert service.answer().cache_control == "private, max-age=12"
-    clock.advance(5)
-    assert service.answer().cache_control == "private, max-age=7"
+    assert service.answer().headers == {"Cache-Control": "no-store"}
+    clock.advance(13)
+    provider.fail(500)
+    clock.advance(12)
+    degraded = service.answer()
+    assert degraded.source == "stun-only" and degraded.headers == {"Cache-Control": "no-store"}
 
 
 def test_credential_is_replaced_after_its_window(make_service, provider, clock):
@@ -134,7 +137,7 @@ def test_stale_credential_is_served_until_expiry_when_upstream_fails(make_servic
 def test_fallback_is_stun_only_without_turn_servers(make_service, provider):
     provider.fail(500)
     answer = make_service().answer()
-    assert answer.source == "stun-only" and answer.cache_control == "no-store"
+    assert answer.source == "stun-only" and answer.headers["Cache-Control"] == "no-store"
     assert answer.body()["iceServers"] == [{"urls": ["stun:stun.example.test:3478"]}]
 
 
@@ -315,7 +318,7 @@ def test_next_provider_serves_when_cloudflare_fails_on_a_cold_cache(make_service
     local = LocalProvider()
     provider.fail(500)
     answer = make_service(providers=[provider, local], turn_servers=STATIC).answer()
-    assert answer.source == "turn-secret" and answer.cache_control == "private, max-age=12"
+    assert answer.source == "turn-secret" and answer.headers["Cache-Control"] == "no-store"
     assert (provider.calls, local.calls) == (1, 1)
 
 

@@ -28,8 +28,14 @@ export interface KeepFreshOptions extends GetIceServersOptions {
   onUpdate?: (iceServers: IceServer[]) => void;
 }
 
-/** ICE servers for `new RTCPeerConnection({ iceServers })`, cached until their refresh point. */
+/**
+ * ICE servers for `new RTCPeerConnection({ iceServers })`. Fetched with `cache: "no-store"`; an answer
+ * is reused from memory for at most a minute and half its life, per endpoint and Authorization header.
+ */
 export function getIceServers(options?: GetIceServersOptions): Promise<IceServer[]>;
 
-/** Keep `peerConnection` on valid ICE servers; returns the function that stops it. */
+/** Forget every answer held in memory: call it when the user signs out. */
+export function forgetIceServers(): void;
+
+/** Keep `peerConnection` on valid ICE servers, asking again at half the credential's remaining life; returns the function that stops it. */
 export function keepFresh(peerConnection: RTCPeerConnection, options?: KeepFreshOptions): () => void;

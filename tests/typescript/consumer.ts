@@ -1,5 +1,5 @@
 // A strict TypeScript frontend using the client: this must compile with tsc --strict.
-import { getIceServers, keepFresh, type IceServer, type KeepFreshOptions } from "./ice-servers.js";
+import { forgetIceServers, getIceServers, keepFresh, type IceServer, type KeepFreshOptions } from "./ice-servers.js";
 
 async function call(token: () => Promise<string>): Promise<RTCPeerConnection> {
   const iceServers: IceServer[] = await getIceServers({ fetchOptions: async () => ({ headers: { Authorization: `Bearer ${await token()}` } }) });
@@ -13,7 +13,8 @@ async function call(token: () => Promise<string>): Promise<RTCPeerConnection> {
   };
   const stop: () => void = keepFresh(pc, options);
   stop();
-  return pc;
+  const signedOut: void = forgetIceServers();
+  return signedOut === undefined ? pc : pc;
 }
 
 export { call };
