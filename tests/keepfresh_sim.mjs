@@ -8,8 +8,10 @@
 // refresh, whose credential every worker serves within LOCAL_STALENESS (2 s); past the window a
 // request refills at once. Only this call's requests reach it (a quiet service, or a per-user
 // credential): the worst case, since other callers would only make the refresh come sooner.
-// `clock`: "right", "ahead" / "behind" (the page's Date off by an hour), "back" (Date jumps an hour
-// back mid-call). Prints one JSON line: the runs, the smallest lead, fetches per credential.
+// `clock`: "right", "ahead" / "behind" (the page's Date off by an hour), "back" / "forward" (Date
+// jumps an hour mid-call). The answers carry a true expiresAt, so a client that trusted it with the
+// page's clock would fail the offsets. Every run must last to its end (two credentials and an hour)
+// and swap at least twice. Prints one JSON line: the runs, the smallest lead, fetches per credential.
 
 import { readFileSync } from "node:fs";
 
@@ -20,14 +22,16 @@ const STEP = options.step ?? 97;
 const CLOCK = options.clock ?? "right";
 const LOCAL_STALENESS = 2;
 const CALL_LENGTH = 2 * CREDENTIAL_TTL + 3600;
-const SOURCE = readFileSync(new URL("../app/static/ice-servers.js", import.meta.url), "utf8");
+// SIM_MODULE: another copy of the module to sweep (a negative control: an older or a broken one).
+const SOURCE = readFileSync(process.env.SIM_MODULE || new URL("../app/static/ice-servers.js", import.meta.url), "utf8");
 
+const EPOCH = 1_800_000_000 - 1_000_000; // real time = EPOCH + virtual seconds
 let now = 0; // virtual seconds
 let dateOffset = 0; // what the page's Date adds to real time, in ms
 const timers = [];
 let timerIds = 0;
 globalThis.performance = { now: () => now * 1000 };
-Date.now = () => now * 1000 + dateOffset;
+Date.now = () => (EPOCH + now) * 1000 + dateOffset;
 globalThis.setTimeout = (callback, delay) => {
   const timer = { id: ++timerIds, at: now + Math.max(0, delay) / 1000, callback };
   timers.push(timer);
@@ -64,7 +68,9 @@ class Service {
       this.next = { credential: { username: `user-${++this.serial}`, issuedAt: now, expiresAt: now + CREDENTIAL_TTL, refreshAt: now + CACHE_TTL }, visibleAt: now + LOCAL_STALENESS };
     }
     const served = this.current;
-    return { iceServers: [{ urls: ["turn:turn.example.test:3478"], username: served.username, credential: "x" }], ttl: Math.floor(served.expiresAt - now), source: "model" };
+    const expiresAt = new Date((EPOCH + served.expiresAt) * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+    const iceServers = [{ urls: ["turn:turn.example.test:3478"], username: served.username, credential: "x" }];
+    return { iceServers, ttl: Math.floor(served.expiresAt - now), expiresAt, source: "model" };
   }
 }
 
@@ -105,16 +111,18 @@ async function run(arrival, index) {
   while (timers.length && now < end) {
     timers.sort((a, b) => a.at - b.at);
     const timer = timers.shift();
-    if (CLOCK === "back" && !jumped && timer.at >= jumpAt) {
+    if ((CLOCK === "back" || CLOCK === "forward") && !jumped && timer.at >= jumpAt) {
       jumped = true;
-      dateOffset -= 3600e3;
+      dateOffset += CLOCK === "back" ? -3600e3 : 3600e3;
     }
     now = timer.at;
     timer.callback();
     await flush();
   }
+  const reachedEnd = now >= end; // timers kept coming for the whole call: keepFresh never stopped by itself
+  now = Math.max(now, end);
   const credentials = new Set(swaps.map((swap) => swap.from)).size;
-  return { swaps, fetches: service.fetches, credentials, finalLead: expiries.get(configuration.iceServers[0].username) - now };
+  return { swaps, fetches: service.fetches, credentials, reachedEnd, finalLead: expiries.get(configuration.iceServers[0].username) - now };
 }
 
 let minLead = Infinity;
@@ -122,6 +130,7 @@ let worstArrival = null;
 let late = 0;
 let runs = 0;
 let maxFetchesPerCredential = 0;
+let broken = 0; // runs that stopped early or swapped fewer than twice
 for (let arrival = 0, index = 0; arrival < CACHE_TTL; arrival += STEP, index++) {
   const result = await run(arrival, index);
   runs += 1;
@@ -133,6 +142,7 @@ for (let arrival = 0, index = 0; arrival < CACHE_TTL; arrival += STEP, index++) 
     }
   }
   if (result.finalLead <= 0) late += 1; // still on an expired credential at the end
+  if (!result.reachedEnd || result.swaps.length < 2) broken += 1;
   maxFetchesPerCredential = Math.max(maxFetchesPerCredential, result.fetches / Math.max(1, result.credentials));
 }
-console.log(JSON.stringify({ runs, minLead, worstArrival, late, maxFetchesPerCredential }));
+console.log(JSON.stringify({ runs, minLead, worstArrival, late, broken, maxFetchesPerCredential }));

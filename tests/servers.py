@@ -30,7 +30,9 @@ TURN_SECRET = "test-turn-shared-secret"  # the static-auth-secret of the tests' 
 # cluster node's bus port (port + 10000) lands in 20000-28999, outside every band.
 PORT_BAND = 1000
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_ports = itertools.cycle(range(10000 + PORT_BAND * (int(_worker[2:]) % 9), 10000 + PORT_BAND * (int(_worker[2:]) % 9 + 1)))
+if int(_worker[2:]) >= 9:
+    raise RuntimeError("at most 9 test workers: their port bands would overlap (TEST_WORKERS <= 9)")
+_ports = itertools.cycle(range(10000 + PORT_BAND * int(_worker[2:]), 10000 + PORT_BAND * (int(_worker[2:]) + 1)))
 _ports_lock = threading.Lock()
 
 
@@ -298,7 +300,9 @@ class Coturn:
         self.port = free_port()
         self.secret = secret
         self.workdir = workdir
-        self.relay_min = 40000 + (self.port % 200) * 100  # a 100-port range, spread by the free port
+        # A 100-port relay range above the kernel's ephemeral ports (61000-65499), spread by the port so that
+        # coturns of parallel test workers (whose bands start 1000 apart) rarely share one.
+        self.relay_min = 61000 + ((self.port - 10000) % 45) * 100
         self.process: subprocess.Popen | None = None
 
     @property

@@ -5,6 +5,7 @@ certificate in front of gunicorn.
 """
 
 import http.client
+import json
 import os
 import pwd
 import shutil
@@ -266,6 +267,20 @@ def test_nginx_stores_no_answer_even_under_a_cache_for_the_whole_box(nginx):
     assert [status for status, _, _ in answers] == [200, 200]
     assert {headers["Cache-Control"] for _, headers, _ in answers} == {"no-store"}
     assert not [path for path in nginx["cache"].rglob("*") if path.is_file()]
+
+
+def test_nginx_own_answers_are_json_and_never_stored(nginx):
+    # What nginx answers itself, without the app: no page of it may be cached either.
+    oversized = {"X-Padding": "x" * (17 * 1024)}  # over large_client_header_buffers
+    for method, path, headers, expected in (
+        ("GET", "/metrics", {}, 404),
+        ("POST", "/api/turn-credentials", {"Content-Length": str(1024 * 1024)}, 413),
+        ("GET", "/api/ice-servers", oversized, 400),
+    ):
+        status, answer_headers, body = _tls_request(nginx["https"], method, path, headers=headers)
+        assert status == expected and answer_headers["Cache-Control"] == "no-store", (path, status, answer_headers)
+        assert json.loads(body)["status"] == expected
+        assert answer_headers["Strict-Transport-Security"].startswith("max-age=")
 
 
 def test_nginx_redirects_http_to_https(nginx):

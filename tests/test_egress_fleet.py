@@ -83,7 +83,7 @@ def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(sta
     crossed, offsets = time.monotonic(), log_offsets(tmp_path)
     # Every worker of both hosts says it switched (a round of requests need not reach each of the eight).
     wait_until(
-        lambda: sources(host_a, host_b) == {"turn-secret"} and switched(tmp_path, PAST, offsets) == 8,
+        lambda: sources(host_a, host_b) == {"turn-secret"} and switched(tmp_path, PAST, offsets) >= 8,
         SWITCH_BUDGET,
         interval=0.1,
         what="every worker past the limit",
@@ -107,7 +107,7 @@ def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(sta
     graphql.egress = GB // 10  # a raised limit, or a new month
     offsets = log_offsets(tmp_path)
     wait_until(
-        lambda: sources(host_a, host_b) == {"cloudflare"} and switched(tmp_path, UNDER_AGAIN, offsets) == 8,
+        lambda: sources(host_a, host_b) == {"cloudflare"} and switched(tmp_path, UNDER_AGAIN, offsets) >= 8,
         SWITCH_BUDGET,
         interval=0.1,
         what="Cloudflare again",

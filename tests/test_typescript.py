@@ -1,5 +1,7 @@
 """The client's TypeScript declarations, checked against the module with a pinned tsc --strict."""
 
+import json
+import re
 import shutil
 import subprocess
 
@@ -34,3 +36,14 @@ def test_a_wrong_option_type_does_not_compile(tmp_path):
 @pytest.mark.parametrize("word", [": any", "<any>", "as any", "any[]"])
 def test_the_declarations_have_no_any(word):
     assert word not in (ROOT / "app" / "static" / "ice-servers.d.ts").read_text()
+
+
+def test_the_declarations_name_exactly_what_the_module_exports():
+    script = (
+        "const fs = require('fs');"
+        "const source = fs.readFileSync('app/static/ice-servers.js', 'utf8');"
+        "import('data:text/javascript,' + encodeURIComponent(source)).then((m) => console.log(JSON.stringify(Object.keys(m).sort())));"
+    )
+    exported = json.loads(subprocess.run(["node", "-e", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    declared = sorted(re.findall(r"^export function (\w+)", (ROOT / "app" / "static" / "ice-servers.d.ts").read_text(), re.MULTILINE))
+    assert exported == declared == ["forgetIceServers", "getIceServers", "keepFresh"]

@@ -17,11 +17,14 @@
 const DEFAULT_URL = "/api/ice-servers";
 const DEFAULT_FALLBACK = [{ urls: ["stun:stun.cloudflare.com:3478"] }];
 const RETRY_AFTER_ERROR_MS = 5000; // a failed fetch is retried this soon
-const LEGACY_TTL_S = 600; // an answer without ttl (the legacy form) is trusted this long
+const LEGACY_TTL_S = 120; // the legacy form tells no lifetime: ask again every minute
 const MIN_REFRESH_MS = 1000; // never re-fetch faster than this, whatever the answer says
 const REUSE_MS = 60000; // getIceServers() answers from memory at most this long: a revoked credential leaves within a minute
+const FETCH_TIMEOUT_MS = 10000; // a hung request must not hold every later call
+const MAX_KEYS = 16; // endpoint x Authorization slots kept (a token per user, or per fetch)
 
-const cache = new Map(); // method + url + authorization -> entry
+const cache = new Map(); // method + url + authorization -> { entry, pending }
+let generation = 0; // bumped by forgetIceServers(): a fetch started before never lands after it
 
 /** A moment to measure elapsed time from: the monotonic clock and the wall clock together. */
 function mark() {
@@ -50,15 +53,9 @@ function fingerprint(iceServers) {
   );
 }
 
-/** The Authorization header of fixed fetch options: answers for two users (or tokens) are never confused. */
+/** The Authorization header of the options a fetch is made with: answers for two users (or tokens) are never confused. */
 function authorizationOf(fetchOptions) {
-  if (!fetchOptions || typeof fetchOptions !== "object") return "";
-  const headers = new Headers(fetchOptions.headers || {});
-  return headers.get("Authorization") || "";
-}
-
-function keyOf({ url = DEFAULT_URL, method = "GET", fetchOptions = {} }) {
-  return `${method} ${url} ${authorizationOf(fetchOptions)}`;
+  return new Headers((fetchOptions && fetchOptions.headers) || {}).get("Authorization") || "";
 }
 
 /** An entry that lives `ttlMs` from `sent`: re-fetched at half its life, reused at most REUSE_MS. */
@@ -67,11 +64,10 @@ function entryOf(iceServers, source, sent, ttlMs) {
   return { iceServers, source, sent, ttlMs, refreshAfter, reuseFor: Math.min(refreshAfter, REUSE_MS) };
 }
 
-async function fetchEntry({ url, method, fetchOptions }) {
-  // fetchOptions may be a function, so each re-fetch can carry a fresh access token.
-  const extra = typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions;
+async function fetchEntry(url, method, extra) {
+  const timeout = typeof AbortSignal !== "undefined" && AbortSignal.timeout ? { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) } : {};
   const sent = mark(); // before the request: the credential's life is counted from here, so errs early
-  const response = await fetch(url, { method, credentials: "same-origin", ...extra, cache: "no-store" });
+  const response = await fetch(url, { method, credentials: "same-origin", ...timeout, ...extra, cache: "no-store" });
   if (!response.ok) throw new Error(`${url} answered ${response.status}`);
   const body = await response.json();
   const ttl = Number.isFinite(body.ttl) ? body.ttl : LEGACY_TTL_S;
@@ -80,41 +76,52 @@ async function fetchEntry({ url, method, fetchOptions }) {
 
 /**
  * Return ICE servers for `new RTCPeerConnection({ iceServers })`. An answer is reused from memory
- * for at most a minute and half its life. On error: the last good servers while they are valid,
- * else `fallback` (public STUN).
+ * for at most a minute and half its life, per endpoint and Authorization header (`fetchOptions`,
+ * when a function, is called each time: it says who asks). On error: the last good servers while
+ * they are valid, else `fallback` (public STUN).
  */
 export async function getIceServers({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_FALLBACK, fetchOptions = {} } = {}) {
   return (await getEntry({ url, method, fallback, fetchOptions }, "reuseFor")).iceServers;
 }
 
-/** Forget every answer held in memory: call it when the user signs out. */
+/** Forget every answer held in memory, and any fetch under way: call it when the user signs out. */
 export function forgetIceServers() {
+  generation += 1;
   cache.clear();
 }
 
 /** Return the entry of `options`, from memory while younger than its `freshFor` field ("reuseFor" or "refreshAfter"). */
 async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_FALLBACK, fetchOptions = {} } = {}, freshFor) {
-  const key = keyOf({ url, method, fetchOptions });
-  const cached = cache.get(key);
-  if (cached && cached.pending) return cached.pending;
-  if (cached && elapsedSince(cached.sent) < cached[freshFor]) return cached;
-  const pending = fetchEntry({ url, method, fetchOptions })
-    .then((entry) => {
-      cache.set(key, entry);
-      return entry;
-    })
+  const started = generation;
+  // fetchOptions may be a function, so each fetch can carry a fresh access token (and names whose answer it is).
+  const extra = (typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions) || {};
+  const key = `${method} ${url} ${authorizationOf(extra)}`;
+  const slot = cache.get(key);
+  if (slot && slot.entry && elapsedSince(slot.entry.sent) < slot.entry[freshFor]) return slot.entry;
+  if (slot && slot.pending) return slot.pending;
+  const previous = slot && slot.entry;
+  const next = { entry: previous, pending: null };
+  next.pending = fetchEntry(url, method, extra)
     .catch((error) => {
-      const lastGood = cached && cached.ttlMs && elapsedSince(cached.sent) < cached.ttlMs ? cached : null;
-      // Ask again soon: the last good servers for what is left of their life, else the fallback.
-      const entry = lastGood
-        ? { ...lastGood, refreshAfter: elapsedSince(lastGood.sent) + RETRY_AFTER_ERROR_MS, reuseFor: elapsedSince(lastGood.sent) + RETRY_AFTER_ERROR_MS }
-        : { ...entryOf(fallback, "fallback", mark(), 0), refreshAfter: RETRY_AFTER_ERROR_MS, reuseFor: RETRY_AFTER_ERROR_MS };
+      const lastGood = previous && previous.ttlMs && elapsedSince(previous.sent) < previous.ttlMs ? previous : null;
       console.warn(`ice-servers: ${error.message}; using ${lastGood ? "the last good servers" : "the fallback"}`);
-      cache.set(key, entry);
+      // Ask again soon: the last good servers for what is left of their life, else the fallback.
+      const retry = { refreshAfter: RETRY_AFTER_ERROR_MS, reuseFor: RETRY_AFTER_ERROR_MS, sent: mark() };
+      if (!lastGood) return { ...entryOf(fallback, "fallback", retry.sent, 0), ...retry };
+      const left = lastGood.ttlMs - elapsedSince(lastGood.sent);
+      return { ...lastGood, ...retry, ttlMs: left, reuseFor: Math.min(RETRY_AFTER_ERROR_MS, left) };
+    })
+    .then((entry) => {
+      if (generation === started && cache.get(key) === next) next.entry = entry;
+      next.pending = null;
       return entry;
     });
-  cache.set(key, { ...(cached || {}), pending });
-  return pending;
+  if (generation === started) {
+    cache.delete(key);
+    cache.set(key, next);
+    while (cache.size > MAX_KEYS) cache.delete(cache.keys().next().value);
+  }
+  return next.pending;
 }
 
 /**
@@ -124,38 +131,62 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
  * negotiationneeded handler renegotiates, as for any ICE restart). The service replaces its
  * credential well before the old one expires, so halving the time left always finds the new one
  * with a large share of the old one's life to spare, wherever in the service's window the call began.
+ * A failed fetch keeps the call on what it has (never on the fallback) and asks again soon; a page
+ * coming back from the background or a suspended laptop looks again at once.
  * Returns a function that stops it; it also stops when the connection closes.
  * Options: the same as getIceServers, plus `restartIce` (default true) and `onUpdate(iceServers)`.
  */
 export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...options } = {}) {
   let timer = null;
   let stopped = false;
+  let last = null; // the entry the next look is scheduled from
   let current = fingerprint(peerConnection.getConfiguration().iceServers);
+  const hasDocument = typeof document !== "undefined" && document.addEventListener;
 
-  const stop = () => {
+  const schedule = () => {
+    if (stopped) return;
+    clearTimeout(timer);
+    const due = last ? last.refreshAfter - elapsedSince(last.sent) : RETRY_AFTER_ERROR_MS;
+    timer = setTimeout(tick, Math.max(MIN_REFRESH_MS, due));
+  };
+  // Timers fire late after a suspend or in a background tab: look again when the page comes back.
+  const onVisible = () => document.visibilityState === "visible" && schedule();
+  const onState = () => peerConnection.connectionState === "closed" && stop();
+
+  function stop() {
     stopped = true;
     clearTimeout(timer);
-  };
-
-  const schedule = (entry) => {
-    if (stopped) return;
-    timer = setTimeout(tick, Math.max(MIN_REFRESH_MS, entry.refreshAfter - elapsedSince(entry.sent)));
-  };
-
-  async function tick() {
-    if (stopped) return;
-    if (peerConnection.connectionState === "closed") return stop();
-    const entry = await getEntry(options, "refreshAfter");
-    const next = fingerprint(entry.iceServers);
-    if (next !== current && !stopped && peerConnection.connectionState !== "closed") {
-      current = next;
-      peerConnection.setConfiguration({ ...peerConnection.getConfiguration(), iceServers: entry.iceServers });
-      if (restartIce) peerConnection.restartIce();
-      if (onUpdate) onUpdate(entry.iceServers);
-    }
-    schedule(entry);
+    if (hasDocument) document.removeEventListener("visibilitychange", onVisible);
+    if (typeof window !== "undefined" && window.removeEventListener) window.removeEventListener("online", schedule);
+    if (peerConnection.removeEventListener) peerConnection.removeEventListener("connectionstatechange", onState);
   }
 
-  getEntry(options, "refreshAfter").then(schedule);
+  async function look(swap) {
+    if (stopped) return;
+    if (peerConnection.connectionState === "closed") return stop();
+    try {
+      const entry = await getEntry(options, "refreshAfter");
+      last = entry;
+      const next = fingerprint(entry.iceServers);
+      // Never move a live call onto the fallback: STUN alone cannot carry what the relay did.
+      if (swap && entry.source !== "fallback" && next !== current && !stopped && peerConnection.connectionState !== "closed") {
+        current = next;
+        peerConnection.setConfiguration({ ...peerConnection.getConfiguration(), iceServers: entry.iceServers });
+        if (restartIce) peerConnection.restartIce();
+        if (onUpdate) onUpdate(entry.iceServers);
+      }
+    } catch (error) {
+      console.warn(`ice-servers: keepFresh: ${(error && error.message) || error}`);
+      if (!last || last.refreshAfter - elapsedSince(last.sent) < MIN_REFRESH_MS) last = { ...(last || {}), refreshAfter: RETRY_AFTER_ERROR_MS, sent: mark() };
+    } finally {
+      schedule();
+    }
+  }
+  const tick = () => look(true);
+
+  if (hasDocument) document.addEventListener("visibilitychange", onVisible);
+  if (typeof window !== "undefined" && window.addEventListener) window.addEventListener("online", schedule);
+  if (peerConnection.addEventListener) peerConnection.addEventListener("connectionstatechange", onState);
+  look(false); // the servers the connection was made with: schedule from them, swap nothing yet
   return stop;
 }
