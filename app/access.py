@@ -15,6 +15,8 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
+from app.numbers import parse_digits
+
 MAX_TOKEN_LIFETIME = 86_400  # seconds: a token expiring further ahead than this is refused
 
 
@@ -33,7 +35,8 @@ def token_valid(secret: str, authorization: str | None, now: float) -> bool:
     expiry, _, signature = token.partition(".")
     expected = _signature(secret, expiry)
     signed = hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
-    fresh = expiry.isdigit() and len(expiry) <= 12 and now < int(expiry) <= now + MAX_TOKEN_LIFETIME
+    expires_at = parse_digits(expiry, max_digits=12)
+    fresh = expires_at is not None and now < expires_at <= now + MAX_TOKEN_LIFETIME
     return signed & fresh
 
 

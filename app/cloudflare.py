@@ -14,6 +14,7 @@ from urllib.parse import quote
 import requests
 
 from app.ice import parse_ice_servers
+from app.numbers import parse_digits
 
 CONNECT_TIMEOUT = 2.0  # seconds to open the connection
 READ_TIMEOUT = 3.5  # seconds between bytes of the answer; with the connect, a cold request stays under ~6 s
@@ -128,8 +129,9 @@ def _retry_after(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = parse_digits(value, max_digits=9)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from app.numbers import parse_digits
+
 SCHEMES = {
     "redis": ("single", False),
     "rediss": ("single", True),
@@ -27,7 +29,7 @@ SCHEMES = {
 }
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?\Z")
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,10 @@ def _db(segments: list[str], most: int) -> int:
         raise ValueError("REDIS_URL has a path that is not /db (or /SERVICE/db with Sentinel)")
     if not segments:
         return 0
-    if not segments[0].isdigit():
+    db = parse_digits(segments[0], max_digits=5)
+    if db is None:
         raise ValueError("REDIS_URL's database must be a number such as /0")
-    return int(segments[0])
+    return db
 
 
 def _unix(rest: str, username: str | None, password: str | None) -> RedisTarget:
@@ -123,7 +126,7 @@ def _unix(rest: str, username: str | None, password: str | None) -> RedisTarget:
     db = 0
     for pair in filter(None, query.split("&")):
         name, _, value = pair.partition("=")
-        if name != "db" or not value.isdigit():
+        db = parse_digits(value, max_digits=5) if name == "db" else None
+        if db is None:
             raise ValueError("REDIS_URL takes only ?db=N after a Unix socket path")
-        db = int(value)
     return RedisTarget("unix", False, (), unquote(path), db, None, username, password)

@@ -38,6 +38,7 @@ from redis.exceptions import RedisClusterException
 from redis.sentinel import MasterNotFoundError
 
 from app.ice import Credential
+from app.numbers import parse_digits
 from app.redis_connect import SOCKET_TIMEOUT, Connection
 from app.redis_url import RedisTarget, parse_redis_url
 
@@ -161,7 +162,7 @@ class RedisStore:
             fresh=_parse(fresh),
             last=_parse(last),
             cooldown=max(0, cooldown_ms) / 1000 if isinstance(cooldown_ms, int) else 0.0,
-            failures=int(failures) if isinstance(failures, bytes) and failures.isdigit() else 0,
+            failures=parse_digits(failures) or 0,
         )
 
     def put(self, credential: Credential) -> bool:

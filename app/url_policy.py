@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from app.numbers import parse_digits
+
 TRANSPORTS = ("udp", "tcp", "tls")
 TRANSPORT_ORDER = ("udp", "tls", "tcp")  # who goes first when the cap cannot fit them all
 PORT_PREFERENCE = {"udp": (3478, 443, 80), "tcp": (443, 80, 3478), "tls": (443, 5349)}
@@ -36,9 +38,10 @@ def classify(url: str) -> tuple[str, int]:
     port = DEFAULT_PORTS.get(scheme, 0)
     if address.startswith("["):  # [IPv6]:port
         _, _, tail = address.partition("]")
-        port = int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else port
-    elif ":" in address and address.rsplit(":", 1)[1].isdigit():
-        port = int(address.rsplit(":", 1)[1])
+        given = parse_digits(tail[1:], max_digits=5) if tail.startswith(":") else None
+    else:
+        given = parse_digits(address.rpartition(":")[2], max_digits=5) if ":" in address else None
+    port = given if given is not None else port
     if scheme in ("stun", "stuns"):
         return "stun", port
     if scheme == "turns":

@@ -79,6 +79,15 @@ class AnalyticsClient:
         return _egress(payload)
 
 
+def _bytes(value: object) -> int:
+    """Read one egressBytes figure: a JSON number (or null, as zero); raise ValueError on anything else."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a number")
+    return int(value)
+
+
 def _egress(payload: dict) -> int:
     """Sum egressBytes over the groups of the answer; raise UsageUnavailable on errors or another shape."""
     errors = payload.get("errors")
@@ -90,7 +99,7 @@ def _egress(payload: dict) -> int:
         if not accounts:
             raise UsageUnavailable("the analytics API knows no such account (check CLOUDFLARE_ACCOUNT_ID and the token's access)")
         groups = accounts[0][DATASET] or []
-        total = sum(int(group["sum"]["egressBytes"] or 0) for group in groups)
+        total = sum(_bytes(group["sum"]["egressBytes"]) for group in groups)
     except (KeyError, IndexError, TypeError, ValueError):
         raise UsageUnavailable("the analytics API answered without the egress figure") from None
     if total < 0:

@@ -116,3 +116,8 @@ def test_token_appears_in_no_error(client):
     with pytest.raises(UpstreamRejected) as excinfo:
         client.issue(86400)
     assert TOKEN not in str(excinfo.value) and TOKEN not in repr(client)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0660", "1e3", "-5"])
+def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
+    assert _retry_after(value) is None

@@ -92,7 +92,7 @@ def test_over_the_limit_without_a_second_provider_the_fallback_serves(guarded, a
     answer = service.answer()
     assert answer.source == "static" and answer.headers["Cache-Control"] == "no-store"
     assert provider.calls == 0
-    assert service.readiness() == {"redis": True, "upstream": True}  # a policy, not an outage
+    assert service.readiness()[0] == {"redis": True, "upstream": True}  # a policy, not an outage
 
 
 def test_back_under_the_cloudflare_credential_returns_at_once(guarded, analytics, provider, clock):
@@ -271,7 +271,8 @@ def test_the_ceiling_settings_are_read():
         ({"CLOUDFLARE_ACCOUNT_ID": ""}, "CLOUDFLARE_ACCOUNT_ID is not set: ICE_EGRESS_LIMIT_GB needs it"),
         ({"CLOUDFLARE_ANALYTICS_TOKEN": ""}, "CLOUDFLARE_ANALYTICS_TOKEN is not set: ICE_EGRESS_LIMIT_GB needs it"),
         ({"ICE_EGRESS_LIMIT_GB": "lots"}, "ICE_EGRESS_LIMIT_GB must be a number of decimal GB"),
-        ({"ICE_EGRESS_LIMIT_GB": "-1"}, "ICE_EGRESS_LIMIT_GB must be 0 or more"),
+        ({"ICE_EGRESS_LIMIT_GB": "-1"}, "ICE_EGRESS_LIMIT_GB must be a number of decimal GB"),
+        ({"ICE_EGRESS_LIMIT_GB": "١٥"}, "ICE_EGRESS_LIMIT_GB must be a number of decimal GB"),  # Arabic-Indic digits: float() takes them
         ({"ICE_USAGE_UNKNOWN": "maybe"}, "ICE_USAGE_UNKNOWN must be open or closed"),
         ({"ICE_USAGE_CHECK_INTERVAL": "0"}, "ICE_USAGE_CHECK_INTERVAL must be between 1 and 86400"),
         ({"CLOUDFLARE_ACCOUNT_ID": 'x"}) { evil'}, "CLOUDFLARE_ACCOUNT_ID must be an id"),

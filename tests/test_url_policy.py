@@ -102,3 +102,9 @@ def test_the_static_fallback_follows_the_policy_too(make_service):
     # One per transport, then (no STUN URL here) the next in the provider's order: four in all.
     tcp_3478 = "turn:turn.cloudflare.com:3478?transport=tcp"
     assert urls(answer.ice_servers) == [url.replace("cloudflare.com", "static.example.org") for url in (UDP, tcp_3478, TCP_80, TLS_443)]
+
+
+@pytest.mark.parametrize("url", ["turn:h.example.test:\u00b2", "turn:[::1]:\u00b3?transport=tcp", "turns:h.example.test:\u0664\u0663"])
+def test_a_port_that_is_not_ascii_digits_is_read_as_the_default_port(url):
+    kind, port = classify(url)
+    assert port == (5349 if url.startswith("turns:") else 3478)
