@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,13 +143,13 @@ def _take_settings(server):
     if server.ice_env_file is not None:
         base["ICE_ENV_FILE"] = server.ice_env_file
     try:
-        check = subprocess.run([sys.executable, "-m", "app.settings_check"], env=base, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        returncode, stderr, handed = _run_settings_check(base)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         return f"ice-servers: the settings check did not run ({type(exc).__name__})"
-    if check.returncode != 0:
-        lines = [line for line in check.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else f"ice-servers: the settings check failed (exit {check.returncode})"
-    result = json.loads(check.stdout)
+    if returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"ice-servers: the settings check failed (exit {returncode})"
+    result = json.loads(handed)
     for name, value in applied.items():
         if os.environ.get(name) == value:
             del os.environ[name]
@@ -159,6 +160,41 @@ def _take_settings(server):
     for warning in result["warnings"]:
         server.log.warning(warning)
     return None
+
+
+def _run_settings_check(env):
+    """Run ``python -m app.settings_check --handover-fd N`` on a pipe of ours; return (exit code, stderr, the JSON handed over).
+
+    The values (secrets among them) come on the pipe, never on the child's stdout or stderr.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "app.settings_check", "--handover-fd", str(write_fd)],
+            env=env,
+            cwd=ROOT,
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    handed = []
+    with os.fdopen(read_fd) as pipe:
+        reader = threading.Thread(target=lambda: handed.append(pipe.read()), daemon=True)  # read while it writes: no full pipe
+        reader.start()
+        try:
+            _, stderr = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+        reader.join(5)
+    return child.returncode, stderr, handed[0] if handed else ""
 
 
 def child_exit(server, worker):

@@ -7,9 +7,9 @@ import sys
 
 from flask import Flask
 from flask_cors import CORS
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import api, cli
+from app.client_address import parse_networks
 from app.cloudflare import CloudflareClient
 from app.config import ConfigError, Settings, env_file_problem, load_settings
 from app.egress import EgressGuard
@@ -60,10 +60,8 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
     identify = api.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
     api.init_app(app, service, settings, build_rate_limit(settings), identify)
-    if settings.proxy_hops:
-        # Trust X-Forwarded-For/-Proto from exactly that many proxies: a client cannot spoof past them.
-        # Outermost, so that every layer (the direct answer's rate limit too) sees the client's address.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
+    # Outermost, so that every layer (the direct answer's rate limit too) sees the client's address.
+    app.wsgi_app = api.TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     cli.init_app(app)
     return app
 
@@ -75,12 +73,18 @@ def build_verifier(settings: Settings):
     from app.jwt_access import JwtVerifier
 
     jwks = JwksCache(settings.jwks_url) if settings.jwks_url else None
+    if settings.jwt_no_audience:
+        log.warning(
+            "ICE_JWT_NO_AUDIENCE=1: any token of ICE_JWT_ISSUER without an aud claim is accepted, whichever app it was "
+            "issued for. Use it only if your provider's access tokens carry no aud (Cognito access tokens, Clerk)."
+        )
     return JwtVerifier(
         settings.jwt_algorithms,
         secret=settings.jwt_secret,
         jwks=jwks,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
+        no_audience=settings.jwt_no_audience,
     )
 
 

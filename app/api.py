@@ -14,8 +14,10 @@ from werkzeug.exceptions import HTTPException, InternalServerError, Unauthorized
 
 from app import metrics
 from app.access import address_allowed, origin_allowed, token_valid
+from app.client_address import Network, client_address, parse_address, rate_key, trusted
 from app.config import Settings
 from app.identity import UserIds
+from app.numbers import parse_digits
 from app.rate_limit import RateLimit
 from app.service import IceService
 
@@ -36,16 +38,17 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
     admit = _gate(settings, identify)
     per_user = settings.credential_scope == "user"
 
-    def caller() -> str:
-        """Name the caller the rate limit counts: the verified user (jwt mode), else the client address."""
-        user = identify() if identify is not None else None
-        return f"user:{user}" if user is not None else (request.remote_addr or "unknown")
-
     def respond(legacy: bool) -> Response:
-        """Count the caller, admit it, then send the answer (theirs in user scope) in the modern or the legacy form."""
-        if rate_limit is not None and (refused := rate_limit.hit(caller())) is not None:
+        """Count the address, admit the caller, count a verified user, then send the answer (theirs in user scope).
+
+        The address is counted before any token is looked at, so that a flood of bad tokens (or of
+        unknown key ids) costs one cheap refusal each and never a verification or a JWKS fetch.
+        """
+        if rate_limit is not None and (refused := rate_limit.hit(rate_key(request.remote_addr))) is not None:
             return Response(refused[0], status=429, headers=refused[1])
         user = admit()
+        if rate_limit is not None and identify is not None and (refused := rate_limit.hit(f"user:{user}")) is not None:
+            return Response(refused[0], status=429, headers=refused[1])
         answer = service.answer(user) if per_user else service.answer()
         return Response(answer.legacy_json if legacy else answer.json, content_type="application/json", headers=answer.headers)
 
@@ -66,14 +69,16 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
 
     @bp.get("/readyz")
     def readyz():
-        """Say whether the shared cache answers and a TURN credential is held or can be had."""
-        checks = service.readiness()
+        """Say whether the shared cache answers and a TURN credential is held or can be had.
+
+        Anyone gets the status and the names of the checks (a load balancer's health check); only the
+        addresses in ICE_METRICS_ALLOW also get the topology, which names Redis's hosts and ports.
+        """
+        checks, topology = service.readiness()
         failing = [name for name, ok in checks.items() if not ok]
-        body = {
-            "status": 503 if failing else 200,
-            "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()},
-            "topology": service.topology(),
-        }
+        body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
+        if address_allowed(request.remote_addr, settings.metrics_allow):
+            body["topology"] = topology
         if failing:
             body["error"] = f"not ready: {', '.join(failing)}"
         response = current_app.json.response(body)
@@ -96,8 +101,8 @@ def create_blueprint(service: IceService, settings: Settings, rate_limit: RateLi
 
     @bp.after_app_request
     def no_store(response: Response) -> Response:
-        """Keep every answer but the static files out of every cache (see NO_STORE)."""
-        if request.endpoint != "static":
+        """Keep every answer but the static files themselves out of every cache (see NO_STORE)."""
+        if request.endpoint != "static" or response.status_code >= 400:
             response.headers["Cache-Control"] = NO_STORE
         return response
 
@@ -155,6 +160,28 @@ def _gate(settings: Settings, identify: Identify | None):
     return lambda: None
 
 
+class TrustedProxies:
+    """WSGI middleware: the client's address and scheme, from X-Forwarded-For/-Proto of trusted proxies only.
+
+    Every other peer is its own address, whatever headers it sends (app/client_address.py).
+    """
+
+    def __init__(self, wsgi_app, proxies: tuple[Network, ...]):
+        """Wrap ``wsgi_app``."""
+        self.wsgi_app = wsgi_app
+        self.proxies = proxies
+
+    def __call__(self, environ, start_response):
+        """Rewrite REMOTE_ADDR to the client's address, and wsgi.url_scheme to a trusted proxy's X-Forwarded-Proto."""
+        peer = environ.get("REMOTE_ADDR")
+        environ["REMOTE_ADDR"] = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.proxies) or ""
+        if trusted(parse_address(peer), self.proxies):
+            proto = environ.get("HTTP_X_FORWARDED_PROTO", "").strip().lower()
+            if proto in ("http", "https"):
+                environ["wsgi.url_scheme"] = proto
+        return self.wsgi_app(environ, start_response)
+
+
 class RequestLimits:
     """WSGI middleware: refuse what is too large or undecodable before Flask parses anything.
 
@@ -173,7 +200,10 @@ class RequestLimits:
     def __call__(self, environ, start_response):
         """Refuse a request over the limits; pass everything else on."""
         length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > self.max_body:
+        declared = parse_digits(length) if length else 0
+        if declared is None:
+            return _refuse(start_response, 400, "Content-Length is not a number")
+        if declared > self.max_body:
             return _refuse(start_response, 413, f"request body larger than {self.max_body // 1024} KiB")
         query = environ.get("QUERY_STRING", "")
         if len(query) > self.MAX_QUERY:
@@ -209,7 +239,7 @@ class DirectAnswer:
         if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "GET":
             return self.wsgi_app(environ, start_response)
         try:
-            if self.rate_limit is not None and (refused := self.rate_limit.hit(environ.get("REMOTE_ADDR") or "unknown")) is not None:
+            if self.rate_limit is not None and (refused := self.rate_limit.hit(rate_key(environ.get("REMOTE_ADDR")))) is not None:
                 body, headers = refused
                 start_response("429 TOO MANY REQUESTS", [*headers.items(), ("Content-Length", str(len(body)))])
                 return [body]

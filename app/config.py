@@ -15,6 +15,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 from limits import parse_many
@@ -49,6 +50,23 @@ USAGE_UNKNOWN = ("open", "closed")
 TURN_TRANSPORTS = ("udp", "tcp", "tls")
 CLOUDFLARE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # account and key ids: inlined in the analytics query
 DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")  # where the shipped nginx runs
+# Settings that are secrets, or may hold one: each also has a NAME_FILE form (the file's content, e.g. a
+# Docker or systemd credential), and none is ever printed.
+SECRET_VARS = (
+    "CLOUDFLARE_API_TOKEN",
+    "TURN_KEY_API_TOKEN",
+    "TURN_SHARED_SECRET",
+    "ICE_ACCESS_SECRET",
+    "ICE_JWT_SECRET",
+    "ICE_USER_ID_SECRET",
+    "CLOUDFLARE_ANALYTICS_TOKEN",
+    "REDIS_URL",  # may carry a password
+    "REDIS_SENTINEL_PASSWORD",
+    "TURN_SERVERS",  # may carry static TURN credentials
+)
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,12}")  # ASCII digits only
+DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 
 
 class ConfigError(ValueError):
@@ -73,7 +91,7 @@ class Settings:
     turn_servers: tuple[dict, ...] = ()
     stun_urls: tuple[str, ...] = DEFAULT_STUN_URLS
     log_level: str = "INFO"
-    proxy_hops: int = 1  # proxies (nginx) whose X-Forwarded-For / -Proto are trusted
+    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # peers whose X-Forwarded-For / -Proto count
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
     rate_limit: str | None = DEFAULT_RATE_LIMIT  # the limits library syntax; None: no limit
@@ -83,6 +101,7 @@ class Settings:
     jwks_url: str | None = None  # ...or the identity provider's JWKS
     jwt_algorithms: tuple[str, ...] = ()
     jwt_audience: str | None = None
+    jwt_no_audience: bool = False  # ICE_JWT_NO_AUDIENCE=1: tokens must carry no aud (providers whose tokens have none)
     jwt_issuer: str | None = None
     credential_scope: str = "shared"  # shared | user (one credential per verified subject)
     user_id_secret: str | None = field(default=None, repr=False)  # keys the opaque per-user identifier
@@ -112,6 +131,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env_file = None
         environ = os.environ
     env = {name: value.strip() for name, value in environ.items() if value.strip()}
+    _read_secret_files(env)
 
     key_id = _aliased(env, *KEY_ID_VARS)
     api_token = _aliased(env, *API_TOKEN_VARS)
@@ -128,7 +148,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "so that every credential served has validity left"
         )
 
-    shared_secret = _shared_secret(env)
+    shared_secret = env.get("TURN_SHARED_SECRET")
     turn_urls = _turn_urls(env)
     if bool(shared_secret) != bool(turn_urls):
         missing = "TURN_URLS" if shared_secret else "TURN_SHARED_SECRET"
@@ -141,7 +161,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_shared_secret=shared_secret,
         turn_urls=turn_urls,
         providers=_providers(env, configured),
-        api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE, ("https://", "http://")).rstrip("/"),
+        api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE).rstrip("/"),
         credential_ttl=credential_ttl,
         cache_ttl=cache_ttl,
         redis_url=env.get("REDIS_URL"),
@@ -150,7 +170,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_servers=_turn_servers(env),
         stun_urls=_stun_urls(env),
         log_level=_log_level(env),
-        proxy_hops=_integer(env, "ICE_PROXY_HOPS", 1, 0, 5, unit="proxies"),
+        trusted_proxies=_trusted_proxies(env),
         demo=_flag(env, "ICE_DEMO"),
         rate_limit=_rate_limit(env),
         metrics_allow=_networks(env, "ICE_METRICS_ALLOW", DEFAULT_METRICS_ALLOW),
@@ -185,21 +205,40 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     raw = env.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number of {unit}, got {raw!r}") from None
+    if not WHOLE_NUMBER.fullmatch(raw):  # int() would take "٣", " 3" and "1_0"
+        raise ConfigError(f"{name} must be a whole number of {unit}, got {raw[:20]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high} {unit}, got {value}")
     return value
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
-    """Return a URL setting after checking its scheme; never echo it (it may hold a password)."""
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """Return an https:// URL setting (http:// only to a loopback host, as tests and local proxies use); never echo it."""
     value = env.get(name, default)
-    if value is not None and not value.startswith(schemes):
-        raise ConfigError(f"{name} must start with one of {', '.join(schemes)}")
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(f"{name} is not a URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ConfigError(f"{name} must be an https:// URL")
+    if parts.scheme == "http" and not _loopback(host):
+        # A token or a signing key would cross the network in clear text, or from anyone on the path.
+        raise ConfigError(f"{name} must be https:// (http:// is allowed only to 127.0.0.1, ::1 or localhost)")
     return value
+
+
+def _loopback(host: str) -> bool:
+    """Tell whether ``host`` names this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -239,19 +278,21 @@ def _stun_urls(env: Mapping[str, str]) -> tuple[str, ...]:
     return urls
 
 
-def _shared_secret(env: Mapping[str, str]) -> str | None:
-    """Read TURN_SHARED_SECRET, or the file TURN_SHARED_SECRET_FILE names (kept out of the environment)."""
-    secret, path = env.get("TURN_SHARED_SECRET"), env.get("TURN_SHARED_SECRET_FILE")
-    if secret and path:
-        raise ConfigError("TURN_SHARED_SECRET and TURN_SHARED_SECRET_FILE are both set: keep one")
-    if path:
+def _read_secret_files(env: dict[str, str]) -> None:
+    """Replace each ``NAME_FILE`` of a secret by the file's content under ``NAME`` (kept out of the environment)."""
+    for name in SECRET_VARS:
+        path = env.pop(f"{name}_FILE", None)
+        if path is None:
+            continue
+        if env.get(name):
+            raise ConfigError(f"{name} and {name}_FILE are both set: keep one")
         try:
             secret = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"TURN_SHARED_SECRET_FILE cannot be read ({exc.strerror})") from None
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(f"{name}_FILE cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
         if not secret:
-            raise ConfigError("TURN_SHARED_SECRET_FILE names an empty file")
-    return secret
+            raise ConfigError(f"{name}_FILE names an empty file")
+        env[name] = secret
 
 
 def _turn_urls(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -321,8 +362,20 @@ def _jwt(env: Mapping[str, str]) -> dict:
         raise ConfigError("ICE_JWT_SECRET or ICE_JWKS_URL is not set: ICE_ACCESS_MODE=jwt needs the provider's HMAC secret or JWKS URL")
     if secret and len(secret) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"ICE_JWT_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: HMAC keys that short can be guessed")
+    no_audience = _flag(env, "ICE_JWT_NO_AUDIENCE")
+    if no_audience and env.get("ICE_JWT_AUDIENCE"):
+        raise ConfigError("ICE_JWT_NO_AUDIENCE=1 and ICE_JWT_AUDIENCE are both set: keep one")
     if jwks_url:
-        _url(env, "ICE_JWKS_URL", None, ("https://", "http://"))
+        _url(env, "ICE_JWKS_URL", None)
+        # A provider's key set signs tokens for every project on it (Firebase, Google, Auth0 tenants...):
+        # without both checks any of their users would pass.
+        if not env.get("ICE_JWT_ISSUER"):
+            raise ConfigError("ICE_JWT_ISSUER is not set: with ICE_JWKS_URL, tokens of other issuers signed by the same keys would pass")
+        if not env.get("ICE_JWT_AUDIENCE") and not no_audience:
+            raise ConfigError(
+                "ICE_JWT_AUDIENCE is not set: with ICE_JWKS_URL, tokens for other apps of the same provider would pass "
+                "(set ICE_JWT_NO_AUDIENCE=1 only if your provider's tokens carry no aud)"
+            )
     allowed, default = (HMAC_ALGORITHMS, ("HS256",)) if secret else (PUBLIC_KEY_ALGORITHMS, ("RS256", "ES256"))
     raw = env.get("ICE_JWT_ALGORITHMS")
     algorithms = tuple(item.strip() for item in raw.split(",") if item.strip()) if raw else default
@@ -341,16 +394,16 @@ def _jwt(env: Mapping[str, str]) -> dict:
         "jwks_url": jwks_url,
         "jwt_algorithms": algorithms,
         "jwt_audience": env.get("ICE_JWT_AUDIENCE"),
+        "jwt_no_audience": no_audience,
         "jwt_issuer": env.get("ICE_JWT_ISSUER"),
     }
 
 
 def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | None) -> dict:
-    """Parse ICE_CREDENTIAL_SCOPE and pick the secret that keys the per-user identifier.
+    """Parse ICE_CREDENTIAL_SCOPE and the secret that keys the per-user identifier (ICE_USER_ID_SECRET).
 
     The identifier must be the same on every worker, host and the CLI, and across restarts, without
-    being stored: so it is keyed with a secret every one of them already has. ICE_USER_ID_SECRET
-    overrides the choice (keep identifiers stable across an API token rotation).
+    being stored, and survive a rotation of any other secret: so user scope requires a secret of its own.
     """
     scope = env.get("ICE_CREDENTIAL_SCOPE", "shared").lower()
     if scope not in CREDENTIAL_SCOPES:
@@ -358,8 +411,15 @@ def _scope(env: Mapping[str, str], api_token: str | None, shared_secret: str | N
     if scope == "user" and env.get("ICE_ACCESS_MODE", "open").lower() != "jwt":
         raise ConfigError("ICE_CREDENTIAL_SCOPE=user needs ICE_ACCESS_MODE=jwt: only a verified token says who the user is")
     own = env.get("ICE_USER_ID_SECRET")
+    if scope == "user" and not own:
+        # Keyed with the API token, a token rotation would silently re-key every user (new ids, lost revocations).
+        raise ConfigError(
+            "ICE_USER_ID_SECRET is not set: ICE_CREDENTIAL_SCOPE=user keys each user's opaque id with it "
+            "(upgrading: set it to your current CLOUDFLARE_API_TOKEN to keep today's ids)"
+        )
     if own and len(own) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"ICE_USER_ID_SECRET is shorter than {MIN_JWT_SECRET_LENGTH} characters: use a long random value")
+    # Outside user scope the id only keys the rate limit of jwt mode: any deployment secret will do.
     return {"credential_scope": scope, "user_id_secret": own or api_token or shared_secret or env.get("ICE_JWT_SECRET")}
 
 
@@ -400,14 +460,13 @@ def _egress(env: Mapping[str, str], key_id: str | None) -> dict:
     unknown = env.get("ICE_USAGE_UNKNOWN", "open").lower()
     if unknown not in USAGE_UNKNOWN:
         raise ConfigError(f"ICE_USAGE_UNKNOWN must be open or closed, got {unknown[:20]!r}")
-    graphql_url = _url(env, "CLOUDFLARE_GRAPHQL_URL", DEFAULT_GRAPHQL_URL, ("https://", "http://"))
+    graphql_url = _url(env, "CLOUDFLARE_GRAPHQL_URL", DEFAULT_GRAPHQL_URL)
     raw = env.get("ICE_EGRESS_LIMIT_GB")
     if raw is None:
         return {"usage_interval": interval, "usage_unknown_closed": unknown == "closed", "graphql_url": graphql_url}
-    try:
-        limit_gb = float(raw)
-    except ValueError:
-        raise ConfigError(f"ICE_EGRESS_LIMIT_GB must be a number of decimal GB (10^9 bytes), got {raw[:20]!r}") from None
+    if not DECIMAL.fullmatch(raw):
+        raise ConfigError(f"ICE_EGRESS_LIMIT_GB must be a number of decimal GB (10^9 bytes), got {raw[:20]!r}")
+    limit_gb = float(raw)
     if not 0 <= limit_gb < 1e9:
         raise ConfigError(f"ICE_EGRESS_LIMIT_GB must be 0 or more decimal GB, got {raw[:20]!r}")
     for name in ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_ANALYTICS_TOKEN"):
@@ -438,8 +497,21 @@ def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise ConfigError(f"{name} entry {network!r} is not an IP address or network like 10.0.0.0/8") from None
+            raise ConfigError(f"{name} entry {network[:50]!r} is not an IP address or network like 10.0.0.0/8") from None
     return networks
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Parse ICE_TRUSTED_PROXIES: the proxies whose X-Forwarded-For counts ("none": no proxy; X-Forwarded-For never counts)."""
+    if env.get("ICE_PROXY_HOPS"):
+        # It trusted the header from anyone: a client reaching gunicorn directly picked its own address.
+        raise ConfigError(
+            "ICE_PROXY_HOPS is no longer read: X-Forwarded-For now counts only from the addresses in ICE_TRUSTED_PROXIES "
+            "(default 127.0.0.1,::1, the shipped nginx); remove ICE_PROXY_HOPS and list your proxies there if they run elsewhere"
+        )
+    if env.get("ICE_TRUSTED_PROXIES", "").lower() == "none":
+        return ()
+    return _networks(env, "ICE_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES)
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

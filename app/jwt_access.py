@@ -5,7 +5,8 @@ configured ones, never the token's: with a JWKS, the key the ``kid`` names must 
 allowed algorithm, so an HS256 token signed with a public key, ``alg: none`` and a key of the
 wrong kind are all refused. ``exp`` and ``sub`` are required; the audience and the issuer are
 checked exactly when configured (PyJWT compares the issuer whole, and requires ``aud`` when an
-audience is set). Every failure is the same None, so the caller answers every refusal alike.
+audience is set; with ``no_audience``, the ICE_JWT_NO_AUDIENCE opt-out, a token carrying any ``aud``
+is refused). Every failure is the same None, so the caller answers every refusal alike.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class JwtVerifier:
         jwks: JwksCache | None = None,
         audience: str | None = None,
         issuer: str | None = None,
+        no_audience: bool = False,
     ):
-        """Take exactly one key source: ``secret`` (HMAC) or ``jwks`` (public keys)."""
+        """Take exactly one key source: ``secret`` (HMAC) or ``jwks`` (public keys); ``no_audience``: refuse tokens with an aud."""
         if (secret is None) == (jwks is None):
             raise ValueError("JwtVerifier needs exactly one of secret and jwks")
         self._algorithms = list(algorithms)
@@ -38,6 +40,7 @@ class JwtVerifier:
         self._jwks = jwks
         self._audience = audience
         self._issuer = issuer
+        self._no_audience = no_audience
         self._options = {"require": list(REQUIRED_CLAIMS), "verify_aud": audience is not None}
 
     def __repr__(self) -> str:
@@ -66,6 +69,8 @@ class JwtVerifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
+        if self._no_audience and "aud" in claims:
+            return None  # a token meant for some audience is not one of the aud-less tokens this opt-out admits
         subject = claims.get("sub")
         return subject if isinstance(subject, str) and subject else None
 

@@ -35,6 +35,7 @@ from app.url_policy import UrlPolicy
 
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
+READINESS_REUSE = 1.0  # seconds a /readyz result is reused: probes from many balancers cost one check a second
 CLOUDFLARE = "cloudflare"  # the source the egress ceiling caps
 
 
@@ -138,6 +139,7 @@ class IceService:
         self._users: OrderedDict[tuple[str, bool], CredentialCache] = OrderedDict()
         self._users_mutex = threading.Lock()
         self._max_users = max_users
+        self._readiness: tuple[float, dict[str, bool], str] | None = None  # (reuse until, checks, topology)
 
     def cache(self, user: str | None = None, capped: bool = False) -> CredentialCache:
         """Return the cache of ``user`` (an opaque identifier), or the shared one; ``capped``: without Cloudflare."""
@@ -184,7 +186,17 @@ class IceService:
         """Tell whether the month's TURN egress is past ICE_EGRESS_LIMIT_GB (never without a guard)."""
         return self.egress is not None and self.egress.over()
 
-    def readiness(self) -> dict[str, bool]:
+    def readiness(self) -> tuple[dict[str, bool], str]:
+        """Return the readiness checks and the topology, reused for READINESS_REUSE seconds (a probe costs Redis calls)."""
+        now = self._clock()
+        held = self._readiness
+        if held is not None and now < held[0]:
+            return held[1], held[2]
+        checks, topology = self._check_readiness(), self.topology()
+        self._readiness = (now + READINESS_REUSE, checks, topology)
+        return checks, topology
+
+    def _check_readiness(self) -> dict[str, bool]:
         """Check that the shared cache answers and that a valid TURN credential is held or can be had.
 
         With per-user credentials there is no one credential to hold: the upstream counts as ready

@@ -1,16 +1,18 @@
-"""Check the settings as a fresh start would read them, for a gunicorn master that must not import the app.
+"""Check the settings as a fresh start would read them, for an operator or a gunicorn master that must not import the app.
 
-    python -m app.settings_check
+    python -m app.settings_check                   one line per .env value, secrets not shown; exit 0
+    python -m app.settings_check --handover-fd N   the .env values as JSON on file descriptor N
 
-Prints, on success, the JSON of the values read from the dotenv file (the workers are to get them
-through their environment) and exits 0; on a bad setting, prints the one-line configuration error
-on stderr and exits 2. The master runs it in a subprocess at start and on every reload (HUP), so
-that workers import new code while the master never does, and a bad new .env leaves the last good
-settings in force instead of taking the service down.
+On a bad setting both print the one-line configuration error on stderr and exit 2. The gunicorn
+master runs the second form in a subprocess at start and on every reload (HUP), so that workers
+import new code while the master never does, and a bad new .env leaves the last good settings in
+force instead of taking the service down. The values (secrets among them) travel on a pipe of the
+master's, never on stdout, where a terminal, pm2 or journald would keep them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from app.config import DEFAULT_ENV_FILE, ConfigError, env_file_problem, load_settings
+from app.config import DEFAULT_ENV_FILE, SECRET_VARS, ConfigError, env_file_problem, load_settings
 
 EXIT_BAD_SETTING = 2
 
@@ -29,8 +31,16 @@ def dotenv_file() -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def main() -> int:
-    """Validate the settings; print the dotenv values as JSON, or the error as one line."""
+def shown(name: str, value: str) -> str:
+    """Return ``value`` as an operator may see it: a secret (or a setting that may hold one) only as "(secret, not shown)"."""
+    return "(secret, not shown)" if name in SECRET_VARS else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the settings; print them (secrets redacted) or hand them over on a descriptor, or print the error as one line."""
+    parser = argparse.ArgumentParser(prog="python -m app.settings_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--handover-fd", type=int, metavar="N", help="write the .env values as JSON to file descriptor N")
+    args = parser.parse_args(argv)
     path = dotenv_file()
     values = {name: value for name, value in (dotenv_values(path) if path else {}).items() if value is not None}
     try:
@@ -39,7 +49,15 @@ def main() -> int:
         print(f"ice-servers: configuration error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     warnings = [problem] if (problem := env_file_problem(settings.env_file)) else []
-    print(json.dumps({"file": path, "values": values, "warnings": warnings}))
+    if args.handover_fd is not None:
+        with os.fdopen(args.handover_fd, "w") as handover:
+            json.dump({"file": path, "values": values, "warnings": warnings}, handover)
+        return 0
+    print(f"ice-servers: the settings are valid ({len(values)} from {path or 'no .env file'}; secrets not shown)")
+    for name, value in sorted(values.items()):
+        print(f"{name}={shown(name, value)}")
+    for warning in warnings:
+        print(f"warning: {warning}")
     return 0
 
 

@@ -40,7 +40,8 @@ class SigningKey:
         return self.private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def token(self, sub: str = "user-1", **claims) -> str:
-        """Sign a token for ``sub`` living five minutes, with ``claims`` added (None removes one)."""
+        """Sign a token for ``sub`` living five minutes, of ISSUER for AUDIENCE, with ``claims`` added (None removes one)."""
+        claims = {"iss": ISSUER, "aud": AUDIENCE, **claims}
         return jwt.encode(_claims(sub, claims), self.private, algorithm=self.algorithm, headers={"kid": self.kid})
 
 

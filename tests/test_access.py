@@ -1,5 +1,6 @@
 """Who may ask: access tokens, origins, the /metrics allowlist; pure and through the app."""
 
+import hashlib
 import hmac
 import time
 from unittest import mock
@@ -133,3 +134,40 @@ def test_metrics_refuse_addresses_outside_the_allowlist(make_service):
     assert refused.status_code == 403 and refused.get_json()["status"] == 403
     # Through the trusted proxy, the address is the client's, not the proxy's loopback.
     assert client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 403
+
+
+@pytest.mark.parametrize("expiry", ["\u00b2", "\u00b9\u00b3", "\u0663" * 10, " 1800000000", "1_800_000_000", "+1800000000"])
+def test_a_token_whose_expiry_is_not_ascii_digits_is_refused_not_a_crash(expiry):
+    # "²".isdigit() is True and int("²") raises: a latin-1 header byte answered a 500 with a traceback.
+    secret = "test-access-secret-long-enough"
+    forged = f"{expiry}.{hmac.new(secret.encode(), expiry.encode(), hashlib.sha256).hexdigest()}"  # even correctly signed
+    assert token_valid(secret, f"Bearer {forged}", 1_799_999_000.0) is False
+
+
+def test_a_stranger_cannot_forge_its_way_onto_the_metrics_allowlist(make_service):
+    # A client reaching gunicorn directly (a container port, a host bound to 0.0.0.0) with a forged header.
+    client = client_for(make_service)
+    forged = client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, environ_base={"REMOTE_ADDR": "203.0.113.50"})
+    assert forged.status_code == 403
+    through_nginx = client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert through_nginx.status_code == 200  # nginx on the box, for a client on the box
+
+
+def test_a_stranger_cannot_pick_its_own_rate_limit_key(make_service):
+    client = client_for(make_service, rate_limit="3 per minute")
+    forged = [
+        client.get("/api/ice-servers", headers={"X-Forwarded-For": f"198.51.100.{n}"}, environ_base={"REMOTE_ADDR": "203.0.113.50"})
+        for n in range(6)
+    ]
+    assert [r.status_code for r in forged] == [200] * 3 + [429] * 3
+
+
+def test_ipv6_callers_are_counted_by_their_64(make_service):
+    client = client_for(make_service, rate_limit="2 per minute")
+
+    def ask(address):
+        return client.get("/api/ice-servers", environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [ask("2001:db8:1:2::1"), ask("2001:db8:1:2:ffff:ffff:ffff:ffff"), ask("2001:db8:1:2::abcd")] == [200, 200, 429]
+    assert ask("2001:db8:1:3::1") == 200  # the next /64 is another caller
+    assert [ask("::ffff:198.51.100.7"), ask("198.51.100.7"), ask("198.51.100.7")] == [200, 200, 429]  # IPv4-mapped is IPv4

@@ -41,7 +41,12 @@ def test_legacy_post_serves_the_same_credential_as_one_object(client, provider):
 
 def test_no_answer_may_be_stored_by_any_cache(client, make_service):
     # A stored answer hands a stale, revoked or another user's credential to the next fetch().
+    default = create_app(Settings(), service=make_service()).test_client()  # the answer below Flask
     answers = [
+        default.get("/api/ice-servers"),
+        default.post("/api/turn-credentials"),
+        default.get("/api/ice-servers?" + "x" * 3000),
+        client.get("/static/no-such-file.js"),
         client.get("/api/ice-servers"),
         client.post("/api/turn-credentials"),
         client.get("/healthz"),
@@ -183,6 +188,36 @@ def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answerin
     assert client.get("/api/ice-servers").get_json()["source"] == "cloudflare"
 
 
+def test_readyz_tells_a_stranger_the_status_and_the_checks_nothing_more(make_service):
+    from app.store import RedisStore
+
+    service = make_service(store=RedisStore.from_url("redis://127.0.0.1:1/0"))
+    client = create_app(Settings(), service=service).test_client()
+    stranger = client.get("/readyz", environ_base={"REMOTE_ADDR": "203.0.113.50"})
+    assert stranger.status_code == 503
+    assert stranger.get_json() == {"status": 503, "checks": {"redis": "failing", "upstream": "ok"}, "error": "not ready: redis"}
+    assert "127.0.0.1:1" not in stranger.get_data(as_text=True)
+    assert "127.0.0.1:1" in client.get("/readyz").get_json()["topology"]  # an operator's address (ICE_METRICS_ALLOW)
+
+
+def test_readyz_reuses_its_result_for_a_second(make_service, clock):
+    from app.store import MemoryStore
+
+    class CountingStore(MemoryStore):
+        pings = 0
+
+        def ping(self):
+            CountingStore.pings += 1
+
+    client = create_app(Settings(), service=make_service(store=CountingStore(clock))).test_client()
+    for _ in range(20):  # a load balancer's probes from many addresses
+        assert client.get("/readyz", environ_base={"REMOTE_ADDR": "203.0.113.50"}).status_code == 200
+    assert CountingStore.pings == 1
+    clock.advance(1.0)
+    client.get("/readyz")
+    assert CountingStore.pings == 2
+
+
 def test_metrics_count_answers_by_source_and_upstream_outcomes(client, provider):
     def value(text, line_start):
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
@@ -203,13 +238,25 @@ def test_metrics_count_answers_by_source_and_upstream_outcomes(client, provider)
     assert "password" not in text
 
 
-@pytest.mark.parametrize(("hops", "seen"), [(1, "203.0.113.9"), (0, "127.0.0.1")])
-def test_client_address_comes_from_the_trusted_proxy_only(make_service, hops, seen):
-    app = create_app(Settings(proxy_hops=hops), service=make_service())
+@pytest.mark.parametrize(
+    ("peer", "proxies", "forwarded", "seen"),
+    [
+        ("127.0.0.1", ("127.0.0.1", "::1"), "198.51.100.1, 203.0.113.9", "203.0.113.9"),  # nginx on the box: its client
+        ("::1", ("127.0.0.1", "::1"), "203.0.113.9", "203.0.113.9"),
+        ("203.0.113.50", ("127.0.0.1", "::1"), "127.0.0.1", "203.0.113.50"),  # a stranger's forgery counts for nothing
+        ("127.0.0.2", ("127.0.0.1", "::1"), "198.51.100.1", "127.0.0.2"),  # trusted means listed, not "loopback"
+        ("10.0.1.7", ("10.0.0.0/16",), "203.0.113.9, 10.0.2.4", "203.0.113.9"),  # a load balancer, then a proxy of ours
+        ("10.0.1.7", ("10.0.0.0/16",), "10.0.9.9, 10.0.2.4", "10.0.9.9"),  # nothing but proxies: the farthest
+        ("10.0.1.7", ("10.0.0.0/16",), "203.0.113.9, n\u00b2t-an-address, 10.0.2.4", "10.0.2.4"),  # junk: as far as it is sound
+        ("127.0.0.1", (), "203.0.113.9", "127.0.0.1"),  # ICE_TRUSTED_PROXIES=none
+        ("::ffff:203.0.113.9", ("127.0.0.1",), "", "203.0.113.9"),  # IPv4-mapped: the IPv4 address
+    ],
+)
+def test_client_address_comes_from_trusted_proxies_only(make_service, peer, proxies, forwarded, seen):
+    app = create_app(Settings(trusted_proxies=proxies), service=make_service())
     app.add_url_rule("/test-remote-addr", "remote", lambda: {"remote": request.remote_addr})
-    response = app.test_client().get(
-        "/test-remote-addr", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
-    )
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    response = app.test_client().get("/test-remote-addr", headers=headers, environ_base={"REMOTE_ADDR": peer})
     assert response.get_json() == {"remote": seen}
 
 
@@ -315,3 +362,9 @@ def test_other_access_modes_and_cors_are_answered_by_flask(make_service):
     assert _direct_answer(create_app(Settings(cors_origins=(ORIGIN,)), service=make_service())) is None
     assert _direct_answer(create_app(Settings(access_mode="token", access_secret="s" * 32), service=make_service())) is None
     assert _direct_answer(create_app(Settings(), service=make_service())) is not None
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0663", "12a", "-1", " 5"])
+def test_a_content_length_that_is_not_ascii_digits_is_a_json_400(client, length):
+    response = client.post("/api/turn-credentials", environ_overrides={"CONTENT_LENGTH": length})
+    assert response.status_code == 400 and response.get_json() == {"error": "Content-Length is not a number", "status": 400}

@@ -147,3 +147,57 @@ def test_access_modes_and_metrics_allowlist():
     assert settings.access_mode == "token" and "test-access-secret" not in repr(settings)
     assert load_settings({}).access_mode == "open" and load_settings({}).metrics_allow == ("127.0.0.0/8", "::1/128")
     assert load_settings({"ICE_METRICS_ALLOW": "10.0.0.5, 192.0.2.0/24"}).metrics_allow == ("10.0.0.5", "192.0.2.0/24")
+
+
+@pytest.mark.parametrize("value", ["\u0663\u0666\u0660\u0660", "6_0", "\u00b2", "60s", "+60"])
+def test_numbers_take_ascii_digits_only(value):
+    # int() takes "٣٦٠٠", "6_0" and "+60": a setting must read as what it looks like to the operator.
+    with pytest.raises(ConfigError, match="TURN_CREDENTIAL_TTL must be a whole number of seconds") as refused:
+        load_settings({"TURN_CREDENTIAL_TTL": value})
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["CLOUDFLARE_API_BASE", "CLOUDFLARE_GRAPHQL_URL"])
+def test_clear_text_endpoints_are_refused_unless_on_loopback(name):
+    # A typo would send the API token in clear text to whoever is on the path.
+    ceiling = {**KEYS, "ICE_EGRESS_LIMIT_GB": "1", "CLOUDFLARE_ACCOUNT_ID": "test-account", "CLOUDFLARE_ANALYTICS_TOKEN": "test-token"}
+    for url in ("http://rtc.live.cloudflare.com/v1", "http://10.0.0.5/v1", "http://[2001:db8::1]/v1", "ftp://x.example.test/"):
+        with pytest.raises(ConfigError, match=f"{name} must be") as refused:
+            load_settings({**ceiling, name: url})
+        assert url not in str(refused.value)
+    for url in (
+        "http://127.0.0.1:9000/v1",
+        "http://127.0.0.2:9000/v1",
+        "http://[::1]:9000/v1",
+        "http://localhost:9000/v1",
+        "https://x.example.test/v1",
+    ):
+        settings = load_settings({**ceiling, name: url})
+        assert (settings.api_base if name == "CLOUDFLARE_API_BASE" else settings.graphql_url) == url
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "field"),
+    [
+        ("CLOUDFLARE_API_TOKEN", {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id"}, "api_token"),
+        ("TURN_KEY_API_TOKEN", {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id"}, "api_token"),
+        ("TURN_SHARED_SECRET", {"TURN_URLS": "turn:own.example.test"}, "turn_shared_secret"),
+        ("ICE_ACCESS_SECRET", {"ICE_ACCESS_MODE": "token"}, "access_secret"),
+        ("ICE_JWT_SECRET", {"ICE_ACCESS_MODE": "jwt"}, "jwt_secret"),
+        ("ICE_USER_ID_SECRET", {"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": "x" * 40, "ICE_CREDENTIAL_SCOPE": "user"}, "user_id_secret"),
+        ("REDIS_URL", {}, "redis_url"),
+        ("REDIS_SENTINEL_PASSWORD", {"REDIS_URL": "redis+sentinel://127.0.0.1:26379/ice"}, "redis"),
+    ],
+)
+def test_every_secret_can_come_from_a_file(tmp_path, name, extra, field):
+    value = "redis://:test-redis-password@127.0.0.1:6379/0" if name == "REDIS_URL" else "test-secret-from-a-file-0123456789abcdef"
+    path = tmp_path / "secret"
+    path.write_text(value + "\n")
+    settings = load_settings({**extra, f"{name}_FILE": str(path)})
+    held = getattr(settings, field)
+    assert (held.sentinel_password if name == "REDIS_SENTINEL_PASSWORD" else held) == value
+    with pytest.raises(ConfigError, match=f"{name} and {name}_FILE are both set: keep one"):
+        load_settings({**extra, name: value, f"{name}_FILE": str(path)})
+    with pytest.raises(ConfigError, match=f"{name}_FILE cannot be read") as refused:
+        load_settings({**extra, f"{name}_FILE": str(tmp_path / "missing")})
+    assert value not in str(refused.value)

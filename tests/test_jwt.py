@@ -12,6 +12,7 @@ from app.jwks import REFETCH_INTERVAL
 from tests.jwt_tools import AUDIENCE, HS_SECRET, ISSUER, JwksServer, SigningKey, bearer, hs_token, raw_token
 
 REFUSAL = b'{"error": "a valid access token is required", "status": 401}'
+JWKS_URL = "https://idp.example.test/jwks"
 
 
 def jwt_app(make_service, **env):
@@ -148,8 +149,11 @@ def test_well_formed_8kb_token_is_refused(make_service):
 # -- JWKS ------------------------------------------------------------------------------------
 
 
+JWKS_CHECKS = {"ICE_JWT_ISSUER": ISSUER, "ICE_JWT_AUDIENCE": AUDIENCE}  # required with a JWKS
+
+
 def jwks_client(make_service, jwks, **env):
-    return jwt_app(make_service, ICE_JWKS_URL=jwks.url, **env).test_client()
+    return jwt_app(make_service, ICE_JWKS_URL=jwks.url, **{**JWKS_CHECKS, **env}).test_client()
 
 
 @pytest.mark.parametrize("which", ["rs_key", "es_key"])
@@ -250,16 +254,38 @@ def test_service_starts_and_stays_up_while_the_jwks_url_hangs(make_service, jwks
 # -- rate limit per verified user --------------------------------------------------------------
 
 
-def test_rate_limit_counts_per_user_and_refusals_per_address(make_service):
+def test_rate_limit_counts_every_address_then_every_verified_user(make_service):
     client = hs_client(make_service, ICE_RATE_LIMIT="5/minute")
+
+    def ask(sub, address):
+        headers = bearer(hs_token(sub=sub)) if sub else {}
+        return client.get("/api/ice-servers", headers=headers, environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [ask("alice", "203.0.113.7") for _ in range(7)] == [200] * 5 + [429] * 2
+    assert [ask("bob", "198.51.100.8") for _ in range(5)] == [200] * 5
+    assert ask("alice", "192.0.2.9") == 429  # her own limit follows her to another address
+    assert [ask(None, "192.0.2.10") for _ in range(7)] == [401] * 5 + [429] * 2  # no token: the address's limit
+
+
+def test_the_audience_opt_out_admits_only_tokens_without_an_audience(make_service, jwks, rs_key, caplog):
+    # For providers whose access tokens carry no aud (Cognito access tokens, Clerk): explicit, warned, and narrow.
+    client = jwks_client(make_service, jwks, ICE_JWT_AUDIENCE="", ICE_JWT_NO_AUDIENCE="1")
+    assert "ICE_JWT_NO_AUDIENCE=1: any token of ICE_JWT_ISSUER without an aud claim is accepted" in caplog.text
+    assert client.get("/api/ice-servers", headers=bearer(rs_key.token(aud=None))).status_code == 200
+    assert_refused(client.get("/api/ice-servers", headers=bearer(rs_key.token(aud="another-app"))))  # an ID token of another app
+    assert_refused(client.get("/api/ice-servers", headers=bearer(rs_key.token(aud=None, iss="https://other.example.test/"))))
+
+
+def test_an_address_over_its_limit_is_refused_before_any_token_is_verified(make_service, jwks, rs_key):
+    # A flood of junk tokens, or of unknown key ids, costs one cheap refusal each: never a verification or a JWKS fetch.
+    client = jwks_client(make_service, jwks, ICE_RATE_LIMIT="3 per minute")
     same_address = {"REMOTE_ADDR": "203.0.113.7"}
-    first = [client.get("/api/ice-servers", headers=bearer(hs_token(sub="alice")), environ_base=same_address) for _ in range(7)]
-    assert [r.status_code for r in first] == [200] * 5 + [429] * 2
-    assert first[-1].headers["Retry-After"]
-    second = [client.get("/api/ice-servers", headers=bearer(hs_token(sub="bob")), environ_base=same_address) for _ in range(5)]
-    assert [r.status_code for r in second] == [200] * 5  # another user behind the same address: the whole limit
-    refused = [client.get("/api/ice-servers", environ_base=same_address) for _ in range(7)]
-    assert [r.status_code for r in refused] == [401] * 5 + [429] * 2
+    assert [client.get("/api/ice-servers", environ_base=same_address).status_code for _ in range(3)] == [401] * 3
+    unknown_kids = [SigningKey("RS256", f"junk-kid-{n}").token() for n in range(20)]
+    answers = [client.get("/api/ice-servers", headers=bearer(token), environ_base=same_address) for token in unknown_kids]
+    assert [r.status_code for r in answers] == [429] * 20 and jwks.fetches == 0
+    other = client.get("/api/ice-servers", headers=bearer(rs_key.token()), environ_base={"REMOTE_ADDR": "198.51.100.8"})
+    assert other.status_code == 200 and jwks.fetches == 1
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -272,9 +298,15 @@ def test_rate_limit_counts_per_user_and_refusals_per_address(make_service):
         ({"ICE_JWT_SECRET": HS_SECRET, "ICE_JWKS_URL": "https://idp.example.test/jwks"}, "ICE_JWT_SECRET and ICE_JWKS_URL are both set"),
         ({"ICE_JWT_SECRET": "too-short-0123456789"}, "ICE_JWT_SECRET is shorter than 32 characters"),
         ({"ICE_JWT_SECRET": HS_SECRET, "ICE_JWT_ALGORITHMS": "HS256,RS256"}, "ICE_JWT_ALGORITHMS lists RS256"),
-        ({"ICE_JWKS_URL": "https://idp.example.test/jwks", "ICE_JWT_ALGORITHMS": "RS256,HS256"}, "ICE_JWT_ALGORITHMS lists HS256"),
-        ({"ICE_JWKS_URL": "https://idp.example.test/jwks", "ICE_JWT_ALGORITHMS": "none"}, "ICE_JWT_ALGORITHMS entry 'none'"),
-        ({"ICE_JWKS_URL": "ftp://idp.example.test/jwks"}, "ICE_JWKS_URL must start with"),
+        ({"ICE_JWKS_URL": JWKS_URL, **JWKS_CHECKS, "ICE_JWT_ALGORITHMS": "RS256,HS256"}, "ICE_JWT_ALGORITHMS lists HS256"),
+        ({"ICE_JWKS_URL": JWKS_URL, **JWKS_CHECKS, "ICE_JWT_ALGORITHMS": "none"}, "ICE_JWT_ALGORITHMS entry 'none'"),
+        ({"ICE_JWKS_URL": "ftp://idp.example.test/jwks", **JWKS_CHECKS}, "ICE_JWKS_URL must be an https:// URL"),
+        # In clear text, anyone on the path could hand in signing keys.
+        ({"ICE_JWKS_URL": "http://idp.example.test/jwks", **JWKS_CHECKS}, "ICE_JWKS_URL must be https://"),
+        # A shared key set (Firebase, Google, a provider's tenants) signs tokens of other projects too.
+        ({"ICE_JWKS_URL": JWKS_URL, "ICE_JWT_AUDIENCE": AUDIENCE}, "ICE_JWT_ISSUER is not set: with ICE_JWKS_URL"),
+        ({"ICE_JWKS_URL": JWKS_URL, "ICE_JWT_ISSUER": ISSUER}, "ICE_JWT_AUDIENCE is not set: with ICE_JWKS_URL"),
+        ({"ICE_JWKS_URL": JWKS_URL, **JWKS_CHECKS, "ICE_JWT_NO_AUDIENCE": "1"}, "ICE_JWT_NO_AUDIENCE=1 and ICE_JWT_AUDIENCE are both set"),
     ],
 )
 def test_bad_jwt_settings_stop_the_start_naming_the_variable(env, message):
@@ -285,7 +317,7 @@ def test_bad_jwt_settings_stop_the_start_naming_the_variable(env, message):
 
 def test_default_algorithms_follow_the_key_source():
     assert load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET}).jwt_algorithms == ("HS256",)
-    jwks = load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWKS_URL": "https://idp.example.test/jwks"})
+    jwks = load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWKS_URL": JWKS_URL, **JWKS_CHECKS})
     assert jwks.jwt_algorithms == ("RS256", "ES256")
 
 

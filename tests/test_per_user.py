@@ -15,6 +15,7 @@ from tests.conftest import LocalProvider
 from tests.jwt_tools import HS_SECRET, bearer, hs_token
 
 ALICE, BOB = "a1" * 16, "b2" * 16  # opaque ids, as UserIds makes them
+USER_ID_SECRET = "test-user-id-secret-0123456789-abcdef"
 
 
 def test_each_user_gets_a_credential_of_their_own(make_service, provider):
@@ -106,14 +107,15 @@ def test_opaque_ids_are_stable_keyed_and_never_the_subject():
 
 
 def test_user_scope_answers_each_verified_user_their_own_credential(make_service, provider):
-    settings = load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET, "ICE_CREDENTIAL_SCOPE": "user", "ICE_RATE_LIMIT": "0"})
+    environ = {"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET, "ICE_CREDENTIAL_SCOPE": "user", "ICE_USER_ID_SECRET": USER_ID_SECRET}
+    settings = load_settings({**environ, "ICE_RATE_LIMIT": "0"})
     client = create_app(settings, service=make_service(per_user=True)).test_client()
     alice = client.get("/api/ice-servers", headers=bearer(hs_token(sub="alice@example.test"))).get_json()
     again = client.post("/api/turn-credentials", headers=bearer(hs_token(sub="alice@example.test"))).get_json()
     bob = client.get("/api/ice-servers", headers=bearer(hs_token(sub="bob@example.test"))).get_json()
     assert alice["iceServers"][1]["username"] == again["iceServers"]["username"] != bob["iceServers"][1]["username"]
-    expected = UserIds(HS_SECRET).opaque("alice@example.test")  # keyed with the jwt secret: no provider secret here
-    assert provider.users == [expected, UserIds(HS_SECRET).opaque("bob@example.test")]
+    expected = UserIds(USER_ID_SECRET).opaque("alice@example.test")
+    assert provider.users == [expected, UserIds(USER_ID_SECRET).opaque("bob@example.test")]
 
 
 def test_user_scope_needs_jwt_mode():
@@ -123,12 +125,14 @@ def test_user_scope_needs_jwt_mode():
         load_settings({"ICE_CREDENTIAL_SCOPE": "per-user"})
 
 
-def test_user_ids_are_keyed_with_a_secret_the_deployment_has():
-    base = {"ICE_ACCESS_MODE": "jwt", "ICE_JWKS_URL": "https://idp.example.test/jwks", "ICE_CREDENTIAL_SCOPE": "user"}
+def test_user_scope_requires_a_user_id_secret_of_its_own():
+    # Keyed with the API token, a token rotation would silently give every user a new id.
+    base = {"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET, "ICE_CREDENTIAL_SCOPE": "user"}
     cloudflare = {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id", "CLOUDFLARE_API_TOKEN": "test-api-token-not-a-secret"}
-    assert load_settings({**base, **cloudflare}).user_id_secret == "test-api-token-not-a-secret"
-    own = "test-user-id-secret-0123456789-abcdef"
-    assert load_settings({**base, **cloudflare, "ICE_USER_ID_SECRET": own}).user_id_secret == own
+    with pytest.raises(ConfigError, match="ICE_USER_ID_SECRET is not set: ICE_CREDENTIAL_SCOPE=user keys each user's opaque id") as refused:
+        load_settings({**base, **cloudflare})
+    assert "test-api-token-not-a-secret" not in str(refused.value)
+    assert load_settings({**base, **cloudflare, "ICE_USER_ID_SECRET": USER_ID_SECRET}).user_id_secret == USER_ID_SECRET
     with pytest.raises(ConfigError, match="ICE_USER_ID_SECRET is shorter than 32 characters"):
         load_settings({**base, "ICE_USER_ID_SECRET": "short"})
 

@@ -16,14 +16,24 @@ REFUSAL = '{"error": "a valid access token is required", "status": 401}'
 
 def user_env(cloudflare, redis_url, **extra):
     """Configure jwt mode with an HMAC secret and one credential per user."""
-    return app_env(cloudflare.base_url, redis_url, ICE_ACCESS_MODE="jwt", ICE_JWT_SECRET=HS_SECRET, ICE_CREDENTIAL_SCOPE="user", **extra)
+    return app_env(
+        cloudflare.base_url,
+        redis_url,
+        ICE_ACCESS_MODE="jwt",
+        ICE_JWT_SECRET=HS_SECRET,
+        ICE_CREDENTIAL_SCOPE="user",
+        ICE_USER_ID_SECRET="test-user-id-secret-0123456789-abcdef",
+        **extra,
+    )
 
 
-def ask(host, subject, count=1, method="GET"):
-    """Send ``count`` requests at once as ``subject`` (a fresh token each); return the responses."""
+def ask(host, subject, count=1, method="GET", client=None):
+    """Send ``count`` requests at once as ``subject`` (a fresh token each), from ``client`` as nginx forwards it; return the responses."""
 
     def one(_):
         headers = bearer(hs_token(sub=subject)) if subject else {}
+        if client:
+            headers["X-Forwarded-For"] = client  # the tests connect from 127.0.0.1, a trusted proxy
         path = "/api/ice-servers" if method == "GET" else "/api/turn-credentials"
         import requests
 
@@ -115,12 +125,13 @@ def test_revoke_turn_user_needs_user_scope(cloudflare, redis_url):
     assert result.returncode == 1 and "--user needs ICE_CREDENTIAL_SCOPE=user" in result.stderr
 
 
-def test_rate_limit_counts_per_user_across_workers(start_host, cloudflare, redis_url):
+def test_rate_limit_counts_per_address_and_per_user_across_workers(start_host, cloudflare, redis_url):
     host = start_host(user_env(cloudflare, redis_url, ICE_RATE_LIMIT="5/minute"))
-    alice = [ask(host, ALICE)[0].status_code for _ in range(8)]
+    alice = [ask(host, ALICE, client="203.0.113.7")[0].status_code for _ in range(8)]
     assert sorted(alice) == [200] * 5 + [429] * 3
-    assert [ask(host, BOB)[0].status_code for _ in range(5)] == [200] * 5  # same address, another user
-    refused = [ask(host, None)[0] for _ in range(7)]
+    assert [ask(host, BOB, client="198.51.100.8")[0].status_code for _ in range(5)] == [200] * 5  # another address, another user
+    assert ask(host, ALICE, client="192.0.2.9")[0].status_code == 429  # her limit follows her to another address
+    refused = [ask(host, None, client="192.0.2.10")[0] for _ in range(7)]
     assert [r.status_code for r in refused] == [401] * 5 + [429] * 2
     assert refused[0].text == REFUSAL and refused[0].headers["WWW-Authenticate"] == "Bearer"
 
