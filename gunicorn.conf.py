@@ -5,6 +5,7 @@ Any of these can be overridden without editing this file, as usual with gunicorn
 """
 
 import atexit
+import glob
 import json
 import multiprocessing
 import os
@@ -100,9 +101,16 @@ def on_reload(server):
     problem = _take_settings(server)
     if problem:
         server.log.error("%s; the running settings stay in force: fix .env and reload again", problem)
-    else:
-        server.log.info("Reloading: new workers start with the current code and .env")
     old = list(server.WORKERS)
+    broken = _code_problem()
+    if broken:
+        # New workers would fail to boot, and one that fails to boot stops gunicorn: keep the running ones.
+        server.log.error("%s; the running workers stay: fix the code and reload again", broken)
+        server.cfg.set("workers", 0)  # nothing is forked by this reload (the next one reads the setting again)
+        server.num_workers, server.ice_retiring, server.ice_handovers = len(old), set(), []
+        return
+    if not problem:
+        server.log.info("Reloading: new workers start with the current code and .env")
     server.num_workers = len(old) + server.cfg.workers
     server.ice_retiring = set(old)
     shares = server.cfg.workers
@@ -197,11 +205,28 @@ def _run_settings_check(env):
     return child.returncode, stderr, handed[0] if handed else ""
 
 
-def child_exit(server, worker):
-    """Drop a dead worker's live gauges (its counters keep counting in the sums); an old worker is not replaced."""
-    from prometheus_client import multiprocess
+def _code_problem():
+    """Import and build the app as a new worker would, in a subprocess; return None, or the one-line reason it fails."""
+    try:
+        check = subprocess.run(
+            [sys.executable, "-c", "import wsgi"], env=dict(os.environ), cwd=os.getcwd(), capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"ice-servers: the new code could not be checked ({type(exc).__name__})"
+    if check.returncode == 0:
+        return None
+    lines = [line.strip() for line in check.stderr.splitlines() if line.strip()]
+    return f"ice-servers: the new code does not start: {lines[-1] if lines else f'exit {check.returncode}'}"
 
-    multiprocess.mark_process_dead(worker.pid)
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters keep counting in the sums); an old worker is not replaced.
+
+    What prometheus_client's mark_process_dead does, without importing it: the master imports nothing
+    of the app's dependencies, so a reload's new workers get them from the release they start in.
+    """
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"gauge_live*_{worker.pid}.db")):
+        os.remove(path)
     retiring = getattr(server, "ice_retiring", set())
     if worker.pid in retiring:
         retiring.discard(worker.pid)

@@ -3,9 +3,9 @@
 
 It runs the units deploy.sh installed in SYSTEMD_UNIT_DIR the way systemd would for what
 deploy.sh asks: ``start`` runs the service's ExecStart in its WorkingDirectory with its
-Environment under systemd-socket-activate on the socket unit's ListenStream (LISTEN_FDS, as
-socket activation does); ``reload`` runs ExecReload's signal (HUP) at the main PID; ``is-active``
-looks at that PID. daemon-reload and enable are accepted and do nothing.
+Environment, as its User and Group (setpriv), under systemd-socket-activate on the socket unit's
+ListenStream (LISTEN_FDS, as socket activation does); ``reload`` runs ExecReload's signal (HUP) at
+the main PID; ``is-active`` looks at that PID. daemon-reload and enable are accepted and do nothing.
 """
 
 import os
@@ -54,7 +54,11 @@ def main(args: list[str]) -> int:
             for pair in shlex.split(assignment):
                 key, _, value = pair.partition("=")
                 environment[key] = value
-        command = ["systemd-socket-activate", "-l", socket_unit["ListenStream"][0], *shlex.split(service["ExecStart"][0])]
+        as_user = []
+        if "User" in service and os.geteuid() == 0:
+            user, group = service["User"][0], service.get("Group", service["User"])[0]
+            as_user = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", "--"]
+        command = ["systemd-socket-activate", "-l", socket_unit["ListenStream"][0], *as_user, *shlex.split(service["ExecStart"][0])]
         log = open(UNITS / "journal.log", "ab")
         process = subprocess.Popen(
             command, cwd=service["WorkingDirectory"][0], env=environment, stdout=log, stderr=log, start_new_session=True

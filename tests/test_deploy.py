@@ -1,6 +1,8 @@
 """Every artefact in deploy/, for real.
 
-deploy.sh on a fresh clone, pm2 from npm, the systemd unit, and Debian's nginx with a self-signed
+deploy.sh from a fresh clone into releases (each checked before it is switched to), the refusals
+that keep secrets off the web (an APP_DIR under an nginx web root, the web server's user), pm2 from
+npm, the systemd unit, and Debian's nginx (its stock default site beside ours) with a self-signed
 certificate in front of gunicorn.
 """
 
@@ -14,96 +16,167 @@ import ssl
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.cloudflare_stub import API_TOKEN
+from tests.deployments import PM2_BIN, TEST_APP_USER, app_user, deploy, deployment_dir, fresh_clone, release
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("deploy")
 
-PM2_BIN = ROOT / ".tools" / "node_modules" / ".bin"
 FAKE_ENV = b"# test .env: fake values only\nICE_LOG_LEVEL=INFO\nCLOUDFLARE_API_TOKEN_NOTE='not-a-real-token-value'\n"
-
-
-def app_user() -> str:
-    """Return the user deploy.sh may hand .env to: www-data as root (CI), else ourselves."""
-    return "www-data" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-
-
-def fresh_clone(app_dir) -> None:
-    """Clone the repository as an operator would, with this working tree's files (committed or not) on top."""
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(app_dir)], check=True)
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, (entry.decode() for entry in listed)):
-        if (ROOT / name).is_file():
-            (app_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, app_dir / name)
-
-
-def deploy(app_dir, manager="none", **env):
-    """Run deploy/deploy.sh of ``app_dir``; return the completed process."""
-    environ = {
-        **clean_environ(),
-        "PATH": f"{PM2_BIN}:{os.environ['PATH']}",
-        "APP_DIR": str(app_dir),
-        "APP_USER": app_user(),
-        "SERVICE_MANAGER": manager,
-        **env,
-    }
-    return subprocess.run(["bash", "deploy/deploy.sh"], cwd=app_dir, env=environ, capture_output=True, text=True, timeout=600)
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """Deploy a fresh clone that has a .env of mode 644."""
-    app_dir = tmp_path_factory.mktemp("deploy") / "html"
-    fresh_clone(app_dir)
+def deployed(tmp_path_factory):
+    """Deploy a fresh clone into an APP_DIR whose .env has mode 644; return (source, app_dir, the first run)."""
+    source = tmp_path_factory.mktemp("deploy") / "src"
+    fresh_clone(source)
+    app_dir = deployment_dir("deploy") / "opt"
+    app_dir.mkdir()
     (app_dir / ".env").write_bytes(FAKE_ENV)
     (app_dir / ".env").chmod(0o644)
-    first = deploy(app_dir)
+    first = deploy(source, app_dir)
     assert first.returncode == 0, first.stderr
-    return app_dir, first
+    yield source, app_dir, first
+    shutil.rmtree(app_dir.parent, ignore_errors=True)
 
 
-def test_deploy_builds_the_venv_and_keeps_env_byte_for_byte(clone):
-    app_dir, first = clone
-    assert (app_dir / ".venv" / "bin" / "gunicorn").exists()
+def test_deploy_builds_a_release_with_its_own_venv_and_keeps_env_byte_for_byte(deployed):
+    _, app_dir, first = deployed
+    current = release(app_dir)
+    assert current.parent == app_dir / "releases" and (current / ".venv" / "bin" / "gunicorn").exists()
+    assert (current / ".env").resolve() == app_dir / ".env"  # flask commands in current/ read the deployment's .env
     assert (app_dir / ".env").read_bytes() == FAKE_ENV
     env_stat = (app_dir / ".env").stat()
     assert stat.S_IMODE(env_stat.st_mode) == 0o600
     assert pwd.getpwuid(env_stat.st_uid).pw_name == app_user()
+    if os.geteuid() == 0:  # the code is root's: the service may read it, not change it
+        assert (current / "app" / "__init__.py").stat().st_uid == 0 and stat.S_IMODE((current / "app").stat().st_mode) == 0o755
     assert "not-a-real-token-value" not in first.stdout + first.stderr
 
 
-def test_deploy_twice_gives_the_same_result(clone):
-    app_dir, _ = clone
-    frozen = subprocess.run([app_dir / ".venv/bin/pip", "freeze"], capture_output=True, text=True).stdout
-    again = deploy(app_dir)
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a system user needs root (CI runs as root)")
+def test_deploy_creates_a_system_user_of_its_own_for_the_service(deployed):
+    entry = pwd.getpwnam(TEST_APP_USER)
+    assert entry.pw_uid < 1000 and entry.pw_shell == "/usr/sbin/nologin"
+
+
+def test_deploy_again_builds_a_new_release_and_keeps_the_last_one_for_rollback(deployed):
+    source, app_dir, _ = deployed
+    first = release(app_dir)
+    again = deploy(source, app_dir)
     assert again.returncode == 0, again.stderr
-    assert (app_dir / ".env").read_bytes() == FAKE_ENV
-    assert stat.S_IMODE((app_dir / ".env").stat().st_mode) == 0o600
-    assert subprocess.run([app_dir / ".venv/bin/pip", "freeze"], capture_output=True, text=True).stdout == frozen
+    second = release(app_dir)
+    assert second != first and release(app_dir, "previous") == first
+    assert (app_dir / ".env").read_bytes() == FAKE_ENV and stat.S_IMODE((app_dir / ".env").stat().st_mode) == 0o600
+
+    def frozen(at):
+        return subprocess.run([at / ".venv/bin/python", "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+
+    assert frozen(second) == frozen(first) and "gunicorn==" in frozen(second)
+    back = deploy(source, app_dir, "none", "--rollback")
+    assert back.returncode == 0, back.stderr
+    assert release(app_dir) == first and release(app_dir, "previous") == second
 
 
-def test_deploy_without_env_warns_and_creates_none(tmp_path):
-    app_dir = tmp_path / "html"
-    fresh_clone(app_dir)
-    (app_dir / ".venv").symlink_to(ROOT / ".venv")  # the venv step is covered above; keep this one quick
-    result = deploy(app_dir)
-    assert result.returncode == 0, result.stderr
-    assert "no .env in" in result.stderr and not (app_dir / ".env").exists()
+def test_deploy_without_env_warns_and_creates_none(deployed):
+    source, app_dir, _ = deployed
+    (app_dir / ".env").rename(app_dir / ".env.away")
+    try:
+        result = deploy(source, app_dir)
+        assert result.returncode == 0, result.stderr
+        assert f"no {app_dir}/.env" in result.stderr and not (app_dir / ".env").exists()
+    finally:
+        (app_dir / ".env.away").rename(app_dir / ".env")
 
 
-def test_deploy_refuses_an_unknown_service_manager(clone):
-    app_dir, _ = clone
-    result = deploy(app_dir, manager="supervisor")
+def test_deploy_refuses_an_unknown_service_manager(deployed):
+    source, app_dir, _ = deployed
+    result = deploy(source, app_dir, manager="supervisor")
     assert result.returncode == 1
     assert result.stderr.strip() == "deploy: error: SERVICE_MANAGER must be pm2, systemd or none, not 'supervisor'"
+
+
+def nginx_on_path(tmp_path, *sites: str) -> str:
+    """Put an `nginx` on a PATH that runs Debian's nginx on a configuration of ``sites``; return that PATH."""
+    (tmp_path / "sites").mkdir()
+    for index, site in enumerate(sites):
+        (tmp_path / "sites" / f"{index}.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"user www-data;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/sites/*.conf;\n}}\n"
+    )
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nginx").write_text(f'#!/bin/sh\nexec {NGINX} -p {tmp_path} -c {tmp_path}/nginx.conf "$@"\n')
+    (tmp_path / "bin" / "nginx").chmod(0o755)
+    return f"{tmp_path}/bin:{PM2_BIN}:{os.environ['PATH']}"
+
+
+def stock_default_site() -> str:
+    """Return Debian's default nginx site as apt installs it (enabled, default_server, root /var/www/html)."""
+    return Path("/etc/nginx/sites-available/default").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx -T reads its configuration as root")
+def test_deploy_refuses_an_app_dir_under_an_enabled_nginx_web_root_and_changes_nothing(deployed, tmp_path):
+    source, _, _ = deployed
+    www = deployment_dir("www")
+    try:
+        site = f"server {{ listen 127.0.0.1:{free_port()}; root {www}/html; location /assets/ {{ alias {www}/assets/; }} }}\n"
+        path = nginx_on_path(tmp_path, stock_default_site(), site)
+        for app_dir, root in (
+            ("/var/www/html", "/var/www/html"),  # the second guide's layout, on a stock Debian box
+            ("/var/www/html/ice-servers", "/var/www/html"),
+            (f"{www}/html/ice", f"{www}/html"),
+            (f"{www}/assets/ice", f"{www}/assets/"),
+        ):
+            refused = deploy(source, Path(app_dir), path=path)
+            assert refused.returncode == 1, refused.stdout
+            assert refused.stderr.splitlines() == [
+                f"deploy: error: APP_DIR {app_dir} is under {root}, the web root of an enabled nginx site: nginx would serve "
+                "its .env and code. Use another APP_DIR (default /opt/ice-servers)"
+            ]
+            assert not Path(app_dir, "releases").exists() and not Path(app_dir, "current").exists()
+        assert not Path(f"{www}/html").exists() and not Path(f"{www}/assets").exists()  # nothing was made
+        allowed = deploy(source, www / "opt", path=path)
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        shutil.rmtree(www, ignore_errors=True)
+
+
+def test_deploy_refuses_the_web_servers_user(deployed):
+    source, app_dir, _ = deployed
+    before = os.readlink(app_dir / "current")
+    refused = deploy(source, app_dir, APP_USER="www-data")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "deploy: error: APP_USER www-data is the web server's user: nginx could then read .env. Use a user of its own (default ice-servers)"
+    ]
+    assert os.readlink(app_dir / "current") == before
+
+
+def test_a_release_that_does_not_start_is_refused_and_removed(deployed):
+    source, app_dir, _ = deployed
+    before = sorted(os.listdir(app_dir / "releases"))
+    current = os.readlink(app_dir / "current")
+    broken = source / "app" / "__init__.py"
+    good = broken.read_text()
+    broken.write_text(good + "\ndef broken(:\n")
+    try:
+        refused = deploy(source, app_dir)
+    finally:
+        broken.write_text(good)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "deploy: error: ice-servers: the release does not start: SyntaxError: invalid syntax; nothing was switched, restarted or reloaded"
+    )
+    assert os.readlink(app_dir / "current") == current and sorted(os.listdir(app_dir / "releases")) == before
 
 
 @pytest.fixture
@@ -119,8 +192,8 @@ def pm2(tmp_path):
     run("kill")
 
 
-def test_pm2_runs_the_ecosystem_file_and_restart_keeps_the_credential(clone, pm2, cloudflare, redis_url):
-    app_dir, _ = clone
+def test_pm2_runs_the_current_release_as_its_own_user_and_restart_keeps_the_credential(deployed, pm2, cloudflare, redis_url):
+    source, app_dir, _ = deployed
     run_pm2, pm2_environ = pm2
     port = free_port()
     env = {
@@ -128,9 +201,13 @@ def test_pm2_runs_the_ecosystem_file_and_restart_keeps_the_credential(clone, pm2
         "PM2_HOME": pm2_environ["PM2_HOME"],
         "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --workers 4",
     }
-    deployed = deploy(app_dir, manager="pm2", HEALTH_URL=f"http://127.0.0.1:{port}/healthz", **env)
-    assert deployed.returncode == 0, deployed.stderr
-    assert "healthy" in deployed.stdout
+    started = deploy(source, app_dir, "pm2", HEALTH_URL=f"http://127.0.0.1:{port}/healthz", **env)
+    assert started.returncode == 0, started.stderr
+    assert "healthy" in started.stdout
+    master = int(run_pm2("pid", "ice-servers").stdout.strip().splitlines()[-1])
+    uid = next(line.split()[1] for line in Path(f"/proc/{master}/status").read_text().splitlines() if line.startswith("Uid:"))
+    assert pwd.getpwuid(int(uid)).pw_name == app_user()  # never root, never the web server's user
+    assert Path(f"/proc/{master}/cwd").resolve() == release(app_dir)
 
     base = f"http://127.0.0.1:{port}"
     first = requests.get(f"{base}/api/ice-servers", timeout=10).json()
@@ -160,7 +237,9 @@ def _answers(url: str) -> bool:
 def test_systemd_unit_passes_verify(tmp_path):
     unit = (ROOT / "deploy/ice-servers.service").read_text()
     for needed in (
-        "User=www-data",
+        "User=ice-servers",
+        "ExecStart=/opt/ice-servers/current/.venv/bin/python -m gunicorn -c gunicorn.conf.py --chdir /opt/ice-servers/current wsgi:app",
+        "Environment=ICE_ENV_FILE=/opt/ice-servers/.env",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",
@@ -170,8 +249,9 @@ def test_systemd_unit_passes_verify(tmp_path):
     ):
         assert needed in unit
     assert "Requires=ice-servers.socket" in unit
-    # The binary path stubbed to this checkout, which has a .venv, as deploy.sh does with APP_DIR.
-    (tmp_path / "ice-servers.service").write_text(unit.replace("/var/www/html", str(ROOT)))
+    # The paths stubbed to this checkout, which has a .venv, as deploy.sh does with APP_DIR; a user this box has.
+    stubbed = unit.replace("/opt/ice-servers/current", str(ROOT)).replace("/opt/ice-servers", str(ROOT.parent))
+    (tmp_path / "ice-servers.service").write_text(stubbed.replace("=ice-servers\n", "=daemon\n"))
     shutil.copy(ROOT / "deploy/ice-servers.socket", tmp_path / "ice-servers.socket")
     units = [str(tmp_path / "ice-servers.socket"), str(tmp_path / "ice-servers.service")]
     result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
@@ -216,6 +296,14 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
         .replace("127.0.0.1:8000", f"127.0.0.1:{app.port}")
     )
     (tmp_path / "site.conf").write_text(site)
+    # Debian's default site as apt enables it (root /var/www/html, default_server), on a port of the test's.
+    default_port = free_port()
+    stock = (
+        stock_default_site()
+        .replace("listen [::]:80 default_server;", "")
+        .replace("listen 80 default_server;", f"listen 127.0.0.1:{default_port} default_server;")
+    )
+    (tmp_path / "default.conf").write_text(stock)
     user = "user root;" if os.geteuid() == 0 else ""
     # An operator's cache for every site of the box, one that ignores Cache-Control: the site must still store nothing.
     (tmp_path / "nginx.conf").write_text(
@@ -223,14 +311,14 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
         f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
         f"  proxy_cache_path {tmp_path}/cache keys_zone=everything:1m;\n  proxy_cache everything;\n"
         "  proxy_cache_valid 200 10m;\n  proxy_ignore_headers Cache-Control Expires;\n"
-        f"  include {tmp_path}/site.conf;\n}}\n"
+        f"  include {tmp_path}/site.conf;\n  include {tmp_path}/default.conf;\n}}\n"
     )
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
     process = subprocess.Popen(
         [nginx_bin, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
     )
     wait_until(lambda: _answers_tls(https_port), 10, what="nginx start")
-    yield {"http": http_port, "https": https_port, "app": app, "cache": tmp_path / "cache"}
+    yield {"http": http_port, "https": https_port, "default": default_port, "app": app, "cache": tmp_path / "cache"}
     process.send_signal(signal.SIGQUIT)
     process.wait(10)
 
@@ -281,6 +369,31 @@ def test_nginx_own_answers_are_json_and_never_stored(nginx):
         assert status == expected and answer_headers["Cache-Control"] == "no-store", (path, status, answer_headers)
         assert json.loads(body)["status"] == expected
         assert answer_headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_no_nginx_server_on_a_stock_debian_box_answers_any_file_of_the_deployment(nginx, deployed):
+    # The box as the README sets it up: Debian's default site still enabled, ours beside it, APP_DIR outside every root.
+    _, app_dir, _ = deployed
+    files = [path for path in app_dir.rglob("*") if path.is_file() and ".venv" not in path.parts and "__pycache__" not in path.parts]
+    assert (app_dir / ".env") in files and len(files) > 50
+    for path in files:
+        secret = path.read_bytes()
+        relative = path.relative_to(app_dir).as_posix()
+        for url in (f"/{relative}", f"/{app_dir.name}/{relative}", str(path), f"/../../..{path}", f"/%2e%2e/%2e%2e{path}"):
+            for port, scheme in ((nginx["default"], "http"), (nginx["http"], "http"), (nginx["https"], "https")):
+                if scheme == "https":
+                    status, _, body = _tls_request(port, "GET", url)
+                else:
+                    answer = requests.get(f"http://127.0.0.1:{port}{url}", allow_redirects=False, timeout=5)
+                    status, body = answer.status_code, answer.content
+                assert status != 200 or (secret[:200] not in body), (url, port, status)
+
+
+def test_the_site_denies_dot_files_itself(nginx):
+    for path in ("/.env", "/.git/config", "/app/.env", "/.well-known/../.env"):
+        status, headers, body = _tls_request(nginx["https"], "GET", path)
+        assert status == 404 and json.loads(body) == {"error": "Not Found", "status": 404}, path
+    assert "GET /.env" not in (Path(nginx["app"].log_path)).read_text()  # nginx answered, not the app
 
 
 def test_nginx_redirects_http_to_https(nginx):

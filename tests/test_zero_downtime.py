@@ -2,8 +2,11 @@
 
 Every response is counted: a non-200, a refused or reset connection, or no answer within 30 s is
 a failure. Through `pm2 sendSignal SIGHUP` with a changed .env, deploy.sh with a new commit (pm2,
-and systemd through a stand-in systemctl running the installed units under systemd-socket-activate),
-and a bad .env, which must leave the service serving: one credential and one upstream call throughout.
+and systemd through a stand-in systemctl running the installed units under systemd-socket-activate,
+as their user), deploy.sh --rollback, and what must leave the service serving the release it runs:
+a bad .env, a commit that does not start (refused by deploy.sh; a worker respawned meanwhile still
+runs the good release), and a bare reload of code broken in place. One credential and one upstream
+call throughout.
 """
 
 import http.client
@@ -16,12 +19,14 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.cloudflare_stub import API_TOKEN
+from tests.deployments import PM2_BIN, app_user, deployment_dir, fresh_clone, release
+from tests.deployments import deploy as run_deploy
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
-from tests.test_deploy import PM2_BIN, app_user, fresh_clone
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("deploy")
@@ -88,29 +93,23 @@ class ClosedLoop:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
-    """Make an origin repository holding this working tree as a commit, and a deployed clone of it (its .venv built once)."""
+    """Make an origin repository holding this working tree as a commit, an operator's clone of it, and an APP_DIR."""
     base = tmp_path_factory.mktemp("zero-downtime")
-    origin, app_dir = base / "origin", base / "html"
+    origin, source = base / "origin", base / "src"
     fresh_clone(origin)
     subprocess.run([*GIT, "-C", str(origin), "add", "-A"], check=True)
     subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "--allow-empty", "-m", "the working tree"], check=True)
-    subprocess.run(["git", "clone", "-q", str(origin), str(app_dir)], check=True)
-    first = deploy(app_dir, "none")
+    subprocess.run(["git", "clone", "-q", str(origin), str(source)], check=True)
+    app_dir = deployment_dir("zero-downtime") / "opt"
+    app_dir.mkdir()
+    first = deploy(source, app_dir, "none")  # builds the first release's venv once
     assert first.returncode == 0, first.stderr
-    return origin, app_dir
+    yield origin, source, app_dir
+    shutil.rmtree(app_dir.parent, ignore_errors=True)
 
 
-def deploy(app_dir, manager, **env):
-    environ = {
-        **clean_environ(),
-        "PATH": f"{PM2_BIN}:{os.environ['PATH']}",
-        "APP_DIR": str(app_dir),
-        "APP_USER": app_user(),
-        "SERVICE_MANAGER": manager,
-        "ICE_ENV_FILE": str(app_dir / ".env"),  # the deployment's own .env (the suite's default is none)
-        **env,
-    }
-    return subprocess.run(["bash", "deploy/deploy.sh"], cwd=app_dir, env=environ, capture_output=True, text=True, timeout=600)
+def deploy(source, app_dir, manager, *args, **env):
+    return run_deploy(source, app_dir, manager, *args, **env)
 
 
 def write_env(app_dir, cloudflare, redis_url, **extra):
@@ -129,6 +128,14 @@ def commit_healthz_marker(origin, marker):
     subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "-am", f"healthz says {marker}"], check=True)
 
 
+def commit_broken_code(origin):
+    """Commit code that does not start (a syntax error in the app package); return a function that reverts it upstream."""
+    init = origin / "app" / "__init__.py"
+    init.write_text(init.read_text() + "\ndef broken(:\n")
+    subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "-am", "a commit that does not start"], check=True)
+    return lambda: subprocess.run([*GIT, "-C", str(origin), "revert", "--no-edit", "HEAD"], check=True, capture_output=True)
+
+
 def healthz(port):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -140,6 +147,17 @@ def healthz(port):
         connection.close()
 
 
+def worker_pids(master: int) -> list[int]:
+    """Return the pids of a gunicorn master's workers."""
+    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def pm2_logs(pm2_environ) -> str:
+    return subprocess.run(
+        [PM2_BIN / "pm2", "logs", "ice-servers", "--nostream", "--lines", "400"], env=pm2_environ, capture_output=True, text=True
+    ).stdout
+
+
 def assert_nothing_dropped(load, cloudflare):
     failures = [answer for answer in load.answers if answer.status != 200]
     assert failures == [], f"{len(failures)} of {len(load.answers)} requests failed"
@@ -148,8 +166,8 @@ def assert_nothing_dropped(load, cloudflare):
     assert cloudflare.call_count == 1
 
 
-def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(repository, cloudflare, redis_url, tmp_path):
-    origin, app_dir = repository
+def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reaches_a_worker(repository, cloudflare, redis_url, tmp_path):
+    origin, source, app_dir = repository
     port = free_port()
     pm2_env = {
         "PM2_HOME": str(tmp_path / "pm2"),
@@ -163,7 +181,7 @@ def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(reposito
         "ICE_ENV_FILE": str(app_dir / ".env"),
     }
     write_env(app_dir, cloudflare, redis_url)
-    started = deploy(app_dir, "pm2", **pm2_env)
+    started = deploy(source, app_dir, "pm2", **pm2_env)
     assert started.returncode == 0, started.stderr
     assert "starting ice-servers (pm2)" in started.stdout  # the first run on a fresh box starts it
     gaps = {}
@@ -183,7 +201,7 @@ def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(reposito
             # A new commit, put live by deploy.sh.
             commit_healthz_marker(origin, "second")
             at = time.monotonic()
-            deployed = deploy(app_dir, "pm2", **pm2_env)
+            deployed = deploy(source, app_dir, "pm2", **pm2_env)
             assert deployed.returncode == 0, deployed.stderr
             assert "reloading ice-servers (pm2, graceful: gunicorn HUP)" in deployed.stdout
             wait_until(lambda: healthz(port).get("build") == "second", 15, interval=0.1, what="the new commit answering")
@@ -192,15 +210,53 @@ def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(reposito
 
             # A bad .env: deploy.sh refuses before touching the service; a reload keeps the last good settings.
             write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2", ICE_CACHE_TTL="999999")
-            refused = deploy(app_dir, "pm2", **pm2_env)
+            refused = deploy(source, app_dir, "pm2", **pm2_env)
             assert refused.returncode == 1
-            assert refused.stderr.strip().splitlines() == [
+            assert refused.stderr.strip().splitlines()[-1] == (
                 "deploy: error: ice-servers: configuration error: ICE_CACHE_TTL must be between 1 and 172800 seconds, got 999999; "
-                "nothing was restarted or reloaded"
-            ]
+                "nothing was switched, restarted or reloaded"
+            )
             subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
             time.sleep(3)
             assert load.latest().urls == 2 and healthz(port).get("build") == "second"
+            write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2")
+
+            # A commit that does not start: deploy.sh refuses it, so a worker that dies meanwhile is replaced by one
+            # of the running release (before releases, the respawned worker imported it, failed, and stopped gunicorn).
+            undo_broken_commit = commit_broken_code(origin)
+            running = os.readlink(app_dir / "current")
+            refused = deploy(source, app_dir, "pm2", **pm2_env)
+            assert refused.returncode == 1 and "the release does not start: SyntaxError" in refused.stderr
+            assert os.readlink(app_dir / "current") == running
+            master = int(
+                subprocess.run([PM2_BIN / "pm2", "pid", "ice-servers"], env=pm2, capture_output=True, text=True).stdout.split()[-1]
+            )
+            victim = worker_pids(master)[0]
+            os.kill(victim, signal.SIGTERM)  # it finishes its requests and exits (SIGKILL would drop the one in flight)
+            wait_until(lambda: len(worker_pids(master)) == 4 and victim not in worker_pids(master), 15, what="a worker respawned")
+            wait_until(lambda: healthz(port).get("build") == "second", 10, what="the respawned worker answering")
+
+            # Code broken in the live tree itself, then a bare reload: the master checks it first and keeps its workers.
+            live = release(app_dir) / "app" / "__init__.py"
+            good = live.read_text()
+            live.write_text(good + "\ndef broken(:\n")
+            try:
+                subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
+                wait_until(lambda: "the new code does not start" in pm2_logs(pm2), 30, what="the master refusing the code")
+                time.sleep(1)
+                assert healthz(port).get("build") == "second" and len(worker_pids(master)) == 4
+            finally:
+                live.write_text(good)
+            undo_broken_commit()
+
+            # Back to the release before: deploy.sh --rollback, under the same load. The master takes the signal once the
+            # refused reload's grace period (graceful_timeout) is over.
+            at = time.monotonic()
+            rolled = deploy(source, app_dir, "pm2", "--rollback", **pm2_env)
+            assert rolled.returncode == 0, rolled.stderr
+            wait_until(lambda: "build" not in healthz(port), 40, interval=0.1, what="the previous release answering")
+            time.sleep(1)
+            gaps["deploy.sh --rollback (pm2)"] = load.longest_gap(at, time.monotonic())
         logs = subprocess.run(
             [PM2_BIN / "pm2", "logs", "ice-servers", "--nostream", "--lines", "400"], env=pm2, capture_output=True, text=True
         )
@@ -217,21 +273,23 @@ def test_pm2_reload_and_deploy_drop_nothing_and_a_bad_env_keeps_serving(reposito
     assert_nothing_dropped(load, cloudflare)
     lines = [line for line in logs.stdout.splitlines() if "configuration error" in line]
     assert len(lines) == 1 and "ICE_CACHE_TTL" in lines[0] and "the running settings stay in force" in lines[0]
+    broken = [line for line in logs.stdout.splitlines() if "the new code does not start" in line]
+    assert len(broken) == 1 and "SyntaxError" in broken[0] and "the running workers stay" in broken[0]
     assert API_TOKEN not in logs.stdout + logs.stderr
     print("longest gaps between answers: " + ", ".join(f"{name} {gap * 1000:.0f} ms" for name, gap in gaps.items()))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="deploy.sh's systemd branch installs units as root")
 def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflare, redis_url, tmp_path):
-    origin, app_dir = repository
+    origin, source, app_dir = repository
     port = free_port()
     units = tmp_path / "units"
     units.mkdir()
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "systemctl").symlink_to(ROOT / "tests" / "fake_systemctl.py")
-    socket_unit = app_dir / "deploy" / "ice-servers.socket"
-    socket_unit.write_text(socket_unit.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+    socket_unit = source / "deploy" / "ice-servers.socket"  # the releases deploy.sh builds take it from here
+    socket_unit.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", socket_unit.read_text()))
     env = {
         "PATH": f"{fake_bin}:{PM2_BIN}:{os.environ['PATH']}",
         "SYSTEMD_UNIT_DIR": str(units),
@@ -239,7 +297,7 @@ def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflar
         "HEALTH_URL": f"http://127.0.0.1:{port}/healthz",
     }
     write_env(app_dir, cloudflare, redis_url)
-    started = deploy(app_dir, "systemd", **env)
+    started = deploy(source, app_dir, "systemd", **env)
     try:
         assert started.returncode == 0, started.stderr
         assert "starting ice-servers (systemd)" in started.stdout
@@ -248,7 +306,7 @@ def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflar
             write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="3")
             commit_healthz_marker(origin, "third")
             at = time.monotonic()
-            deployed = deploy(app_dir, "systemd", **env)
+            deployed = deploy(source, app_dir, "systemd", **env)
             assert deployed.returncode == 0, deployed.stderr
             assert "reloading ice-servers (systemd, graceful)" in deployed.stdout
             wait_until(lambda: load.latest().urls == 3 and healthz(port).get("build") == "third", 15, interval=0.1, what="reloaded")
@@ -261,4 +319,6 @@ def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflar
     assert_nothing_dropped(load, cloudflare)
     journal = (units / "journal.log").read_text()
     assert "Listening at: fd://" in journal or f"127.0.0.1:{port}" in journal
+    unit = (units / "ice-servers.service").read_text()
+    assert f"User={app_user()}" in unit and f"--chdir {app_dir}/current" in unit
     print(f"longest gap between answers through deploy.sh (systemd, socket-activated): {gap * 1000:.0f} ms")
