@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from app.cloudflare import UpstreamRejected
 from app.config import Settings
-from app.service import IceService
-from app.store import MemoryStore
+from app.core.errors import UpstreamRejected
+from app.core.service import IceService
+from app.store.memory import MemoryStore
 from tests.cloudflare_stub import CloudflareStub
 from tests.redis_topologies import RedisClusterGroup, SentinelGroup, TlsRedis
 from tests.servers import TURN_SECRET, Coturn, Gunicorn, RedisServer

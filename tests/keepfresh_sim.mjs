@@ -23,7 +23,7 @@ const CLOCK = options.clock ?? "right";
 const LOCAL_STALENESS = 2;
 const CALL_LENGTH = 2 * CREDENTIAL_TTL + 3600;
 // SIM_MODULE: another copy of the module to sweep (a negative control: an older or a broken one).
-const SOURCE = readFileSync(process.env.SIM_MODULE || new URL("../app/static/ice-servers.js", import.meta.url), "utf8");
+const SOURCE = readFileSync(process.env.SIM_MODULE || new URL("../app/web/static/ice-servers.js", import.meta.url), "utf8");
 
 const EPOCH = 1_800_000_000 - 1_000_000; // real time = EPOCH + virtual seconds
 let now = 0; // virtual seconds

@@ -8,7 +8,9 @@ from unittest import mock
 import pytest
 
 from app import create_app
-from app.access import MAX_TOKEN_LIFETIME, address_allowed, mint_token, origin_allowed, token_valid
+from app.access.addresses import address_allowed
+from app.access.origins import origin_allowed
+from app.access.signed_tokens import MAX_TOKEN_LIFETIME, mint_token, token_valid
 from app.config import Settings
 
 SECRET = "test-access-secret-long-enough"
@@ -60,7 +62,7 @@ def test_tokens_living_longer_than_a_day_are_refused():
 
 @pytest.mark.parametrize("authorization", [None, "Bearer junk", "Bearer 1.2", bearer(mint_token(SECRET, int(NOW) - 1))])
 def test_every_refusal_takes_the_same_constant_time_comparison(authorization):
-    with mock.patch("app.access.hmac.compare_digest", wraps=hmac.compare_digest) as compare:
+    with mock.patch("app.access.signed_tokens.hmac.compare_digest", wraps=hmac.compare_digest) as compare:
         assert not token_valid(SECRET, authorization, NOW)
     assert compare.call_count == 1
 

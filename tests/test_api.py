@@ -178,7 +178,7 @@ def test_readyz_names_the_upstream_when_no_credential_can_be_had(client, provide
 
 
 def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answering(make_service):
-    from app.store import RedisStore
+    from app.store.redis import RedisStore
 
     service = make_service(store=RedisStore.from_url("redis://127.0.0.1:1/0"))
     client = create_app(Settings(), service=service).test_client()
@@ -189,7 +189,7 @@ def test_readyz_names_redis_when_it_does_not_answer_while_the_api_keeps_answerin
 
 
 def test_readyz_tells_a_stranger_the_status_and_the_checks_nothing_more(make_service):
-    from app.store import RedisStore
+    from app.store.redis import RedisStore
 
     service = make_service(store=RedisStore.from_url("redis://127.0.0.1:1/0"))
     client = create_app(Settings(), service=service).test_client()
@@ -201,7 +201,7 @@ def test_readyz_tells_a_stranger_the_status_and_the_checks_nothing_more(make_ser
 
 
 def test_readyz_reuses_its_result_for_a_second(make_service, clock):
-    from app.store import MemoryStore
+    from app.store.memory import MemoryStore
 
     class CountingStore(MemoryStore):
         pings = 0
@@ -330,7 +330,7 @@ def test_health_and_preflight_are_not_rate_limited(make_service):
 
 def _direct_answer(app):
     """Return the DirectAnswer layer of ``app``'s WSGI stack, or None."""
-    from app.api import DirectAnswer
+    from app.web.middleware import DirectAnswer
 
     layer = app.wsgi_app
     while layer is not None and not isinstance(layer, DirectAnswer):

@@ -11,7 +11,7 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from app.access import mint_token
+from app.access.signed_tokens import mint_token
 from tests.browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, KEEP_FRESH_PAGE, turn_host
 from tests.servers import TURN_SECRET, app_env, free_port
 

@@ -22,10 +22,10 @@ import time
 
 import pytest
 
-from app.ice import new_credential
-from app.identity import UserIds
-from app.store import RedisStore
-from app.turnsecret import rest_credential
+from app.access.identity import UserIds
+from app.core.ice import new_credential
+from app.providers.turn_secret import rest_credential
+from app.store.redis import RedisStore
 from tests.browsers import KEEP_FRESH_PAGE, browser_profile
 from tests.jwt_tools import HS_SECRET, hs_token
 from tests.servers import ROOT, TURN_SECRET, app_env, run_cli

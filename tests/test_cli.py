@@ -7,12 +7,13 @@ import pytest
 import responses
 
 from app import create_app
-from app.cloudflare import CloudflareClient
 from app.config import Settings
-from app.credentials import LOCAL_STALENESS
-from app.ice import rfc3339
-from app.service import IceService
-from app.store import MemoryStore, RedisStore
+from app.core.cache import LOCAL_STALENESS
+from app.core.ice import rfc3339
+from app.core.service import IceService
+from app.providers.cloudflare import CloudflareClient
+from app.store.memory import MemoryStore
+from app.store.redis import RedisStore
 
 BASE = "https://cloudflare.example.test/v1"
 URL = f"{BASE}/turn/keys/test-key-id/credentials/generate-ice-servers"

@@ -6,7 +6,8 @@ import pytest
 import requests
 import responses
 
-from app.cloudflare import CloudflareClient, UpstreamInvalid, UpstreamRejected, UpstreamUnavailable, _retry_after
+from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
+from app.providers.cloudflare import CloudflareClient, _retry_after
 
 BASE = "https://cloudflare.example.test/v1"
 URL = f"{BASE}/turn/keys/test-key-id/credentials/generate-ice-servers"

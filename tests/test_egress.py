@@ -9,10 +9,11 @@ import pytest
 
 from app import create_app
 from app.config import ConfigError, Settings, load_settings
-from app.egress import FRESH_INTERVALS, EgressGuard
-from app.store import MemoryStore, RedisStore
-from app.store_policy import StorePolicy
-from app.usage import AnalyticsClient, UsageUnavailable, month_start
+from app.core.store_policy import StorePolicy
+from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
+from app.spend.ceiling import FRESH_INTERVALS, EgressGuard
+from app.store.memory import MemoryStore
+from app.store.redis import RedisStore
 from tests.conftest import LocalProvider
 from tests.graphql_stub import ACCOUNT_ID, ANALYTICS_TOKEN, GraphqlStub
 

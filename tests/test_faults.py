@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from app.store import store_key
+from app.store.redis import store_key
 from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
 
 SHORT = {"TURN_CREDENTIAL_TTL": "24", "ICE_CACHE_TTL": "12"}

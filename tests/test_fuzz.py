@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from app import create_app
 from app.config import Settings
-from app.service import IceService
-from app.store import MemoryStore
+from app.core.service import IceService
+from app.store.memory import MemoryStore
 from tests.conftest import FakeProvider
 from tests.jwt_tools import HS_SECRET
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from app.ice import Credential, answer_body, is_blocked_url, legacy_body, new_credential, parse_ice_servers
+from app.config.ice_servers import is_blocked_url, parse_ice_servers
+from app.core.ice import Credential, answer_body, legacy_body, new_credential
 
 T0 = 1_800_000_000.0
 

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app import create_app
+from app.access.jwks import REFETCH_INTERVAL
 from app.config import ConfigError, load_settings
-from app.jwks import REFETCH_INTERVAL
 from tests.jwt_tools import AUDIENCE, HS_SECRET, ISSUER, JwksServer, SigningKey, bearer, hs_token, raw_token
 
 REFUSAL = b'{"error": "a valid access token is required", "status": 401}'
@@ -224,7 +224,7 @@ def test_requests_arriving_during_the_first_fetch_wait_for_it(make_service, jwks
 
 
 def test_jwks_down_mid_run_keeps_the_keys_held_and_never_answers_5xx(make_service, jwks, rs_key, monkeypatch, caplog):
-    monkeypatch.setattr("app.jwks.REFETCH_INTERVAL", 0.2)  # let the unknown kid below refetch at once
+    monkeypatch.setattr("app.access.jwks.REFETCH_INTERVAL", 0.2)  # let the unknown kid below refetch at once
     client = jwks_client(make_service, jwks)
     assert client.get("/api/ice-servers", headers=bearer(rs_key.token())).status_code == 200
     jwks.stop()

@@ -6,11 +6,12 @@ import fakeredis
 import pytest
 
 from app import create_app
+from app.access.identity import UserIds
 from app.config import ConfigError, load_settings
-from app.identity import UserIds
-from app.operations import revoke
-from app.store import MemoryStore, RedisStore, store_key
-from app.turnsecret import TurnSecretProvider
+from app.core.operations import revoke
+from app.providers.turn_secret import TurnSecretProvider
+from app.store.memory import MemoryStore
+from app.store.redis import RedisStore, store_key
 from tests.conftest import LocalProvider
 from tests.jwt_tools import HS_SECRET, bearer, hs_token
 

@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 
-from app import fleet_count
-from app.fleet_count import FleetCount, Limit
-from app.rate_limit import RateLimit
-from app.redis_connect import Connection
-from app.redis_url import parse_redis_url
+from app.config.redis_url import parse_redis_url
+from app.limits import fleet_count
+from app.limits.fleet_count import FleetCount, Limit
+from app.limits.rate_limit import RateLimit
+from app.store.connect import Connection
 from tests.servers import RedisServer, wait_until
 
 COUNT_KEYS = "ice-servers:{ratelimit}:count:*"
@@ -150,7 +150,7 @@ def test_several_limits_are_all_counted():
 
 
 def test_in_memory_the_window_moves_and_quiet_callers_are_forgotten(monkeypatch):
-    from app import local_count
+    from app.limits import local_count
 
     monkeypatch.setattr(local_count, "SWEEP_EVERY", 3)
     now = [100.0]

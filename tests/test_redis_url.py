@@ -3,7 +3,7 @@
 import pytest
 
 from app.config import ConfigError, load_settings
-from app.redis_url import RedisTarget, parse_redis_url
+from app.config.redis_url import RedisTarget, parse_redis_url
 
 SECRET = "s3cret-pass@word"
 

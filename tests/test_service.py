@@ -4,10 +4,11 @@ import logging
 
 import pytest
 
-from app.credentials import LOCAL_STALENESS, WAIT_BUDGET, RefreshError
-from app.operations import refresh
-from app.store import MemoryStore, StoreUnavailable
-from app.store_policy import SHARED_RETRY_AFTER
+from app.core.cache import LOCAL_STALENESS, WAIT_BUDGET
+from app.core.errors import RefreshError, StoreUnavailable
+from app.core.operations import refresh
+from app.core.store_policy import SHARED_RETRY_AFTER
+from app.store.memory import MemoryStore
 from tests.conftest import T0, LocalProvider
 
 STATIC = ({"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"},)

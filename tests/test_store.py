@@ -7,9 +7,11 @@ import fakeredis
 import pytest
 import redis
 
-from app.ice import new_credential
-from app.redis_url import parse_redis_url
-from app.store import MemoryStore, RedisStore, StoreUnavailable, store_key
+from app.config.redis_url import parse_redis_url
+from app.core.errors import StoreUnavailable
+from app.core.ice import new_credential
+from app.store.memory import MemoryStore
+from app.store.redis import RedisStore, store_key
 
 # One worker runs the tests that share this session fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("redis-topologies")

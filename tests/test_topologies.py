@@ -145,8 +145,9 @@ def test_secrets_never_reach_the_log(start_host, cloudflare, tls_redis, tmp_path
 
 
 def test_a_demoted_primary_and_a_flushed_script_cache_are_handled(sentinel_group):
-    from app.ice import new_credential
-    from app.store import RedisStore, StoreUnavailable
+    from app.core.errors import StoreUnavailable
+    from app.core.ice import new_credential
+    from app.store.redis import RedisStore
 
     credential = new_credential([{"urls": ["turn:t.example.test"], "username": "u", "credential": "c"}], "cloudflare", time.time(), 24, 12)
     replica = RedisStore(sentinel_group.replica.client())  # what a demoted primary answers writes with

@@ -1,6 +1,6 @@
 """The TURN shared-secret provider: the TURN REST API credential, minted locally."""
 
-from app.turnsecret import TurnSecretProvider, rest_credential
+from app.providers.turn_secret import TurnSecretProvider, rest_credential
 from tests.conftest import T0
 
 URLS = ("stun:turn.example.test:3478", "turn:turn.example.test:3478?transport=udp", "turns:turn.example.test:5349")

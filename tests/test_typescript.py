@@ -16,7 +16,7 @@ OPTIONS = ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022", "
 def tsc(tmp_path, consumer: str) -> subprocess.CompletedProcess:
     """Compile ``consumer`` beside a copy of the module and its declarations, as a frontend would import them."""
     for name in ("ice-servers.js", "ice-servers.d.ts"):
-        shutil.copy(ROOT / "app" / "static" / name, tmp_path / name)
+        shutil.copy(ROOT / "app" / "web" / "static" / name, tmp_path / name)
     shutil.copy(ROOT / "tests" / "typescript" / consumer, tmp_path / consumer)
     return subprocess.run([str(TSC), *OPTIONS, str(tmp_path / consumer)], capture_output=True, text=True, timeout=120)
 
@@ -35,15 +35,17 @@ def test_a_wrong_option_type_does_not_compile(tmp_path):
 
 @pytest.mark.parametrize("word", [": any", "<any>", "as any", "any[]"])
 def test_the_declarations_have_no_any(word):
-    assert word not in (ROOT / "app" / "static" / "ice-servers.d.ts").read_text()
+    assert word not in (ROOT / "app" / "web" / "static" / "ice-servers.d.ts").read_text()
 
 
 def test_the_declarations_name_exactly_what_the_module_exports():
     script = (
         "const fs = require('fs');"
-        "const source = fs.readFileSync('app/static/ice-servers.js', 'utf8');"
+        "const source = fs.readFileSync('app/web/static/ice-servers.js', 'utf8');"
         "import('data:text/javascript,' + encodeURIComponent(source)).then((m) => console.log(JSON.stringify(Object.keys(m).sort())));"
     )
     exported = json.loads(subprocess.run(["node", "-e", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-    declared = sorted(re.findall(r"^export function (\w+)", (ROOT / "app" / "static" / "ice-servers.d.ts").read_text(), re.MULTILINE))
+    declared = sorted(
+        re.findall(r"^export function (\w+)", (ROOT / "app" / "web" / "static" / "ice-servers.d.ts").read_text(), re.MULTILINE)
+    )
     assert exported == declared == ["forgetIceServers", "getIceServers", "keepFresh"]

@@ -4,8 +4,8 @@ import pytest
 
 from app import create_app
 from app.config import ConfigError, Settings, load_settings
-from app.ice import parse_ice_servers
-from app.url_policy import UrlPolicy, classify
+from app.config.ice_servers import parse_ice_servers
+from app.core.urls import UrlPolicy, classify
 from tests.cloudflare_stub import STUN_URLS, TURN_URLS
 
 # What Cloudflare answers (eight URLs, port 53 included), as the stand-in does.

@@ -122,7 +122,7 @@ def write_env(app_dir, cloudflare, redis_url, **extra):
 
 def commit_healthz_marker(origin, marker):
     """Commit a code change upstream: /healthz names the build."""
-    api = origin / "app" / "api.py"
+    api = origin / "app" / "web" / "views.py"
     text = re.sub(r', "build": "[a-z]+"', "", api.read_text())
     api.write_text(text.replace('return {"status": "ok"}', f'return {{"status": "ok", "build": "{marker}"}}', 1))
     subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "-am", f"healthz says {marker}"], check=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jwt
 
-from app.jwks import JwksCache
+from app.access.jwks import JwksCache
 
 LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
 MAX_TOKEN_CHARS = 7168  # larger tokens are refused unread; headers up to 16 KiB reach the app to be told so

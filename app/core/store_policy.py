@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from app.store import MemoryStore, StoreUnavailable
+from app.core.errors import StoreUnavailable
+from app.store.memory import MemoryStore
 
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
 

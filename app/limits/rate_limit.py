@@ -18,8 +18,8 @@ from collections.abc import Callable
 from limits import parse_many
 from redis.exceptions import RedisClusterException, RedisError
 
-from app.fleet_count import FleetCount, Limit
-from app.local_count import LocalCount
+from app.limits.fleet_count import FleetCount, Limit
+from app.limits.local_count import LocalCount
 
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before the shared count is tried again
 

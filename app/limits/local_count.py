@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from app.fleet_count import Limit
+from app.limits.fleet_count import Limit
 
 SWEEP_EVERY = 10_000  # admissions between sweeps of callers whose windows are empty
 

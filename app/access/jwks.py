@@ -25,7 +25,7 @@ from collections.abc import Callable
 import jwt
 import requests
 
-from app.background import daemon_spawner
+from app.core.background import daemon_spawner
 
 CONNECT_TIMEOUT = 2.0  # seconds to open the connection to the identity provider
 READ_TIMEOUT = 3.0  # seconds between bytes of its answer: with the connect, a fetch stays within 5 s

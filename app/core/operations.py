@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from app.cloudflare import UpstreamError
-from app.credentials import LOCAL_STALENESS, RefreshError
-from app.egress import Reading
-from app.ice import Credential, rfc3339
-from app.service import IceService
-from app.store import Snapshot, StoreUnavailable
+from app.core.cache import LOCAL_STALENESS
+from app.core.errors import RefreshError, StoreUnavailable, UpstreamError
+from app.core.ice import Credential, rfc3339
+from app.core.ports import Snapshot
+from app.core.service import IceService
+from app.spend.ceiling import Reading
 
 log = logging.getLogger("ice_servers")
 

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app import metrics
-from app.background import daemon_spawner
-from app.store import StoreUnavailable
-from app.store_policy import StorePolicy
-from app.usage import AnalyticsClient, UsageUnavailable, month_start
+from app.core.background import daemon_spawner
+from app.core.errors import StoreUnavailable
+from app.core.store_policy import StorePolicy
+from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
+from app.web import metrics
 
 READING = "usage"
 ASK = "usage:ask"

@@ -25,13 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from app import metrics
-from app.credentials import CredentialCache, DegradedLog, Provider
-from app.egress import EgressGuard
-from app.ice import Credential, answer_body, legacy_body
-from app.store import StoreUnavailable
-from app.store_policy import StorePolicy
-from app.url_policy import UrlPolicy
+from app.core.cache import CredentialCache, DegradedLog
+from app.core.errors import StoreUnavailable
+from app.core.ice import Credential, answer_body, legacy_body
+from app.core.ports import Provider
+from app.core.store_policy import StorePolicy
+from app.core.urls import UrlPolicy
+from app.spend.ceiling import EgressGuard
+from app.web import metrics
 
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)

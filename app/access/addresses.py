@@ -71,3 +71,12 @@ def rate_key(address: str | None) -> str:
     if parsed.version == 6:
         return f"{ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64))}"
     return str(parsed)
+
+
+def address_allowed(address: str | None, networks: tuple[str, ...]) -> bool:
+    """Tell whether an IP address lies in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(network, strict=False) for network in networks)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.numbers import parse_digits
+from app.core.numbers import parse_digits
 
 TRANSPORTS = ("udp", "tcp", "tls")
 TRANSPORT_ORDER = ("udp", "tls", "tcp")  # who goes first when the cap cannot fit them all

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from app.background import daemon_spawner
+from app.core.background import daemon_spawner
 
 PERIOD = 0.05  # seconds between settlements while requests come
 STALE_AFTER = 2 * PERIOD  # a worker whose hot list is older than this admits nobody alone

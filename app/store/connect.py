@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from app.redis_url import RedisTarget
+from app.config.redis_url import RedisTarget
 
 SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
 CLUSTER_RETRIES = 3  # MOVED, TRYAGAIN and CLUSTERDOWN retried a few times, a few ms apart: within a request's budget

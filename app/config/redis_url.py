@@ -16,8 +16,6 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from app.numbers import parse_digits
-
 SCHEMES = {
     "redis": ("single", False),
     "rediss": ("single", True),
@@ -29,6 +27,7 @@ SCHEMES = {
 }
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
+_DIGITS = re.compile(r"[0-9]{1,5}")  # ASCII only: int() takes "٣" too
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?\Z")
 
 
@@ -112,7 +111,7 @@ def _db(segments: list[str], most: int) -> int:
         raise ValueError("REDIS_URL has a path that is not /db (or /SERVICE/db with Sentinel)")
     if not segments:
         return 0
-    db = parse_digits(segments[0], max_digits=5)
+    db = int(segments[0]) if _DIGITS.fullmatch(segments[0]) else None
     if db is None:
         raise ValueError("REDIS_URL's database must be a number such as /0")
     return db
@@ -126,7 +125,7 @@ def _unix(rest: str, username: str | None, password: str | None) -> RedisTarget:
     db = 0
     for pair in filter(None, query.split("&")):
         name, _, value = pair.partition("=")
-        db = parse_digits(value, max_digits=5) if name == "db" else None
+        db = int(value) if name == "db" and _DIGITS.fullmatch(value) else None
         if db is None:
             raise ValueError("REDIS_URL takes only ?db=N after a Unix socket path")
     return RedisTarget("unix", False, (), unquote(path), db, None, username, password)

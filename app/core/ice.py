@@ -1,4 +1,4 @@
-"""Pure ICE logic: URL filtering, answer validation, the credential record, response bodies.
+"""Pure ICE logic: the credential record and response bodies.
 
 Nothing here does I/O or reads a clock: time comes in as a parameter, so expiry arithmetic is
 tested without sleeping.
@@ -7,65 +7,10 @@ tested without sleeping.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
-TURN_SCHEMES = ("turn:", "turns:")
-
-# Browsers block port 53; ICE then stalls on it when trickle ICE is off. Match the port exactly:
-# ":53" followed by "?" or the end. A substring test on ":53" would also drop ":5349".
-_PORT_53 = re.compile(r"^[a-z]+:(\[[^\]]*\]|[^:?\[\]]*):53(\?|$)", re.IGNORECASE)
-
-
-def is_blocked_url(url: str) -> bool:
-    """Tell whether an ICE URL uses port 53, which browsers refuse."""
-    return bool(_PORT_53.match(url))
-
-
-def parse_ice_servers(payload: object, require_credential: bool = True) -> list[dict]:
-    """Validate a list (or the older single object) of RTCIceServer dicts and drop port-53 URLs.
-
-    Returns clean dicts holding only ``urls`` (a list) and, when present, ``username`` and
-    ``credential``. Raises ``ValueError`` with a one-line reason when the shape is wrong, or
-    when ``require_credential`` is set and no TURN entry with a username and credential is left.
-    """
-    entries = [payload] if isinstance(payload, dict) else payload
-    if not isinstance(entries, list) or not entries:
-        raise ValueError("expected a non-empty list of ICE server objects")
-    servers = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise ValueError("every ICE server must be an object")
-        urls = entry.get("urls")
-        urls = [urls] if isinstance(urls, str) else urls
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-            raise ValueError("every ICE server needs 'urls': a URL or a non-empty list of URLs")
-        bad = [u for u in urls if not u.lower().startswith(ICE_SCHEMES)]
-        if bad:
-            raise ValueError(f"not a stun:, stuns:, turn: or turns: URL: {bad[0][:80]!r}")
-        server: dict = {"urls": [u for u in urls if not is_blocked_url(u)]}
-        for name in ("username", "credential"):
-            if name in entry:
-                if not isinstance(entry[name], str) or not entry[name]:
-                    raise ValueError(f"'{name}' must be a non-empty string")
-                server[name] = entry[name]
-        if ("username" in server) != ("credential" in server):
-            raise ValueError("an ICE server needs both 'username' and 'credential', or neither")
-        if server["urls"]:
-            servers.append(server)
-    if require_credential and not any(_is_turn_with_credential(s) for s in servers):
-        raise ValueError("no TURN server with a username and credential in the answer")
-    if not servers:
-        raise ValueError("no usable URL left after dropping port 53")
-    return servers
-
-
-def _is_turn_with_credential(server: dict) -> bool:
-    """Tell whether a server entry is a TURN server carrying its credential."""
-    has_turn = any(u.lower().startswith(TURN_SCHEMES) for u in server["urls"])
-    return has_turn and "username" in server and "credential" in server
+from app.config.ice_servers import is_turn_with_credential, parse_ice_servers
 
 
 @dataclass(frozen=True)
@@ -85,7 +30,7 @@ class Credential:
     @property
     def username(self) -> str | None:
         """Return the TURN username (Cloudflare revokes by it)."""
-        return next((s["username"] for s in self.ice_servers if _is_turn_with_credential(s)), None)
+        return next((s["username"] for s in self.ice_servers if is_turn_with_credential(s)), None)
 
     def is_valid(self, now: float) -> bool:
         """Tell whether the credential may still be handed out at ``now``: a whole second left, so ``ttl`` >= 1."""

@@ -13,34 +13,13 @@ from urllib.parse import quote
 
 import requests
 
-from app.ice import parse_ice_servers
-from app.numbers import parse_digits
+from app.config.ice_servers import parse_ice_servers
+from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
+from app.core.numbers import parse_digits
 
 CONNECT_TIMEOUT = 2.0  # seconds to open the connection
 READ_TIMEOUT = 3.5  # seconds between bytes of the answer; with the connect, a cold request stays under ~6 s
 MAX_ANSWER_BYTES = 64 * 1024  # a real answer is under 2 KiB
-
-
-class UpstreamError(Exception):
-    """Cloudflare could not give a credential; ``retry_after`` is its 429 hint in seconds, if any."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
-        """Keep the HTTP status and Retry-After beside the one-line message."""
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class UpstreamUnavailable(UpstreamError):
-    """No answer: connection refused, DNS, TLS or timeout."""
-
-
-class UpstreamRejected(UpstreamError):
-    """Cloudflare answered with an error status (401, 404, 429, 5xx...)."""
-
-
-class UpstreamInvalid(UpstreamError):
-    """Cloudflare answered success, but not with usable ICE servers."""
 
 
 class CloudflareClient:

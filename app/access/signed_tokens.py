@@ -1,21 +1,19 @@
-"""Who may ask for ICE servers: access tokens, origins, and the /metrics address allowlist.
-
-Pure logic: no Flask, no I/O; time comes in as a parameter.
+"""The access tokens of token mode: minted by the operator's backend, checked here.
 
 An access token is ``"{expiry}.{signature}"``: ``expiry`` a Unix time, ``signature`` the hex
 HMAC-SHA256 of ``expiry`` under ``ICE_ACCESS_SECRET``. The operator's own backend mints one for
-each signed-in user (five lines in the README) and the browser sends it as ``Authorization:
+each signed-in user (five lines in the docs) and the browser sends it as ``Authorization:
 Bearer <token>``.
+
+Pure logic: no Flask, no I/O; time comes in as a parameter.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
-from urllib.parse import urlsplit
 
-from app.numbers import parse_digits
+from app.core.numbers import parse_digits
 
 MAX_TOKEN_LIFETIME = 86_400  # seconds: a token expiring further ahead than this is refused
 
@@ -43,29 +41,3 @@ def token_valid(secret: str, authorization: str | None, now: float) -> bool:
 def _signature(secret: str, message: str) -> str:
     """Return the hex HMAC-SHA256 of ``message``."""
     return hmac.new(secret.encode(), message.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
-
-
-def origin_allowed(origin: str | None, referer: str | None, allowed: tuple[str, ...]) -> bool:
-    """Tell whether the request's Origin (or, without one, its Referer's origin) is in ``allowed``."""
-    candidate = origin if origin and origin != "null" else _origin_of(referer)
-    return candidate is not None and candidate.rstrip("/").lower() in {a.lower() for a in allowed}
-
-
-def _origin_of(url: str | None) -> str | None:
-    """Return the scheme://host[:port] of a URL, or None."""
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else None
-
-
-def address_allowed(address: str | None, networks: tuple[str, ...]) -> bool:
-    """Tell whether an IP address lies in one of ``networks``."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(network, strict=False) for network in networks)

@@ -8,9 +8,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from app import operations
-from app.credentials import LOCAL_STALENESS, RefreshError
-from app.ice import rfc3339
+from app.core import operations
+from app.core.cache import LOCAL_STALENESS
+from app.core.errors import RefreshError
+from app.core.ice import rfc3339
 
 USER_HELP = "the subject (sub) of the user's token: act on that user's own credential (ICE_CREDENTIAL_SCOPE=user)"
 

@@ -18,14 +18,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from app import metrics
-from app.background import daemon_spawner
-from app.cloudflare import UpstreamError, UpstreamInvalid, UpstreamUnavailable
-from app.ice import Credential, new_credential, rfc3339
-from app.store import StoreUnavailable
-from app.store_policy import StorePolicy
+from app.core.background import daemon_spawner
+from app.core.errors import RefreshError, StoreUnavailable, UpstreamError, UpstreamInvalid, UpstreamUnavailable
+from app.core.ice import Credential, new_credential, rfc3339
+from app.core.ports import Provider
+from app.core.store_policy import StorePolicy
+from app.web import metrics
 
 log = logging.getLogger("ice_servers")
 
@@ -41,21 +40,6 @@ BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, 
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
 DEGRADED_LOG_INTERVAL = 60.0  # seconds between repeated "degraded" warnings of one process
-
-
-class Provider(Protocol):
-    """A source of TURN credentials: Cloudflare, or a TURN shared secret."""
-
-    source: str  # the ``source`` field of the answer
-    label: str  # the name in log lines
-    remote: bool  # asks an upstream (locked, cooled down) rather than minting locally
-
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
-        """Return ICE servers whose credential lives ``ttl`` seconds, for ``user`` if given; raise UpstreamError."""
-
-
-class RefreshError(Exception):
-    """A forced refresh failed; the message is one line for the operator."""
 
 
 class DegradedLog:

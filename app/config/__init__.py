@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from dotenv import load_dotenv
 from limits import parse_many
 
-from app.ice import is_blocked_url, parse_ice_servers
-from app.redis_url import RedisTarget, parse_redis_url
+from app.config.ice_servers import is_blocked_url, parse_ice_servers
+from app.config.redis_url import RedisTarget, parse_redis_url
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
 DEFAULT_CREDENTIAL_TTL = 86_400
@@ -30,7 +30,7 @@ DEFAULT_API_BASE = "https://rtc.live.cloudflare.com/v1"
 DEFAULT_STUN_URLS = ("stun:stun.cloudflare.com:3478",)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The project's own .env, wherever the process was started from (pm2, systemd, flask CLI).
-DEFAULT_ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 
 # (primary name, alias): the second guide's names first, the first guide's as aliases.
 KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")

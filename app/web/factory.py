@@ -1,0 +1,179 @@
+"""The application factory: settings, logging, the stores, providers and service, the blueprint, the CLI."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+from flask_cors import CORS
+
+from app.access.addresses import parse_networks
+from app.access.identity import UserIds
+from app.config import ConfigError, Settings, env_file_problem, load_settings
+from app.core.errors import StoreUnavailable
+from app.core.service import IceService
+from app.core.store_policy import StorePolicy
+from app.core.urls import UrlPolicy
+from app.limits.rate_limit import RateLimit
+from app.providers.cloudflare import CloudflareClient
+from app.providers.turn_secret import TurnSecretProvider
+from app.spend.analytics import AnalyticsClient
+from app.spend.ceiling import EgressGuard
+from app.store.connect import Connection
+from app.store.memory import MemoryStore
+from app.store.redis import RedisStore
+from app.web import cli, views
+from app.web.middleware import TrustedProxies
+
+MAX_BODY_BYTES = 64 * 1024
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+log = logging.getLogger("ice_servers")
+
+
+def create_app(settings: Settings | None = None, service: IceService | None = None) -> Flask:
+    """Build the app: settings, logging, store, providers, service, blueprint, CLI, errors.
+
+    A bad setting stops the start with one line naming the variable (``SystemExit``).
+    """
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            raise SystemExit(f"ice-servers: configuration error: {exc}") from None
+    configure_logging(settings.log_level)
+    warn_if_env_file_is_readable(settings.env_file)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["ICE_DEMO"] = settings.demo
+    service = service or build_service(settings)
+    app.extensions["ice_service"] = service
+    if settings.cors_origins:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+            methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"],
+            supports_credentials=False,
+            max_age=600,
+        )
+    user_ids = UserIds(settings.user_id_secret)
+    app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
+    identify = views.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
+    views.init_app(app, service, settings, build_rate_limit(settings), identify)
+    # Outermost, so that every layer (the direct answer's rate limit too) sees the client's address.
+    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
+    cli.init_app(app)
+    return app
+
+
+def build_verifier(settings: Settings):
+    """Build the JWT check of jwt mode; a JWKS is fetched lazily, on the first token that needs it."""
+    # Imported here: PyJWT loads cryptography (about 3.5 MiB per worker), which the other modes never use.
+    from app.access.jwks import JwksCache
+    from app.access.jwt_tokens import JwtVerifier
+
+    jwks = JwksCache(settings.jwks_url) if settings.jwks_url else None
+    if settings.jwt_no_audience:
+        log.warning(
+            "ICE_JWT_NO_AUDIENCE=1: any token of ICE_JWT_ISSUER without an aud claim is accepted, whichever app it was "
+            "issued for. Use it only if your provider's access tokens carry no aud (Cognito access tokens, Clerk)."
+        )
+    return JwtVerifier(
+        settings.jwt_algorithms,
+        secret=settings.jwt_secret,
+        jwks=jwks,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        no_audience=settings.jwt_no_audience,
+    )
+
+
+def build_service(settings: Settings) -> IceService:
+    """Build the store and providers that ``settings`` name, warning loudly about unsafe defaults."""
+    if settings.redis:
+        store = RedisStore.from_target(settings.redis)
+        try:
+            store.ping()
+        except StoreUnavailable as exc:
+            log.warning(
+                "REDIS_URL (%s) does not answer (%s): starting anyway, each worker caching alone until it does",
+                settings.redis.describe(),
+                exc,
+            )
+    else:
+        store = MemoryStore()
+        log.warning(
+            "REDIS_URL is not set: using an in-process cache, so every worker fetches and holds its own "
+            "credential. Set REDIS_URL in production."
+        )
+    builders = {
+        "cloudflare": lambda: CloudflareClient(settings.turn_key_id, settings.api_token, settings.api_base),
+        "turn-secret": lambda: TurnSecretProvider(settings.turn_shared_secret, settings.turn_urls),
+    }
+    providers = [builders[name]() for name in settings.providers]
+    if not providers:
+        log.warning(
+            "No TURN provider configured (CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET "
+            "and TURN_URLS): serving %s. Calls behind strict NATs will fail: fine for development, not for production.",
+            "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
+        )
+    policy = StorePolicy(store)
+    return IceService(
+        store,
+        providers,
+        credential_ttl=settings.credential_ttl,
+        cache_ttl=settings.cache_ttl,
+        turn_servers=settings.turn_servers,
+        stun_urls=settings.stun_urls,
+        per_user=settings.credential_scope == "user",
+        policy=policy,
+        egress=build_egress_guard(settings, policy),
+        url_policy=UrlPolicy(settings.turn_transports, settings.max_urls),
+    )
+
+
+def build_egress_guard(settings: Settings, policy: StorePolicy) -> EgressGuard | None:
+    """Build the monthly egress ceiling when ICE_EGRESS_LIMIT_GB is set; nothing is asked before the first request."""
+    if settings.egress_limit_bytes is None:
+        return None
+    analytics = AnalyticsClient(settings.graphql_url, settings.analytics_token, settings.account_id, settings.turn_key_id)
+    return EgressGuard(analytics, policy, settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed)
+
+
+def build_rate_limit(settings: Settings) -> RateLimit | None:
+    """Build ICE_RATE_LIMIT's check, counted in the Redis REDIS_URL names (same topology, user and CA as the cache).
+
+    In jwt mode a verified user is counted by its opaque id wherever it connects from, and a
+    request without a valid token by its address.
+    """
+    if not settings.rate_limit:
+        return None
+    client = None
+    if settings.redis:
+        client = Connection(settings.redis).client
+    else:
+        log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
+    message = "too many requests" if settings.access_mode == "jwt" else "too many requests from this address"
+    return RateLimit(settings.rate_limit, client, message)
+
+
+def warn_if_env_file_is_readable(path: str | None) -> None:
+    """Warn when the dotenv file (it holds the API token) is readable by group or others."""
+    problem = env_file_problem(path)
+    if problem:
+        log.warning(problem)
+
+
+def configure_logging(level: str) -> None:
+    """Send the app's log to stderr, one line per event (pm2 and journald collect it)."""
+    logger = logging.getLogger("ice_servers")
+    logger.setLevel(level)
+    if not any(getattr(handler, "ice_servers", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.ice_servers = True
+        logger.addHandler(handler)
