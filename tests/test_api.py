@@ -328,40 +328,53 @@ def test_health_and_preflight_are_not_rate_limited(make_service):
     assert {client.get(path).status_code for path in ("/healthz", "/readyz") for _ in range(3)} == {200}
 
 
-def _direct_answer(app):
-    """Return the DirectAnswer layer of ``app``'s WSGI stack, or None."""
-    from app.web.middleware import DirectAnswer
-
-    layer = app.wsgi_app
-    while layer is not None and not isinstance(layer, DirectAnswer):
-        layer = getattr(layer, "app", None) or getattr(layer, "wsgi_app", None)
-    return layer
-
-
-@pytest.mark.parametrize("query", ["", "?x=1"])
-def test_the_direct_answer_is_the_views_answer_byte_for_byte(make_service, query):
-    from werkzeug.test import EnvironBuilder, run_wsgi_app
-
-    app = create_app(Settings(rate_limit="2 per minute"), service=make_service())
-    direct = _direct_answer(app)
-    assert direct is not None  # the default configuration answers below Flask
-
-    def call(wsgi, address):
-        environ = EnvironBuilder(path="/api/ice-servers", query_string=query[1:], environ_base={"REMOTE_ADDR": address}).get_environ()
-        body, status, headers = run_wsgi_app(wsgi, environ)
-        return status, sorted(headers.items()), b"".join(body)
-
-    # the same caller, the same count: two answers, then a refusal, from either path
-    answers = [call(direct, "203.0.113.5"), call(direct.wsgi_app, "203.0.113.5"), call(direct, "203.0.113.5")]
-    views = [call(direct.wsgi_app, "203.0.113.6"), call(direct, "203.0.113.6"), call(direct.wsgi_app, "203.0.113.6")]
-    assert answers == views
-    assert [status for status, _, _ in answers] == ["200 OK", "200 OK", "429 TOO MANY REQUESTS"]
+MODES = [
+    Settings(),
+    Settings(cors_origins=(ORIGIN,)),
+    Settings(access_mode="origin", cors_origins=(ORIGIN,)),
+    Settings(access_mode="token", access_secret="test-access-secret-long-enough"),
+    Settings(access_mode="jwt", jwt_secret="test-jwt-secret-0123456789-abcdefghij", jwt_algorithms=("HS256",)),
+]
 
 
-def test_other_access_modes_and_cors_are_answered_by_flask(make_service):
-    assert _direct_answer(create_app(Settings(cors_origins=(ORIGIN,)), service=make_service())) is None
-    assert _direct_answer(create_app(Settings(access_mode="token", access_secret="s" * 32), service=make_service())) is None
-    assert _direct_answer(create_app(Settings(), service=make_service())) is not None
+@pytest.mark.parametrize("settings", MODES, ids=["open", "open+cors", "origin", "token", "jwt"])
+def test_every_access_mode_answers_the_credential_routes_below_flask(make_service, settings):
+    # One implementation of the credential answer for every mode: Flask routes none of it.
+    app = create_app(settings, service=make_service())
+    assert not [rule.rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/")]
+    response = app.test_client().get("/api/ice-servers", headers={"Origin": ORIGIN})
+    assert response.headers["Cache-Control"] == "no-store" and response.mimetype == "application/json"
+    if settings.access_mode in ("open", "origin"):
+        assert response.status_code == 200 and response.get_json()["source"] == "cloudflare"
+    else:
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_head_answers_the_headers_of_the_body_it_does_not_send(client):
+    full = client.get("/api/ice-servers")
+    head = client.head("/api/ice-servers")
+    assert head.status_code == 200 and head.data == b"" and head.headers["Content-Length"] == full.headers["Content-Length"]
+
+
+def test_an_options_request_without_cors_says_what_is_allowed(make_service):
+    response = create_app(Settings(), service=make_service()).test_client().options("/api/turn-credentials")
+    assert response.status_code == 200 and response.headers["Allow"] == "POST, OPTIONS"
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_a_preflight_from_another_origin_gets_no_permission(client):
+    response = client.options("/api/ice-servers", headers={"Origin": "https://evil.example.test", "Access-Control-Request-Method": "GET"})
+    assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Allow-Methods" not in response.headers and response.headers["Vary"] == "Origin"
+
+
+def test_a_preflight_allows_only_the_headers_the_service_reads(client):
+    response = client.options(
+        "/api/ice-servers",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "Authorization, X-Evil"},
+    )
+    assert response.headers["Access-Control-Allow-Headers"] == "authorization"
+    assert response.headers["Access-Control-Max-Age"] == "600" and "Access-Control-Allow-Credentials" not in response.headers
 
 
 @pytest.mark.parametrize("length", ["\u00b2", "\u0663", "12a", "-1", " 5"])

@@ -1,16 +1,13 @@
 """Real parts: gunicorn with 4 workers (two such hosts), a real redis-server, the Cloudflare stand-in."""
 
-import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 import requests
 
 from tests.cloudflare_stub import API_TOKEN
-from tests.servers import ROOT, app_env, clean_environ, concurrent_get, flood_to_the_limit, run_cli, turn_username, wait_until
+from tests.servers import ROOT, app_env, clean_environ, concurrent_get, flood, run_cli, turn_username, wait_until
 
 
 def test_cold_burst_makes_one_upstream_call_and_all_hosts_share_it(start_host, cloudflare, redis_url, tmp_path):
@@ -166,15 +163,15 @@ def test_revoke_turn_reaches_every_worker_within_ten_seconds(start_host, cloudfl
 
 
 def test_rate_limit_is_exact_across_workers_and_cannot_be_forged_around(start_host, cloudflare, redis_url):
-    host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="50 per minute"))
-    # What the trusted proxy (nginx, one hop) sends: whatever the client forged, then the address it saw.
+    host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="50 per hour"))  # one every 72 s after the burst
+    # What the trusted proxy (nginx on the box) sends: whatever the client forged, then the address it saw.
     client_a = {"X-Forwarded-For": "203.0.113.10"}
 
-    answers = flood_to_the_limit(lambda _: host.get(headers=client_a), 1000, 50)
+    answers = flood(lambda _: host.get(headers=client_a), 1000)
     refused = [r for r in answers if r.status_code == 429]
-    assert len(refused) == len(answers) - 50 >= 950
+    assert len(answers) - len(refused) == 50 and len(refused) == 950  # four workers, 16 at a time: exactly the limit
     assert {r.json()["error"] for r in refused} == {"too many requests from this address"}
-    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+    assert all(1 <= int(r.headers["Retry-After"]) <= 72 for r in refused)  # what GCRA says is left, in whole seconds
 
     forged = [host.get(headers={"X-Forwarded-For": f"198.51.100.{i}, 203.0.113.10"}) for i in range(20)]
     assert {r.status_code for r in forged} == {429}
@@ -192,21 +189,3 @@ def test_keep_alive_connections_are_closed_now_and_then_so_they_spread_over_the_
     assert 2 <= closed <= 60  # expected ~16; never none (the chance of 0 or 1 in 1000 is under 1e-5)
     kept = sum(r.headers.get("Connection", "").lower() != "close" for r in answers)
     assert kept >= 900  # and keep-alive is otherwise kept
-
-
-def test_workers_that_stop_settle_what_they_admitted_alone(start_host, cloudflare, redis_url):
-    """A stop loses no admission: each worker settles its last batch as it exits (even a quick one), and leaves the count."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    host = start_host(app_env(cloudflare.base_url, redis_url, ICE_RATE_LIMIT="600 per minute"))
-    host.get(headers={"X-Forwarded-For": "198.51.100.1"})
-    # the first settlement: from here on, callers far from the limit are admitted alone
-    wait_until(lambda: client.zcard("ice-servers:{ratelimit}:settled") >= 1, 5, what="the first settlement")
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda n: host.get(headers={"X-Forwarded-For": f"10.9.{n // 256}.{n % 256}"}), range(400)))
-    host.process.send_signal(signal.SIGQUIT)  # gunicorn's quick shutdown: workers exit at once, threads and all
-    host.process.wait(10)
-    assert {r.status_code for r in answers} == {200}
-    counted = sum(client.llen(key) for key in client.scan_iter("ice-servers:{ratelimit}:count:*"))
-    assert counted == 401
-    assert client.zcard("ice-servers:{ratelimit}:settled") == 0  # every worker left the count

@@ -18,9 +18,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
-from limits import parse_many
 
 from app.config.ice_servers import is_blocked_url, parse_ice_servers
+from app.config.rates import parse_rates
 from app.config.redis_url import RedisTarget, parse_redis_url
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
@@ -94,7 +94,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # peers whose X-Forwarded-For / -Proto count
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
-    rate_limit: str | None = DEFAULT_RATE_LIMIT  # the limits library syntax; None: no limit
+    rate_limit: str | None = DEFAULT_RATE_LIMIT  # as written (app/config/rates.py parses it); None: no limit
     access_mode: str = "open"  # open | origin | token | jwt
     access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
     jwt_secret: str | None = field(default=None, repr=False)  # jwt mode: the HMAC key...
@@ -325,14 +325,14 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
 
 
 def _rate_limit(env: Mapping[str, str]) -> str | None:
-    """Parse ICE_RATE_LIMIT (the limits library syntax, e.g. "600 per minute"; 0 disables)."""
+    """Check ICE_RATE_LIMIT ("600 per minute", "10/second; 100 per 5 minutes"; 0 disables): app/config/rates.py."""
     value = env.get("ICE_RATE_LIMIT", DEFAULT_RATE_LIMIT)
     if value == "0":
         return None
     try:
-        parse_many(value)
-    except ValueError:
-        raise ConfigError(f"ICE_RATE_LIMIT must look like '600 per minute' (or 0 to disable), got {value!r}") from None
+        parse_rates(value)
+    except ValueError as exc:
+        raise ConfigError(f"ICE_RATE_LIMIT must look like '600 per minute' (or 0 to disable): {exc}") from None
     return value
 
 

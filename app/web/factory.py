@@ -6,11 +6,12 @@ import logging
 import sys
 
 from flask import Flask
-from flask_cors import CORS
 
 from app.access.addresses import parse_networks
+from app.access.gates import Gate, jwt_gate, open_gate, origin_gate, token_gate
 from app.access.identity import UserIds
 from app.config import ConfigError, Settings, env_file_problem, load_settings
+from app.config.rates import parse_rates
 from app.core.errors import StoreUnavailable
 from app.core.service import IceService
 from app.core.store_policy import StorePolicy
@@ -24,7 +25,8 @@ from app.store.connect import Connection
 from app.store.memory import MemoryStore
 from app.store.redis import RedisStore
 from app.web import cli, views
-from app.web.middleware import TrustedProxies
+from app.web.endpoint import Cors, CredentialEndpoint
+from app.web.middleware import RequestLimits, TrustedProxies
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -51,23 +53,34 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     app.config["ICE_DEMO"] = settings.demo
     service = service or build_service(settings)
     app.extensions["ice_service"] = service
-    if settings.cors_origins:
-        CORS(
-            app,
-            resources={r"/api/*": {"origins": list(settings.cors_origins)}},
-            methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Content-Type", "Authorization"],
-            supports_credentials=False,
-            max_age=600,
-        )
     user_ids = UserIds(settings.user_id_secret)
-    app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the views do
-    identify = views.make_identify(build_verifier(settings), user_ids) if settings.access_mode == "jwt" else None
-    views.init_app(app, service, settings, build_rate_limit(settings), identify)
-    # Outermost, so that every layer (the direct answer's rate limit too) sees the client's address.
+    app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the gate does
+    views.init_app(app, service, settings)
+    # Below Flask, outermost last: the client's address first, then the request limits, then the two credential routes.
+    app.wsgi_app = CredentialEndpoint(
+        app.wsgi_app,
+        service,
+        build_gate(settings, user_ids),
+        rate_limit=build_rate_limit(settings),
+        cors=Cors(settings.cors_origins) if settings.cors_origins else None,
+        per_user=settings.credential_scope == "user",
+        count_users=settings.access_mode == "jwt",
+    )
+    app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES)
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
     cli.init_app(app)
     return app
+
+
+def build_gate(settings: Settings, user_ids: UserIds) -> Gate:
+    """Build the access gate of ICE_ACCESS_MODE."""
+    if settings.access_mode == "jwt":
+        return jwt_gate(build_verifier(settings).subject, user_ids)
+    if settings.access_mode == "token":
+        return token_gate(settings.access_secret)
+    if settings.access_mode == "origin":
+        return origin_gate(settings.cors_origins)
+    return open_gate
 
 
 def build_verifier(settings: Settings):
@@ -147,8 +160,8 @@ def build_egress_guard(settings: Settings, policy: StorePolicy) -> EgressGuard |
 def build_rate_limit(settings: Settings) -> RateLimit | None:
     """Build ICE_RATE_LIMIT's check, counted in the Redis REDIS_URL names (same topology, user and CA as the cache).
 
-    In jwt mode a verified user is counted by its opaque id wherever it connects from, and a
-    request without a valid token by its address.
+    Every request is counted by its address first; in jwt mode a verified user is counted too, by
+    its opaque id, wherever it connects from.
     """
     if not settings.rate_limit:
         return None
@@ -158,7 +171,7 @@ def build_rate_limit(settings: Settings) -> RateLimit | None:
     else:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
     message = "too many requests" if settings.access_mode == "jwt" else "too many requests from this address"
-    return RateLimit(settings.rate_limit, client, message)
+    return RateLimit(parse_rates(settings.rate_limit), client, message)
 
 
 def warn_if_env_file_is_readable(path: str | None) -> None:

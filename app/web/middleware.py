@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from werkzeug.exceptions import InternalServerError
-
-from app.access.addresses import Network, client_address, parse_address, rate_key, trusted
+from app.access.addresses import Network, client_address, parse_address, trusted
 from app.core.numbers import parse_digits
-from app.core.service import IceService
-from app.limits.rate_limit import RateLimit
 
 log = logging.getLogger("ice_servers")
 
@@ -73,45 +69,6 @@ class RequestLimits:
         except UnicodeError:
             return _refuse(start_response, 400, "request path or query string is not UTF-8")
         return self.wsgi_app(environ, start_response)
-
-
-class DirectAnswer:
-    """WSGI middleware: GET /api/ice-servers in the default access mode (open, no CORS), answered below Flask.
-
-    The same rate limit, answer, headers and JSON 500 as the view, without Flask's request context,
-    routing and response objects, which cost more than the rest of the request together (in
-    process: 54 us through Flask against 41 us for a bare Flask view returning a constant). Every
-    other request, and every request in another mode (whose gates and CORS headers live in Flask),
-    goes to Flask.
-    """
-
-    PATH = "/api/ice-servers"
-
-    def __init__(self, wsgi_app, service: IceService, rate_limit: RateLimit | None):
-        """Wrap ``wsgi_app``."""
-        self.wsgi_app = wsgi_app
-        self.service = service
-        self.rate_limit = rate_limit
-
-    def __call__(self, environ, start_response):
-        """Answer GET /api/ice-servers; pass everything else on."""
-        if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "GET":
-            return self.wsgi_app(environ, start_response)
-        try:
-            if self.rate_limit is not None and (refused := self.rate_limit.hit(rate_key(environ.get("REMOTE_ADDR")))) is not None:
-                body, headers = refused
-                start_response("429 TOO MANY REQUESTS", [*headers.items(), ("Content-Length", str(len(body)))])
-                return [body]
-            answer = self.service.answer()
-            body = answer.json
-        except Exception:
-            log.exception("Unhandled error on GET %s", self.PATH)
-            body = json.dumps({"error": InternalServerError().name, "status": 500}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", NO_STORE)]
-            start_response("500 INTERNAL SERVER ERROR", headers)
-            return [body]
-        start_response("200 OK", [*answer.headers.items(), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
 
 
 def _refuse(start_response, status: int, message: str) -> list[bytes]:
