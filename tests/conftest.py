@@ -9,11 +9,13 @@ from app.config import Settings
 from app.core.errors import UpstreamRejected
 from app.core.service import IceService
 from app.store.memory import MemoryStore
+from app.web.metrics import PrometheusRecorder
 from tests.cloudflare_stub import CloudflareStub
 from tests.redis_topologies import RedisClusterGroup, SentinelGroup, TlsRedis
 from tests.servers import TURN_SECRET, Coturn, Gunicorn, RedisServer
 
 T0 = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
+RECORDER = PrometheusRecorder()  # the metrics are the process's: tests read /metrics through the real recorder
 
 
 class FakeClock:
@@ -45,10 +47,10 @@ class LocalProvider:
         """Start at zero calls."""
         self.calls = 0
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
-        """Mint a credential."""
+    def mint(self, expires_at: int, user: str | None = None) -> list[dict]:
+        """Mint a credential expiring at ``expires_at``."""
         self.calls += 1
-        return [{"urls": ["turn:own.example.test:3478"], "username": f"local-{self.calls}", "credential": "local-password"}]
+        return [{"urls": ["turn:own.example.test:3478"], "username": f"{expires_at}:local-{self.calls}", "credential": "local-password"}]
 
 
 class FakeProvider:
@@ -110,6 +112,7 @@ def make_service(clock, provider):
         kwargs.setdefault("credential_ttl", 24)
         kwargs.setdefault("cache_ttl", 12)
         kwargs.setdefault("stun_urls", ("stun:stun.example.test:3478",))
+        kwargs.setdefault("recorder", RECORDER)
         return IceService(
             store if store is not None else MemoryStore(clock),
             [provider] if providers is None else providers,

@@ -60,29 +60,25 @@ def profile(request):
 
 
 def seed_late_credential(redis_url: str, turn_url: str, age: float) -> str:
-    """Store a turn-secret credential issued ``age`` seconds ago, as the service would have; return its username."""
+    """Store a Cloudflare credential issued ``age`` seconds ago, as the service would have; return its username.
+
+    The Cloudflare stand-in signs its credentials for the tests' coturn (TURN REST, the same secret), so
+    this one relays as the stand-in's next ones do.
+    """
     issued_at = time.time() - age
-    username, password = rest_credential(TURN_SECRET, int(issued_at + CREDENTIAL_TTL))
+    username, password = rest_credential(TURN_SECRET, int(issued_at + CREDENTIAL_TTL), "seeded-late")
     servers = [{"urls": [turn_url], "username": username, "credential": password}]
-    credential = new_credential(servers, "turn-secret", issued_at, CREDENTIAL_TTL, CACHE_TTL)
+    credential = new_credential(servers, "cloudflare", issued_at, CREDENTIAL_TTL, CACHE_TTL)
     assert RedisStore.from_url(redis_url).put(credential)
     return username
 
 
 @pytest.mark.parametrize("arrival", [50, 60])  # seconds into the 69 s window: 16 h 40 and 20 h at the default ratio
 def test_a_call_starting_late_in_the_window_moves_to_the_next_credential_well_before_expiry(
-    profile, start_host, coturn, redis_url, arrival
+    profile, start_host, cloudflare, coturn, redis_url, arrival
 ):
-    host = start_host(
-        app_env(
-            None,
-            redis_url,
-            TURN_SHARED_SECRET=TURN_SECRET,
-            TURN_URLS=coturn.turn_url,
-            TURN_CREDENTIAL_TTL=str(CREDENTIAL_TTL),
-            ICE_CACHE_TTL=str(CACHE_TTL),
-        )
-    )
+    cloudflare.turn_urls, cloudflare.signing_secret = [coturn.turn_url], TURN_SECRET  # Cloudflare in front of coturn
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_CREDENTIAL_TTL=str(CREDENTIAL_TTL), ICE_CACHE_TTL=str(CACHE_TTL)))
     page = profile.new_page()
     page.goto(f"{host.base_url}/healthz")
     seeded = seed_late_credential(redis_url, coturn.turn_url, arrival)  # just before the call starts

@@ -148,14 +148,18 @@ def test_revoke_turn_revokes_only_once_every_worker_has_moved_to_the_new_credent
     assert result.output.rstrip().endswith("every worker serves it now.")
 
 
-def test_revoke_turn_keeps_the_old_credential_when_no_new_one_can_be_had(redis_client, serving_test_user):
+def test_revoke_turn_revokes_even_when_no_new_credential_can_be_had(redis_client, serving_test_user):
+    # The operator asked: a leaked credential matters most when no new one can be had. Callers get the fallback meanwhile.
     runner, upstream = serving_test_user
     upstream.replace(upstream.POST, URL, json={"success": False, "errors": [{"code": 1, "message": "Internal error"}]}, status=500)
+    upstream.post(REVOKE, status=204)
     result = runner.invoke(args=["revoke-turn"])
-    assert result.exit_code == 1
-    assert "no new credential could be had, so test-user is kept and was not revoked" in result.output
-    assert not [call for call in upstream.calls if call.request.url == REVOKE]
-    assert RedisStore(redis_client).get().username == "test-user"
+    assert result.exit_code == 0, result.output
+    assert [call.request.url for call in upstream.calls if call.request.url == REVOKE] == [REVOKE]
+    assert result.output.startswith("Revoked TURN credential test-user; no new one could be had (Cloudflare: Cloudflare answered 500")
+    assert result.output.rstrip().endswith("Until one can be, callers get STUN only.")
+    snapshot = RedisStore(redis_client).snapshot()
+    assert snapshot.credential is None and snapshot.revoked.username == "test-user"  # its tombstone: never served again
 
 
 def test_revoke_turn_says_so_when_the_revocation_fails(redis_client, serving_test_user):
@@ -164,7 +168,10 @@ def test_revoke_turn_says_so_when_the_revocation_fails(redis_client, serving_tes
     upstream.post(REVOKE, json={"success": False, "errors": [{"code": 1, "message": "Not found"}]}, status=404)
     result = runner.invoke(args=["revoke-turn"])
     assert result.exit_code == 1
-    assert "a new credential is stored, but revoking test-user failed: Cloudflare answered 404: Not found" in result.output
+    assert (
+        "test-user is no longer served (callers get cloudflare), but revoking it at Cloudflare failed: Cloudflare answered 404"
+        in result.output
+    )
     assert RedisStore(redis_client).get().username == "test-user-2"
 
 

@@ -14,7 +14,7 @@ from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
 from app.spend.ceiling import FRESH_INTERVALS, EgressGuard
 from app.store.memory import MemoryStore
 from app.store.redis import RedisStore
-from tests.conftest import LocalProvider
+from tests.conftest import RECORDER, LocalProvider
 from tests.graphql_stub import ACCOUNT_ID, ANALYTICS_TOKEN, GraphqlStub
 
 LIMIT = 1_000_000_000  # 1 GB
@@ -49,7 +49,9 @@ def guarded(make_service, clock, provider, analytics):
     def build(store=None, providers=None, unknown_closed=False, **kwargs):
         store = store if store is not None else MemoryStore(clock)
         policy = StorePolicy(store, clock)
-        guard = EgressGuard(analytics, policy, LIMIT, INTERVAL, unknown_closed, clock=clock, spawn=lambda target: target())
+        guard = EgressGuard(
+            analytics, policy, LIMIT, INTERVAL, unknown_closed, clock=clock, spawn=lambda target: target(), recorder=RECORDER
+        )
         return make_service(store=store, providers=providers, policy=policy, egress=guard, **kwargs)
 
     return build
@@ -80,7 +82,7 @@ def test_over_the_limit_the_next_provider_serves_and_cloudflare_is_never_called(
     clock.advance(INTERVAL)  # the next reading is due: this request asks, the next one sees it
     service.answer()
     clock.advance(1.01)
-    assert source_and_user(service.answer()) == ("turn-secret", "local-1")
+    assert source_and_user(service.answer())[0] == "turn-secret" and local.calls == 1
     for _ in range(120):  # a minute: past Cloudflare's cache window and refresh-ahead point
         clock.advance(0.5)
         assert service.answer().source == "turn-secret"
@@ -299,3 +301,29 @@ def test_a_worker_that_loses_redis_decides_on_the_last_reading_it_saw(guarded, a
     for _ in range(8):
         clock.advance(0.5)
         assert service.answer().source == "static"
+
+
+def test_revoking_past_the_limit_revokes_and_the_revoked_credential_never_comes_back(guarded, analytics, provider, clock):
+    # Revoke always revokes (the operator asked), and the tombstone keeps it out once the reading drops under again.
+    from app.core.operations import revoke
+
+    provider.revoked = []
+    provider.revoke = provider.revoked.append
+    local = LocalProvider()
+    store = MemoryStore(clock)
+    store.shared = True  # as Redis: the operator's command reaches it
+    service = guarded(store=store, providers=[provider, local])
+    assert source_and_user(service.answer()) == ("cloudflare", "user-1")
+    analytics.egress = LIMIT + 1
+    clock.advance(INTERVAL)
+    service.answer()
+    clock.advance(1.01)
+    assert service.answer().source == "turn-secret"
+    done = revoke(service)
+    assert provider.revoked == ["user-1"] and done.new.source == "turn-secret" and provider.calls == 1  # Cloudflare not asked
+    analytics.egress = LIMIT - 1  # back under
+    clock.advance(INTERVAL)
+    service.answer()
+    clock.advance(1.01)
+    assert source_and_user(service.answer()) == ("cloudflare", "user-2")  # a new one, never the revoked user-1
+    assert provider.calls == 2

@@ -189,3 +189,33 @@ def test_keep_alive_connections_are_closed_now_and_then_so_they_spread_over_the_
     assert 2 <= closed <= 60  # expected ~16; never none (the chance of 0 or 1 in 1000 is under 1e-5)
     kept = sum(r.headers.get("Connection", "").lower() != "close" for r in answers)
     assert kept >= 900  # and keep-alive is otherwise kept
+
+
+def test_at_a_trickle_redis_sees_a_few_commands_per_request_and_idle_next_to_none(start_host, cloudflare, tmp_path):
+    """On a redis-server of its own: the rate limit's one script call per request, and a re-read per worker every 2 s."""
+    from tests.servers import RedisServer
+
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        client = own_redis.client()
+        host = start_host(app_env(cloudflare.base_url, own_redis.url, ICE_RATE_LIMIT="600 per minute"))
+        for _ in range(8):  # warm every worker: scripts loaded, copies held
+            host.get()
+
+        def commands() -> int:
+            return sum(stats["calls"] for name, stats in client.info("commandstats").items() if name != "cmdstat_info")
+
+        before = commands()
+        for _ in range(20):  # one request every 0.25 s: a trickle
+            assert host.get().status_code == 200
+            time.sleep(0.25)
+        per_request = (commands() - before) / 20
+        idle_before = commands()
+        time.sleep(3)
+        idle = commands() - idle_before
+    finally:
+        own_redis.stop()
+    # Per request: EVALSHA plus the TIME, GET and SET it runs (4); now and then a worker's GET/PTTL/GET re-read.
+    print(f"Redis commands per request at a trickle: {per_request:.2f}; in 3 s idle: {idle}")
+    assert 4 <= per_request <= 6
+    assert idle == 0  # no background thread, no settlement loop

@@ -64,7 +64,7 @@ def test_user_entries_in_redis_expire_with_their_credential(make_service, provid
     service = make_service(store=RedisStore(client, clock=clock))
     service.answer(ALICE)
     keys = {key.decode() for key in client.keys("ice-servers:{user:*")}
-    assert keys == {store_key("credential", f"user:{ALICE}"), store_key("credential:last", f"user:{ALICE}")}
+    assert keys == {store_key("credential", f"user:{ALICE}")}  # one record per scope
     assert all(0 < client.pttl(key) <= 24_000 for key in keys)
 
 
@@ -84,7 +84,9 @@ def test_revoking_a_user_replaces_only_that_user(make_service, provider, clock):
     service = make_service(store=store)
     service.answer(ALICE)
     bob = service.answer(BOB).ice_servers[1]["username"]
-    old, new = revoke(service, ALICE)
+    clock.advance(1)  # the operator acts a moment later
+    done = revoke(service, ALICE)
+    old, new = done.old, done.new
     assert provider.revoked == [old.username] and old.username == "user-1" and new.username == "user-3"
     assert provider.users[-1] == ALICE
     clock.advance(2.1)
@@ -93,9 +95,9 @@ def test_revoking_a_user_replaces_only_that_user(make_service, provider, clock):
 
 
 def test_turn_secret_provider_puts_the_opaque_id_in_the_username():
-    provider = TurnSecretProvider("test-turn-secret", ("turn:own.example.test:3478",), clock=lambda: 1_800_000_000)
-    assert provider.issue(600, user=ALICE)[-1]["username"] == f"1800000600:{ALICE}"
-    assert provider.issue(600)[-1]["username"] == "1800000600:ice-servers"
+    provider = TurnSecretProvider("test-turn-secret", ("turn:own.example.test:3478",))
+    assert provider.mint(1_800_000_600, user=ALICE)[-1]["username"] == f"1800000600:{ALICE}"
+    assert provider.mint(1_800_000_600)[-1]["username"] == "1800000600:ice-servers"
 
 
 def test_opaque_ids_are_stable_keyed_and_never_the_subject():
@@ -145,3 +147,24 @@ def test_local_provider_serves_a_user_at_once_during_the_cool_down(make_service,
     answer = make_service(store=store, providers=[provider, local]).answer(ALICE)
     assert answer.source == "turn-secret" and provider.calls == 0 and local.calls == 1
     assert time.time() > 0
+
+
+def test_past_the_mint_budget_a_new_user_gets_the_shared_credential_then_their_own(make_service, provider, clock):
+    # A burst of sign-ups: the fleet mints at most the budget each second, and nobody is left on STUN only.
+    budget = {"left": 2}
+
+    def may_mint():
+        budget["left"] -= 1
+        return budget["left"] >= 0
+
+    service = make_service(per_user=True, mint_budget=may_mint)
+    users = [f"{n:032x}" for n in range(5)]
+    answers = [service.answer(user) for user in users]
+    assert [a.source for a in answers] == ["cloudflare"] * 5
+    own = [a.ice_servers[1]["username"] for a in answers]
+    assert own[:2] == ["user-1", "user-2"] and set(own[2:]) == {"user-3"}  # three shared one (the shared scope's)
+    assert provider.users == [users[0], users[1], None]  # the shared credential has no customIdentifier
+    budget["left"] = 3  # the next second
+    clock.advance(1.0)
+    assert [service.answer(user).ice_servers[1]["username"] for user in users[2:]] == ["user-4", "user-5", "user-6"]
+    assert service.answer(users[0]).ice_servers[1]["username"] == "user-1"  # a user's own is kept, never re-minted

@@ -113,6 +113,22 @@ def test_revoke_turn_user_replaces_that_user_everywhere_and_nobody_else(fleet, c
         assert secret not in output
 
 
+def test_refresh_turn_user_replaces_that_users_credential_everywhere(fleet, cloudflare):
+    env, host_a, host_b = fleet
+    alice_old = {username(r) for host in (host_a, host_b) for r in ask(host, ALICE, 8)}
+    result = run_cli(env, "refresh-turn", "--user", ALICE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("New TURN credential for user ") and ALICE not in result.stdout  # the opaque id, never the subject
+    assert cloudflare.call_count == 2 and cloudflare.calls[-1]["customIdentifier"] == cloudflare.calls[0]["customIdentifier"]
+    wait_until(
+        lambda: all(not ({username(r) for r in ask(host, ALICE, 12)} & alice_old) for host in (host_a, host_b)),
+        10,
+        interval=0.2,
+        what="the user's new credential on every worker",
+    )
+    assert cloudflare.revoked == []  # a refresh replaces; it revokes nothing
+
+
 def test_revoke_turn_user_without_a_cached_credential_fails_with_one_line(cloudflare, redis_url):
     result = run_cli(user_env(cloudflare, redis_url), "revoke-turn", "--user", "nobody@example.test")
     assert result.returncode == 1

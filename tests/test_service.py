@@ -114,9 +114,9 @@ def test_waiter_serves_what_the_lock_holder_stores(make_service, provider, clock
     def sleep_then_deliver(seconds):
         clock.advance(seconds)
         if clock() - 1_800_000_000 > 1 and store.get() is None:
-            holder.shared_cache._fill_holding_lock(store, token)
+            holder.shared_cache.refill.fill(store, token)
 
-    waiter.shared_cache._sleep = sleep_then_deliver
+    waiter.shared_cache.refill._sleep = sleep_then_deliver
     assert waiter.answer().source == "cloudflare"
     assert provider.calls == 1
 

@@ -42,35 +42,54 @@ def store(request):
 
 
 def test_empty_store_misses(store):
-    assert store.get() is None and store.snapshot().last is None
+    snapshot = store.snapshot()
+    assert store.get() is None and snapshot.credential is None and snapshot.revoked is None
+    assert (snapshot.cooldown, snapshot.failures) == (0, 0)
 
 
 def test_put_then_get_returns_the_credential(store):
-    stored = credential(time.time())
-    assert store.put(stored)
-    assert store.get() == stored and store.snapshot().last == stored
+    held = credential(time.time())
+    assert store.put(held)
+    assert store.get() == held and store.snapshot().credential == held
 
 
 def test_late_writer_never_replaces_a_newer_credential(store):
-    now = time.time()
-    newer, older = credential(now), credential(now - 5)
+    newer, older = credential(time.time()), credential(time.time() - 5)
     assert store.put(newer)
     assert not store.put(older)
     assert store.get() == newer
 
 
 def test_newer_credential_replaces_an_older_one(store):
-    now = time.time()
-    store.put(credential(now - 5))
-    assert store.put(credential(now))
-    assert store.get().issued_at == now
+    older, newer = credential(time.time() - 5), credential(time.time())
+    store.put(older)
+    assert store.put(newer)
+    assert store.get() == newer
 
 
-def test_past_its_window_the_credential_is_only_last(store):
-    stale = credential(time.time() - 13)  # window (12 s) over, still valid (24 s)
-    store.put(stale)
-    assert store.get() is None
-    assert store.snapshot().last == stale
+def test_one_record_holds_the_credential_past_its_window_until_it_expires(store):
+    past = credential(time.time() - 13)  # its 12 s window is over, 11 s of validity left
+    assert store.put(past)
+    assert store.get() == past  # callers decide what a stale credential is good for
+
+
+def test_a_revoked_credential_is_never_put_back_and_a_newer_one_is(store):
+    old = credential(time.time())
+    store.put(old)
+    store.revoke(old)
+    snapshot = store.snapshot()
+    assert snapshot.credential is None and snapshot.revoked.username == "u" and snapshot.revoked.expires_at == old.expires_at
+    assert not store.put(old)  # a worker's copy of it cannot come back
+    assert not store.put(credential(time.time() - 3))
+    newer = credential(time.time() + 1)
+    assert store.put(newer) and store.get() == newer
+
+
+def test_revoking_an_older_credential_leaves_a_newer_one(store):
+    old, newer = credential(time.time() - 5), credential(time.time())
+    store.put(newer)
+    store.revoke(old)
+    assert store.get() == newer and store.snapshot().revoked is None
 
 
 def test_lock_is_exclusive_until_released_by_its_owner(store):
@@ -83,7 +102,6 @@ def test_lock_is_exclusive_until_released_by_its_owner(store):
 
 
 def test_cooldown_counts_failures_until_cleared(store):
-    assert (store.snapshot().cooldown, store.snapshot().failures) == (0, 0)
     store.start_cooldown(30)
     store.start_cooldown(30)
     snapshot = store.snapshot()
@@ -93,13 +111,12 @@ def test_cooldown_counts_failures_until_cleared(store):
 
 
 def test_named_values_live_for_their_ttl_and_claims_are_exclusive(store):
-    assert store.read("usage") is None
-    store.write("usage", '{"egressBytes": 1}', 30)
-    assert store.read("usage") == '{"egressBytes": 1}'
-    assert store.claim("usage:ask", 30) and not store.claim("usage:ask", 30)
+    store.write("usage", '{"egressBytes": 1}', 60)
+    assert store.read("usage") == '{"egressBytes": 1}' and store.read("other") is None
+    assert store.claim("usage:ask", 60) and not store.claim("usage:ask", 60)
 
 
-def test_scopes_have_their_own_entries_and_lock_and_share_the_cool_down(store):
+def test_scopes_have_their_own_record_and_lock_and_share_the_cool_down(store):
     user = store.scoped("user:" + "a1" * 16)
     user.put(credential(time.time()))
     assert store.get() is None and user.get() is not None
@@ -116,17 +133,17 @@ def test_memory_store_expires_by_its_clock():
     now[0] = 1011.0
     assert store.acquire_lock(10) is not None and token  # the dead holder's lock expired
     now[0] = 1012.0
-    assert store.get() is None and store.snapshot().last is not None
+    assert store.get() is not None  # past its window: still the record
     now[0] = 1024.0
-    assert store.snapshot().last is None
+    assert store.get() is None  # expired: gone, as Redis's PX drops it
 
 
-def test_redis_keys_expire_with_the_cache_window_and_the_credential(redis_url):
+def test_the_redis_record_expires_with_its_credential(redis_url):
     client = redis.Redis.from_url(redis_url)
     store = RedisStore(client)
     store.put(credential(time.time(), credential_ttl=86400, cache_ttl=82800))
-    assert 82790_000 < client.pttl(store_key("credential")) <= 82800_000
-    assert 86390_000 < client.pttl(store_key("credential:last")) <= 86400_000
+    assert 86390_000 < client.pttl(store_key("credential")) <= 86400_000
+    assert client.keys("ice-servers:{shared}:*") == [store_key("credential").encode()]  # one record per scope
 
 
 def test_redis_lock_has_an_expiry(redis_url):
@@ -135,13 +152,12 @@ def test_redis_lock_has_an_expiry(redis_url):
     assert 9000 < client.pttl(store_key("lock")) <= 10000
 
 
-@pytest.mark.parametrize("junk", ["not json", '{"iceServers": 1}', '{"source": "cloudflare"}'])
-def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
+@pytest.mark.parametrize("junk", ["not json", '{"iceServers": 1}', '{"source": "cloudflare"}', '{"revoked": "u", "expiresAt": "NaN"}'])
+def test_junk_records_are_misses_and_get_replaced(redis_url, junk):
     client = redis.Redis.from_url(redis_url)
     client.set(store_key("credential"), junk)
-    client.set(store_key("credential:last"), junk)
     store = RedisStore(client)
-    assert store.get() is None and store.snapshot().last is None
+    assert store.get() is None and store.snapshot().revoked is None
     assert store.put(credential(time.time()))
     assert store.get() is not None
 
@@ -149,11 +165,10 @@ def test_junk_entries_are_misses_and_get_replaced(redis_url, junk):
 def test_wrong_redis_type_is_a_miss_and_gets_replaced(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.hset(store_key("credential"), "a", "b")
-    client.lpush(store_key("credential:last"), "x")
     store = RedisStore(client)
-    assert store.get() is None and store.snapshot().last is None
+    assert store.get() is None
     assert store.put(credential(time.time()))
-    assert store.get() is not None and store.snapshot().last is not None
+    assert store.get() is not None
 
 
 def test_unreachable_redis_raises_store_unavailable_quickly():

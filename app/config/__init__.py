@@ -39,6 +39,9 @@ PROVIDERS = ("cloudflare", "turn-secret")  # the default order when both are con
 # Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
 # so 200 people behind one NAT address starting a meeting at once stay well under it.
 DEFAULT_RATE_LIMIT = "600 per minute"
+# New per-user credentials, fleet-wide: Cloudflare publishes no TURN API limit; its general API allows
+# 1,200 requests per five minutes, about 4 a second. Past it, a new user gets the shared credential.
+DEFAULT_USER_MINT_RATE = "4 per second"
 ACCESS_MODES = ("open", "origin", "token", "jwt")
 MIN_SECRET_LENGTH = 16
 MIN_JWT_SECRET_LENGTH = 32  # RFC 7518: an HMAC key at least as long as the hash (256 bits for HS256)
@@ -95,6 +98,7 @@ class Settings:
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
     rate_limit: str | None = DEFAULT_RATE_LIMIT  # as written (app/config/rates.py parses it); None: no limit
+    user_mint_rate: str | None = DEFAULT_USER_MINT_RATE  # new per-user credentials, fleet-wide; None: no budget
     access_mode: str = "open"  # open | origin | token | jwt
     access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
     jwt_secret: str | None = field(default=None, repr=False)  # jwt mode: the HMAC key...
@@ -173,6 +177,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_trusted_proxies(env),
         demo=_flag(env, "ICE_DEMO"),
         rate_limit=_rate_limit(env),
+        user_mint_rate=_rate_limit(env, "ICE_USER_MINT_RATE", DEFAULT_USER_MINT_RATE),
         metrics_allow=_networks(env, "ICE_METRICS_ALLOW", DEFAULT_METRICS_ALLOW),
         **_access(env),
         **_jwt(env),
@@ -324,15 +329,15 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
     return names
 
 
-def _rate_limit(env: Mapping[str, str]) -> str | None:
-    """Check ICE_RATE_LIMIT ("600 per minute", "10/second; 100 per 5 minutes"; 0 disables): app/config/rates.py."""
-    value = env.get("ICE_RATE_LIMIT", DEFAULT_RATE_LIMIT)
+def _rate_limit(env: Mapping[str, str], name: str = "ICE_RATE_LIMIT", default: str = DEFAULT_RATE_LIMIT) -> str | None:
+    """Check a rate ("600 per minute", "10/second; 100 per 5 minutes"; 0 disables): app/config/rates.py."""
+    value = env.get(name, default)
     if value == "0":
         return None
     try:
         parse_rates(value)
     except ValueError as exc:
-        raise ConfigError(f"ICE_RATE_LIMIT must look like '600 per minute' (or 0 to disable): {exc}") from None
+        raise ConfigError(f"{name} must look like '600 per minute' (or 0 to disable): {exc}") from None
     return value
 
 

@@ -1,14 +1,21 @@
-"""CredentialCache: one TURN credential kept fresh for many callers (the shared one, or one user's).
+"""CredentialCache: one scope's TURN credential (the shared one, or one user's), kept for many callers.
 
-Read path: the in-process copy (trusted for ``LOCAL_STALENESS`` seconds, never past its cache
-window) -> the shared cache -> a refill, which one worker fleet-wide performs under the store's
-lock while the others wait a bounded time. Before the window ends one worker refreshes in the
-background. When the upstream fails the last credential is served while still valid, never
-after. Which store answers (Redis, or this process's while Redis is down) is the StorePolicy's.
+Two places hold it. The scope's one record in the shared store (Redis: every worker of every host;
+it carries refresh_at and expires_at), and this process's copy, trusted for LOCAL_STALENESS seconds
+and never past its window, which also keeps the answer encoded for the service. A request takes the
+copy, else reads the record, else refills: one worker fleet-wide, under the store's lock, while the
+others wait a bounded time. In the last quarter of the window one worker refreshes in the background.
+When the upstream fails the last valid credential is served, never past its expiry, and a cool-down
+in the store holds every worker back; only with nothing valid left does the next provider serve, then
+the service's fallback.
 
-Shared and per-user credentials are this same code on a different scope: the user's opaque
-identifier names its store entries and travels to the provider (Cloudflare's customIdentifier).
-Nothing here knows Flask. Time, sleeping, randomness and thread spawning are injectable.
+A local provider (a TURN shared secret) is an HMAC: every process mints it itself, for windows of
+the clock (so every process mints the same one), with no record, lock or cool-down.
+
+While the shared store fails, the store policy hands this process's own store (a MemoryStore) for a
+second at a time, and the same steps run against it: the copy goes back into it first, as it goes
+back into a Redis that restarted empty. Nothing here knows Flask or Redis; time, sleeping,
+randomness, threads and metrics are handed in.
 """
 
 from __future__ import annotations
@@ -20,25 +27,20 @@ import time
 from collections.abc import Callable, Sequence
 
 from app.core.background import daemon_spawner
-from app.core.errors import RefreshError, StoreUnavailable, UpstreamError, UpstreamInvalid, UpstreamUnavailable
-from app.core.ice import Credential, new_credential, rfc3339
-from app.core.ports import Provider
+from app.core.errors import MintDeferred, RefreshError, StoreUnavailable
+from app.core.ice import Credential, rfc3339
+from app.core.ports import NullRecorder, Provider, Recorder, Snapshot
+from app.core.refill import LOCK_TTL, Refill
 from app.core.store_policy import StorePolicy
-from app.web import metrics
 
 log = logging.getLogger("ice_servers")
 
-LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeouts) and the store write
 WAIT_BUDGET = 6.0  # seconds a request on a cold cache may wait in all before it gets the fallback
-POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another worker refills
-LOCAL_STALENESS = 2.0  # seconds the in-process copy is served without asking the shared cache
+LOCAL_STALENESS = 2.0  # seconds the copy is served without asking the shared cache
 DEGRADED_RECHECK = 1.0  # seconds a stale or no-credential decision is reused before asking again
 REFRESH_AHEAD_FRACTION = 0.25  # refresh in the background during the last quarter of the window...
 REFRESH_AHEAD_MAX = 600.0  # ...or its last ten minutes, whichever is shorter
 REFRESH_RETRY_INTERVAL = 1.0  # seconds between one process's background refresh attempts
-BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
-BACKOFF_CAP = 300.0
-RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
 DEGRADED_LOG_INTERVAL = 60.0  # seconds between repeated "degraded" warnings of one process
 
 
@@ -54,6 +56,19 @@ class DegradedLog:
         if now - self._logged_at >= DEGRADED_LOG_INTERVAL:
             self._logged_at = now
             log.warning(message[0].upper() + message[1:])
+
+
+class Copy:
+    """The process's copy: the credential (None: nothing valid, the fallback answers), until when it is trusted, its answer."""
+
+    __slots__ = ("answer", "answer_key", "checked_until", "credential")
+
+    def __init__(self, credential: Credential | None, checked_until: float):
+        """Hold ``credential`` until ``checked_until``; the service puts the encoded answer beside it."""
+        self.credential = credential
+        self.checked_until = checked_until
+        self.answer = None  # the service's Answer built from it, and the whole second of ttl it shows
+        self.answer_key: int | None = None
 
 
 class CredentialCache:
@@ -72,230 +87,162 @@ class CredentialCache:
         spawn: Callable[[Callable[[], None]], None] | None = None,
         degraded: DegradedLog | None = None,
         scope: str | None = None,
+        recorder: Recorder | None = None,
+        budget: Callable[[], bool] | None = None,
     ):
-        """Bind the scope to its stores; ``user`` (an opaque identifier, None for the shared credential) goes to the provider."""
+        """Bind the scope to its stores; ``user`` (an opaque id) goes to the provider; ``budget``: may a mint happen now."""
         self.user = user
         self.policy = policy
         self.store, self._local = policy.stores(("" if user is None else f"user:{user}") if scope is None else scope)
         self.providers = tuple(providers)
+        self._remote_sources = {provider.source for provider in self.providers if provider.remote}
         self._labels = {provider.source: provider.label for provider in self.providers}
         self.credential_ttl = credential_ttl
         self.cache_ttl = cache_ttl
         self._clock, self._sleep, self._jitter = clock, sleep, jitter
         self._spawn = spawn or daemon_spawner("ice-refresh-ahead")
         self._degraded = degraded or DegradedLog()
+        self._recorder = recorder or NullRecorder()
+        self.refill = Refill(
+            policy, self._local, self.providers, credential_ttl, cache_ttl, user, clock, sleep, jitter, self._recorder, budget
+        )
         self._for = "" if user is None else f" for user {user}"  # in log lines: the opaque id, never the subject
-        self._hot: Credential | None = None  # the newest credential this process has seen
-        self._serving: Credential | None = None  # what to serve without asking the shared cache...
-        self._serving_until = 0.0  # ...until then (None until then: the fallback)
-        self._refresh_ahead_at = float("inf")  # when the credential served enters its refresh-ahead quarter
-        self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet
+        self.copy: Copy | None = None
+        self._refill_mutex = threading.Lock()  # one refill per process; the store's lock makes it one per fleet (refill.py)
         self._refreshing = threading.Lock()  # one background refresh per process...
         self._refresh_not_before = 0.0  # ...and not a new thread per request while another worker refreshes
-        self.memo = None  # the service's last answer from this cache, reused while ``current`` holds
 
     # -- read path -----------------------------------------------------------------------
 
-    def current(self, credential: Credential | None, now: float) -> bool:
-        """Tell whether the decision to serve ``credential`` still holds, without any I/O (the warm path)."""
-        if credential is not self._serving or now >= self._serving_until:
-            return False
-        if now >= self._refresh_ahead_at:
-            self._refresh_in_background(credential)
-        return True
+    def trusted(self, now: float) -> Copy | None:
+        """Return the copy while it may be served without asking the store (the warm path: no I/O), else None."""
+        copy = self.copy
+        if copy is None or now >= copy.checked_until:
+            return None
+        if copy.credential is not None:
+            if not copy.credential.is_valid(now):
+                return None
+            self._refresh_ahead_if_due(copy.credential, now)
+        return copy
 
     def credential(self) -> Credential | None:
-        """Return a valid credential, refilling the cache if need be; None when none can be had."""
+        """Return a valid credential, refilling if need be; None when none can be had. Raises MintDeferred (a user's, over budget)."""
         now = self._clock()
-        if not self.providers:  # STUN only by configuration: the fallback answer is reused like any decision
-            self._serving, self._serving_until = None, now + DEGRADED_RECHECK
-            return None
-        serving = self._serving
-        if now < self._serving_until and (serving is None or serving.is_valid(now)):
-            if serving is not None and now >= self._refresh_ahead_at:
-                self._refresh_in_background(serving)
-            return serving
+        copy = self.trusted(now)
+        if copy is not None:
+            return copy.credential
+        asked_remote = False
+        for provider in self.providers:
+            if not provider.remote:  # the first local provider ends the chain: it always mints
+                return self._mint(provider, now, recheck=asked_remote)
+            if not asked_remote:  # the store and a refill try every remote provider in turn
+                asked_remote = True
+                credential = self._from_store(now)
+                if credential is not None:
+                    return credential
+        return self._hold(None, self._clock() + DEGRADED_RECHECK)
+
+    def _from_store(self, now: float) -> Credential | None:
+        """Serve the record (or our fresher copy, put back), else refill, else what is left valid; None: nothing valid."""
         store = self._store(now)
         try:
-            credential = store.get()
+            snapshot = store.snapshot()
         except StoreUnavailable as exc:
             store = self._shared_failed(exc)
-            credential = store.get()
-        if credential is not None:
-            metrics.HIT.inc()
-            log.debug(
-                "Using cached %s TURN credentials%s, valid until %s", self._label(credential), self._for, rfc3339(credential.expires_at)
-            )
-            self._remember(credential, store, now)
-            if now >= self._refresh_ahead_at:
-                self._refresh_in_background(credential)
-            return credential
-        metrics.MISS.inc()
-        credential = self._refill(now + WAIT_BUDGET)
-        if credential is None or not credential.is_fresh(self._clock()):
-            # Degraded (stale or none): decided for a second, so an outage costs no Redis trip per request.
-            self._serving, self._serving_until = credential, self._clock() + DEGRADED_RECHECK
-        return credential
+            snapshot = store.snapshot()
+        credential = self._newest(store, snapshot, now)
+        if credential is not None and credential.is_fresh(now):
+            self._recorder.cache_event("hit")
+            until = rfc3339(credential.expires_at)
+            log.debug("Using cached %s TURN credentials%s, valid until %s", self._label(credential), self._for, until)
+            return self._keep(credential, now)
+        self._recorder.cache_event("miss")
+        stale = credential if credential is not None and credential.is_valid(now) else None
+        if snapshot.failures or snapshot.cooldown:
+            # The upstream is known to fail: nobody waits on it; one worker retries off the request path.
+            if not snapshot.cooldown:
+                self._refresh_in_background(stale)
+            return self._serve_stale(stale, now)
+        return self._refill(store, stale, now + WAIT_BUDGET)
 
-    def _refill(self, deadline: float) -> Credential | None:
-        """Refill on a miss: one thread per process, one process per fleet; bounded by ``deadline``."""
+    def _newest(self, store, snapshot: Snapshot, now: float) -> Credential | None:
+        """Return the newer of the record and this process's copy; put the copy back where the store lost or aged it."""
+        record = snapshot.credential
+        mine = self.copy.credential if self.copy is not None else None
+        if mine is not None and snapshot.revoked is not None and snapshot.revoked.blocks(mine):
+            self.copy, mine = None, None  # revoked: never served again, never put back
+        if mine is None or mine.source not in self._remote_sources or not mine.is_valid(now):
+            return record
+        if record is not None and record.expires_at >= mine.expires_at:
+            return record
+        if mine.is_fresh(now) and snapshot.revoked is None:
+            # Redis restarted empty, junk was written over the record, or this is our own store now that Redis fails:
+            # the copy goes back, and nobody asks the upstream for it.
+            self.refill.put(store, mine)
+        return mine
+
+    def _serve_stale(self, stale: Credential | None, now: float) -> Credential | None:
+        """Answer a known outage at once: the last valid credential, held for a second, or None."""
+        if stale is None:
+            return None
+        self._recorder.cache_event("stale")
+        expiry = rfc3339(stale.expires_at)
+        self._degraded.warn(now, f"serving the last TURN credential{self._for} past its refresh point; it expires at {expiry}")
+        return self._hold(stale, now + DEGRADED_RECHECK)
+
+    def _refill(self, store, stale: Credential | None, deadline: float) -> Credential | None:
+        """Refill on a miss: one thread per process, one process per fleet; what is left valid when it cannot."""
         if not self._refill_mutex.acquire(timeout=max(0.0, deadline - self._clock())):
-            return self._last_resort(self._store(self._clock()))
+            return self._serve_stale(stale, self._clock())
         try:
-            return self._refill_locked(deadline)
+            credential = self.refill.wait_or_fill(store, deadline)
         finally:
             self._refill_mutex.release()
+        now = self._clock()
+        return self._keep(credential, now) if credential is not None else self._serve_stale(stale, now)
 
-    def _refill_locked(self, deadline: float) -> Credential | None:
-        """Decide on one snapshot of the store: serve, put back, revalidate in the background, or fetch."""
-        waited = False
-        while True:
-            now = self._clock()
-            store = self._store(now)
-            try:
-                snapshot = store.snapshot()
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-                continue  # the in-process store answers from now on
-            if snapshot.fresh is not None:
-                self._remember(snapshot.fresh, store, now)
-                return snapshot.fresh
-            last = self._newest_valid(now, snapshot.last)
-            if last is not None and last.is_fresh(now):
-                # The store lost it (Redis restarted, junk written over it): put it back, no upstream call.
-                self._put(store, last)
-                self._remember(last, store, now)
-                return last
-            if snapshot.failures or snapshot.cooldown:
-                # The upstream is known to fail: nobody waits on it. With nothing valid left a local
-                # provider serves at once; otherwise one worker retries off the request path.
-                if last is None and (minted := self._issue(store, remote=False)) is not None:
-                    return minted
-                if not snapshot.cooldown:
-                    self._refresh_in_background(last)
-                if last is not None:
-                    metrics.STALE.inc()
-                    expiry = rfc3339(last.expires_at)
-                    self._degraded.warn(now, f"serving the last TURN credential{self._for} past its refresh point; it expires at {expiry}")
-                return last
-            try:
-                token = store.acquire_lock(LOCK_TTL)
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-                continue
-            if token is not None:
-                return self._fill_holding_lock(store, token)
-            if self._clock() + POLL_INTERVAL >= deadline:
-                log.warning("Gave up waiting for another worker to fetch TURN credentials%s", self._for)
-                return self._newest_valid(self._clock(), snapshot.last)
-            if not waited:
-                waited = True
-                metrics.LOCK_WAIT.inc()
-            self._sleep(POLL_INTERVAL)
+    def _mint(self, provider: Provider, now: float, recheck: bool = False) -> Credential:
+        """Mint a local provider's credential for the clock's window (the same in every process); keep it.
 
-    def _fill_holding_lock(self, store, token: str, seen: Credential | None = None) -> Credential | None:
-        """Check again holding the lock, then ask the providers and store what they give."""
-        try:
-            current = store.get()
-            if current is not None and (seen is None or current.issued_at > seen.issued_at):
-                self._remember(current, store, self._clock())
-                return current
-            return self._issue(store) or self._last_resort(store)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return self._last_resort(self._local)
-        finally:
-            self._release(store, token)
-
-    def _issue(self, store, remote: bool = True) -> Credential | None:
-        """Ask the providers in order (only local ones unless ``remote``); store and return the first credential.
-
-        A failing remote provider starts the cool-down; the next provider is asked only when no valid
-        credential is left, so a cached credential is served until it expires (stale-if-error).
+        ``recheck``: a remote provider before it has nothing valid, and is looked at again within a second.
         """
-        for provider in self.providers:
-            if provider.remote and not remote:
-                continue
-            try:
-                return self._obtain(provider, store)
-            except UpstreamError as exc:
-                self._cool_down(store, provider, exc)
-                if self._last_resort(store) is not None:
-                    return None
-        return None
+        start = (now // self.cache_ttl) * self.cache_ttl
+        held = self.copy.credential if self.copy is not None else None
+        if held is not None and held.source == provider.source and held.issued_at == start:
+            credential = held
+        else:
+            servers = provider.mint(int(start + self.credential_ttl), user=self.user)
+            credential = Credential(tuple(servers), provider.source, start, start + self.cache_ttl, start + self.credential_ttl)
+        if recheck:
+            remote = ", ".join(p.label for p in self.providers if p.remote)
+            self._degraded.warn(now, f"no TURN credential from {remote}{self._for}: serving {provider.label} credentials")
+        return self._hold(credential, min(credential.refresh_at, now + DEGRADED_RECHECK) if recheck else credential.refresh_at)
 
-    def _obtain(self, provider: Provider, store) -> Credential:
-        """Get a credential from ``provider`` and store it; raise UpstreamError."""
-        issued_at = self._clock()  # before the call: the expiry errs early, never late
-        ice_servers = self._call(provider)
-        credential = new_credential(ice_servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
-        self._store_new(store, credential)
+    # -- the copy ------------------------------------------------------------------------
+
+    def _keep(self, credential: Credential, now: float) -> Credential:
+        """Make ``credential`` the copy, trusted for LOCAL_STALENESS (never past its window); refresh ahead if due."""
+        self._hold(credential, min(now + LOCAL_STALENESS, credential.refresh_at))
+        self._refresh_ahead_if_due(credential, now)
         return credential
 
-    def _last_resort(self, store) -> Credential | None:
-        """Return the newest valid credential anywhere (the store's last, this process's own), or None."""
-        return self._newest_valid(self._clock(), self._last_stored(store))
-
-    def _last_stored(self, store) -> Credential | None:
-        """Return the store's last credential, or None when it does not answer."""
-        try:
-            return store.snapshot().last
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return None
-
-    def _call(self, provider: Provider) -> list[dict]:
-        """Ask ``provider`` for a credential, timing and counting the outcome."""
-        log.info("Generating new %s TURN credentials%s", provider.label, self._for)
-        started, outcome = time.perf_counter(), "success"
-        try:
-            return provider.issue(self.credential_ttl, user=self.user)
-        except UpstreamError as exc:
-            outcome = _outcome(exc)
-            raise
-        finally:
-            metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
-            metrics.UPSTREAM_REQUESTS.labels(outcome).inc()
-
-    def _store_new(self, store, credential: Credential) -> None:
-        """Store a new credential (a newer one already held wins) and end any cool-down."""
-        if self._put(store, credential):
-            try:
-                store.clear_failures()
-            except StoreUnavailable as exc:
-                self._shared_failed(exc)
-        self._remember(credential, store, self._clock())
-        log.info(
-            "Generated new %s TURN credentials%s, valid until %s (refresh at %s)",
-            self._label(credential),
-            self._for,
-            rfc3339(credential.expires_at),
-            rfc3339(credential.refresh_at),
-        )
-
-    def _cool_down(self, store, provider: Provider, exc: UpstreamError) -> None:
-        """Start a fleet-wide cool-down: exponential with jitter, at least the 429's Retry-After."""
-        try:
-            failures = store.snapshot().failures + 1
-        except StoreUnavailable as failure:
-            store = self._shared_failed(failure)
-            failures = store.snapshot().failures + 1
-        seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
-        if exc.retry_after is not None:
-            seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
-        try:
-            store.start_cooldown(seconds)
-        except StoreUnavailable as failure:
-            self._shared_failed(failure).start_cooldown(seconds)
-        log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
-
-    def _newest_valid(self, now: float, *candidates: Credential | None) -> Credential | None:
-        """Return the newest still-valid credential among ``candidates`` and this process's own."""
-        pool = [*candidates, self._hot, self._local.snapshot().last]
-        valid = [c for c in pool if c is not None and c.is_valid(now)]
-        return max(valid, key=lambda c: c.expires_at) if valid else None
+    def _hold(self, credential: Credential | None, until: float) -> Credential | None:
+        """Make ``credential`` (or None: the fallback) the copy until ``until``."""
+        previous = self.copy.credential if self.copy is not None else None
+        if credential is not None and credential is not previous:
+            self._recorder.credential(credential.refresh_at, credential.expires_at)
+        self.copy = Copy(credential, until)
+        return credential
 
     # -- refresh ahead -------------------------------------------------------------------
+
+    def _refresh_ahead_if_due(self, credential: Credential, now: float) -> None:
+        """In the last quarter of a remote credential's window (its last 10 min at most), refresh it in the background."""
+        if credential.source not in self._remote_sources:
+            return  # a local mint: the next window mints anew
+        window = credential.refresh_at - credential.issued_at
+        if now >= credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
+            self._refresh_in_background(credential)
 
     def _refresh_in_background(self, seen: Credential | None) -> None:
         """Start one background refresh in this process; the store's lock makes it one per fleet."""
@@ -303,7 +250,7 @@ class CredentialCache:
         if now < self._refresh_not_before or not self._refreshing.acquire(blocking=False):
             return
         self._refresh_not_before = now + REFRESH_RETRY_INTERVAL
-        metrics.REFRESH.inc()
+        self._recorder.cache_event("refresh")
         try:
             self._spawn(lambda: self._refresh(seen))
         except RuntimeError:  # no thread could be started (interpreter shutting down)
@@ -316,40 +263,35 @@ class CredentialCache:
             if store.snapshot().cooldown:
                 return
             token = store.acquire_lock(LOCK_TTL)
-            if token is not None:
-                self._fill_holding_lock(store, token, seen=seen)
+            credential = self.refill.fill(store, token, seen=seen) if token is not None else None
+            if credential is not None:
+                self._keep(credential, self._clock())
         except StoreUnavailable as exc:
             self._shared_failed(exc)
+        except MintDeferred:
+            pass  # the budget is spent this second: the next request past the refresh point tries again
         finally:
             self._refreshing.release()
 
-    # -- forced replacement (operator actions) ---------------------------------------------
+    # -- operator actions ----------------------------------------------------------------
 
     def replace(self) -> Credential:
-        """Fetch a credential now into the shared cache, from the first provider that gives one.
+        """Get a credential now into the shared cache, from the first provider that gives one (a local one mints).
 
         The cool-down is ignored (an operator asked) and ended by a success. The new credential
-        expires later than any stored, so put-if-newer makes every worker take it at its next
-        look at the shared cache. Raises RefreshError.
+        expires later than any stored, so put-if-newer makes every worker take it at its next look
+        at the shared cache. Raises RefreshError.
         """
-        deadline = self._clock() + LOCK_TTL
+        local = next((provider for provider in self.providers if not provider.remote), None)
+        if local is not None and not self.providers[0].remote:
+            return self._mint(local, self._clock())
         try:
-            while (token := self.store.acquire_lock(LOCK_TTL)) is None:
-                if self._clock() >= deadline:
-                    raise RefreshError("another refresh still holds the lock; try again in a few seconds")
-                self._sleep(POLL_INTERVAL)
-            try:
-                failures = []
-                for provider in self.providers:
-                    try:
-                        return self._obtain(provider, self.store)
-                    except UpstreamError as exc:
-                        failures.append(f"{provider.label}: {exc}")
-                raise RefreshError("; ".join(failures))
-            finally:
-                self.store.release_lock(token)
-        except StoreUnavailable as exc:
-            raise RefreshError(f"shared cache: {exc}") from None
+            credential = self.refill.replace(self.store)
+        except RefreshError:
+            if local is None:
+                raise
+            return self._mint(local, self._clock())  # the next provider
+        return self._keep(credential, self._clock())
 
     # -- stores --------------------------------------------------------------------------
 
@@ -362,45 +304,6 @@ class CredentialCache:
         self.policy.failed(exc)
         return self._local
 
-    def _remember(self, credential: Credential, store, now: float) -> None:
-        """Keep ``credential`` as the in-process copy, and in the in-process store for Redis outages."""
-        if credential is not self._hot:
-            metrics.CREDENTIAL_EXPIRY.set(credential.expires_at)
-        self._hot = credential
-        self._serving, self._serving_until = credential, min(now + LOCAL_STALENESS, credential.refresh_at)
-        # Refresh in the background during the last quarter of the window (at most its last 10 min).
-        window = credential.refresh_at - credential.issued_at
-        self._refresh_ahead_at = credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX)
-        if store is not self._local:
-            self._local.put(credential)
-
     def _label(self, credential: Credential) -> str:
         """Name a credential's source for log lines (a provider may have been removed since it was cached)."""
         return self._labels.get(credential.source, credential.source)
-
-    def _put(self, store, credential: Credential) -> bool:
-        """Store ``credential``; tell whether it is now the one held (a newer one wins)."""
-        try:
-            stored = store.put(credential)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-            return False
-        if not stored:
-            log.info("A newer TURN credential was already cached; keeping it")
-        return stored
-
-    def _release(self, store, token: str) -> None:
-        """Release the store's lock; if the store is gone the lock's expiry frees it."""
-        try:
-            store.release_lock(token)
-        except StoreUnavailable as exc:
-            self._shared_failed(exc)
-
-
-def _outcome(exc: UpstreamError) -> str:
-    """Name an upstream failure for the metrics."""
-    if isinstance(exc, UpstreamUnavailable):
-        return "unavailable"
-    if isinstance(exc, UpstreamInvalid):
-        return "invalid"
-    return "rate_limited" if exc.status == 429 else "rejected"

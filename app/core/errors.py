@@ -35,3 +35,7 @@ class StoreUnavailable(Exception):
 
 class RefreshError(Exception):
     """A forced refresh failed; the message is one line for the operator."""
+
+
+class MintDeferred(Exception):
+    """A user's own credential would have to be minted now, and the fleet's budget of mints has none left this second."""

@@ -7,6 +7,7 @@ tested without sleeping.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,7 +70,39 @@ class Credential:
             )
         except (ValueError, KeyError, TypeError):
             return None
+        if not all(math.isfinite(at) for at in (credential.issued_at, credential.refresh_at, credential.expires_at)):
+            return None
         return credential
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A scope's record after revoke-turn: nothing expiring at or before ``expires_at`` may be served or stored there."""
+
+    username: str
+    expires_at: float
+
+    def to_json(self) -> str:
+        """Serialize for the shared cache."""
+        return json.dumps({"revoked": self.username, "expiresAt": self.expires_at}, separators=(",", ":"))
+
+    def blocks(self, credential: Credential) -> bool:
+        """Tell whether ``credential`` is the revoked one, or one no newer than it."""
+        return credential.username == self.username or credential.expires_at <= self.expires_at
+
+
+def parse_record(raw: str | bytes | None) -> Credential | Revoked | None:
+    """Parse a scope's record: a credential, a revocation's tombstone, or None (a miss: nothing, or junk)."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict) and "revoked" in data:
+            revoked = Revoked(str(data["revoked"]), float(data["expiresAt"]))
+            return revoked if math.isfinite(revoked.expires_at) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Credential.from_json(raw)
 
 
 def new_credential(ice_servers: list[dict], source: str, issued_at: float, credential_ttl: int, cache_ttl: int) -> Credential:

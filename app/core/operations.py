@@ -15,7 +15,6 @@ from app.core.errors import RefreshError, StoreUnavailable, UpstreamError
 from app.core.ice import Credential, rfc3339
 from app.core.ports import Snapshot
 from app.core.service import IceService
-from app.spend.ceiling import Reading
 
 log = logging.getLogger("ice_servers")
 
@@ -33,13 +32,24 @@ class Status:
     snapshot: Snapshot | None  # None when the store did not answer
     per_user: bool = False  # one credential per user (the snapshot is the shared one, or the user's)
     egress_limit: int | None = None  # ICE_EGRESS_LIMIT_GB in bytes, when the ceiling is on...
-    egress: Reading | None = None  # ...and the fleet's last reading, if any
+    egress: object | None = None  # ...and the fleet's last reading (app/spend/ceiling.py's Reading), if any
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What revoke did: the credential revoked, the one now served (None: none could be had), and why not."""
+
+    old: Credential
+    new: Credential | None
+    why_none: str | None  # why no new credential could be had
+    serving: str  # what callers get meanwhile: a provider's label, static TURN_SERVERS, STUN only
 
 
 def refresh(service: IceService, user: str | None = None) -> Credential:
-    """Fetch a credential now, from the first provider that gives one, into the shared cache.
+    """Get a credential now, from the first provider that gives one, into the shared cache.
 
-    The cool-down is ignored (an operator asked) and ended by a success. Raises RefreshError.
+    The cool-down is ignored (an operator asked) and ended by a success. Past the egress ceiling
+    Cloudflare is not asked: the next provider mints. Raises RefreshError.
     """
     if not service.providers:
         raise RefreshError("no TURN provider configured: set CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN, or TURN_SHARED_SECRET")
@@ -51,18 +61,21 @@ def refresh(service: IceService, user: str | None = None) -> Credential:
     return service.cache(user, capped=over).replace()
 
 
-def revoke(service: IceService, user: str | None = None) -> tuple[Credential, Credential]:
-    """Replace a credential in the shared cache, then revoke the old one upstream.
+def revoke(service: IceService, user: str | None = None) -> Revocation:
+    """Revoke a credential at Cloudflare, and make sure it is never served again, whatever else fails.
 
-    A new credential is had first: when none can be, the old one is kept (not revoked) and
-    RefreshError says so. Every worker takes the new one at its next look at the shared cache
-    (put-if-newer: a worker's older copy can never be put back over it), at most LOCAL_STALENESS
-    later; the revocation waits that long, so that when this returns no worker hands out the old
-    credential and a page's next fetch gets the new one. Returns (old, new).
+    In order: a tombstone takes the credential's place in the shared cache (no worker's copy can put
+    it back, and it cannot come back when the egress reading drops under the ceiling); a new
+    credential is had if one can be (not past the ceiling); every worker re-reads the shared cache
+    within LOCAL_STALENESS, so the revocation waits that long; then Cloudflare revokes it. Without a
+    new credential, callers get the next provider or the fallback until one can be had. Raises
+    RefreshError when nothing is cached, or when the revocation itself fails (the old one is no
+    longer served, but stays valid until it expires).
     """
     whose = "" if user is None else " for that user"
+    cache = service.cache(user)  # the scope Cloudflare's credentials live in, past the ceiling too
     try:
-        old = service.cache(user).store.snapshot().last
+        old = cache.store.snapshot().credential
     except StoreUnavailable as exc:
         raise RefreshError(f"shared cache: {exc}") from None
     if old is None or old.username is None:
@@ -71,16 +84,28 @@ def revoke(service: IceService, user: str | None = None) -> tuple[Credential, Cr
     if provider is None or not hasattr(provider, "revoke"):
         raise RefreshError(f"credentials from {old.source} cannot be revoked upstream; use refresh-turn to replace it")
     try:
+        cache.store.revoke(old)
+    except StoreUnavailable as exc:
+        raise RefreshError(f"shared cache: {exc}; {old.username} was not revoked") from None
+    new, why_none = None, None
+    try:
         new = refresh(service, user)
     except RefreshError as exc:
-        raise RefreshError(f"no new credential could be had, so {old.username} is kept and was not revoked: {exc}") from None
+        why_none = str(exc)
     service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
+    serving = new.source if new is not None else service.fallback_source()
     try:
         provider.revoke(old.username)
     except UpstreamError as exc:
-        raise RefreshError(f"a new credential is stored, but revoking {old.username} failed: {exc}") from None
-    log.warning("Revoked TURN credential %s%s; serving a new one valid until %s", old.username, whose, rfc3339(new.expires_at))
-    return old, new
+        raise RefreshError(
+            f"{old.username} is no longer served (callers get {serving}), but revoking it at Cloudflare failed: {exc}; "
+            f"it stays valid until {rfc3339(old.expires_at)}"
+        ) from None
+    if new is not None:
+        log.warning("Revoked TURN credential %s%s; serving a new one valid until %s", old.username, whose, rfc3339(new.expires_at))
+    else:
+        log.warning("Revoked TURN credential %s%s; no new one could be had (%s): serving %s", old.username, whose, why_none, serving)
+    return Revocation(old, new, why_none, serving)
 
 
 def status(service: IceService, user: str | None = None) -> Status:

@@ -1,29 +1,93 @@
-"""What the core asks of its adapters: a TURN credential provider, and what the shared store reads at once."""
+"""What the core asks of its adapters: credential providers, the store's one-round-trip read, and a metrics recorder.
+
+The core imports no adapter: the factory hands it a store (Redis or memory), providers
+(Cloudflare, a TURN shared secret) and a recorder (Prometheus), each of these shapes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.core.ice import Credential
+from app.core.ice import Credential, Revoked
+
+__all__ = ["NullRecorder", "Provider", "Recorder", "Revoked", "Snapshot"]
 
 
 class Provider(Protocol):
-    """A source of TURN credentials: Cloudflare, or a TURN shared secret."""
+    """A source of TURN credentials.
+
+    A remote one (Cloudflare) is asked through the shared cache, once per window fleet-wide, under
+    its lock and cool-down: ``issue``. A local one (a TURN shared secret) mints an HMAC itself, in
+    every process, with nothing to share, lock or cool down: ``mint``.
+    """
 
     source: str  # the ``source`` field of the answer
     label: str  # the name in log lines
-    remote: bool  # asks an upstream (locked, cooled down) rather than minting locally
+    remote: bool
 
     def issue(self, ttl: int, user: str | None = None) -> list[dict]:
-        """Return ICE servers whose credential lives ``ttl`` seconds, for ``user`` if given; raise UpstreamError."""
+        """Return ICE servers whose credential lives ``ttl`` seconds, for ``user`` if given; raise UpstreamError (remote)."""
+
+    def mint(self, expires_at: int, user: str | None = None) -> list[dict]:
+        """Return ICE servers whose credential expires at ``expires_at`` (local)."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the store holds, read at once: the refill decides on all of it together."""
+    """What the store holds for a scope, read at once: the refill decides on all of it together."""
 
-    fresh: Credential | None  # inside its cache window
-    last: Credential | None  # the newest stored, whatever its window
+    credential: Credential | None  # the scope's one record, whatever its window (callers check)
+    revoked: Revoked | None  # or, after a revocation, its tombstone
     cooldown: float  # seconds left of the upstream cool-down (0: none)
     failures: int  # upstream failures in a row
+
+
+class Recorder(Protocol):
+    """Where the core reports what happened (the web layer's is Prometheus); every label value is a fixed word."""
+
+    def answered(self, source: str) -> None:
+        """Count one answer, by source: cloudflare, turn-secret, static, stun-only."""
+
+    def cache_event(self, event: str) -> None:
+        """Count hit, miss, stale, lock_wait, refresh, deferred (a user's mint put off: the shared credential answered)."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """Count one upstream call by outcome (success, rejected, rate_limited, invalid, unavailable) and time it."""
+
+    def credential(self, refresh_at: float, expires_at: float) -> None:
+        """Say when a credential this process now holds reaches its refresh point and expires."""
+
+    def store_local(self, local: bool) -> None:
+        """Say whether this process serves from its own store because the shared one fails."""
+
+    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
+        """Show the month's TURN egress (None: no reading this month) against ICE_EGRESS_LIMIT_GB."""
+
+    def refused(self, status: int) -> None:
+        """Count one refusal of a credential route by status: 401, 403, 429."""
+
+
+class NullRecorder:
+    """A recorder that records nothing (tests, the CLI)."""
+
+    def answered(self, source: str) -> None:
+        """Record nothing."""
+
+    def cache_event(self, event: str) -> None:
+        """Record nothing."""
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """Record nothing."""
+
+    def credential(self, refresh_at: float, expires_at: float) -> None:
+        """Record nothing."""
+
+    def store_local(self, local: bool) -> None:
+        """Record nothing."""
+
+    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
+        """Record nothing."""
+
+    def refused(self, status: int) -> None:
+        """Record nothing."""

@@ -26,13 +26,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from app.core.cache import CredentialCache, DegradedLog
-from app.core.errors import StoreUnavailable
+from app.core.errors import MintDeferred, StoreUnavailable
 from app.core.ice import Credential, answer_body, legacy_body
-from app.core.ports import Provider
+from app.core.ports import NullRecorder, Provider, Recorder
 from app.core.store_policy import StorePolicy
 from app.core.urls import UrlPolicy
-from app.spend.ceiling import EgressGuard
-from app.web import metrics
 
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
@@ -100,17 +98,24 @@ class IceService:
         per_user: bool = False,
         max_users: int = MAX_USERS,
         policy: StorePolicy | None = None,
-        egress: EgressGuard | None = None,
+        egress=None,
         url_policy: UrlPolicy | None = None,
+        recorder: Recorder | None = None,
+        mint_budget: Callable[[], bool] | None = None,
     ):
         """Wire the store and providers; ``per_user``: callers get their own credentials (user scope).
 
-        ``egress``, when set, caps Cloudflare; ``policy`` is then the one the guard uses too.
+        ``egress`` (app/spend/ceiling.py's EgressGuard: ``over()``, ``reading()``, ``limit_bytes``),
+        when set, caps Cloudflare; ``policy`` is then the one the guard uses too. ``recorder``
+        counts what happens (the web layer's is Prometheus). ``mint_budget`` says whether a user's
+        own credential may be minted now (the fleet's budget, ICE_USER_MINT_RATE); when it may not,
+        that user gets the shared credential meanwhile.
         """
         self.store = store
         self.sleep = sleep  # operator actions wait with it (revoke-turn waits for every worker to move on)
         self.per_user = per_user
-        self.policy = policy or StorePolicy(store, clock)
+        self.recorder = recorder or NullRecorder()
+        self.policy = policy or StorePolicy(store, clock, self.recorder)
         self.egress = egress
         self.providers = tuple(providers)
         capped_providers = tuple(p for p in self.providers if p.source != CLOUDFLARE)
@@ -134,6 +139,8 @@ class IceService:
             spawn,
             self._degraded,
             scope=_scope(user, capped),
+            recorder=self.recorder,
+            budget=mint_budget if user is not None else None,
         )
         self.shared_cache = self._new_cache(None, False)
         self.capped_cache = self._new_cache(None, True) if egress is not None else None
@@ -158,30 +165,39 @@ class IceService:
             return cache
 
     def answer(self, user: str | None = None) -> Answer:
-        """Return what to send a caller now: a TURN credential if one can be had, else the fallback."""
-        if self.egress is not None and self.egress.over():
-            cache = self.cache(user, capped=True)
-        else:
-            cache = self.shared_cache if user is None else self.cache(user)
+        """Return what to send a caller now: a TURN credential if one can be had, else the fallback.
+
+        A user whose own credential cannot be minted this second (the fleet's budget is spent) gets the
+        shared credential, and their next request after the budget allows asks for their own again.
+        """
+        cache = self.cache(user, capped=self.over_limit())
         now = self._clock()
-        memo = cache.memo
-        if memo is not None and cache.current(memo[0], now) and memo[1] == _answer_key(memo[0], now):
+        copy = cache.trusted(now)
+        if copy is not None and copy.answer is not None and copy.answer_key == _answer_key(copy.credential, now):
             # The warm path: the same decision and the same whole seconds of ttl, so the body is exact.
-            metrics.REQUESTS_BY_SOURCE[memo[2].source].inc()
-            return memo[2]
-        credential = cache.credential()
+            self.recorder.answered(copy.answer.source)
+            return copy.answer
+        try:
+            credential = cache.credential()
+        except MintDeferred:
+            self.recorder.cache_event("deferred")
+            return self.answer()
         now = self._clock()
         if credential is not None and credential.is_valid(now):
             answer = Answer(self.url_policy.apply(credential.ice_servers), credential.source, credential.expires_at, now)
         else:
             credential, answer = None, self._fallback(now)
-        cache.memo = (credential, _answer_key(credential, now), answer)
-        metrics.REQUESTS_BY_SOURCE[answer.source].inc()
+        if cache.copy is not None and cache.copy.credential is credential:
+            cache.copy.answer, cache.copy.answer_key = answer, _answer_key(credential, now)
+        self.recorder.answered(answer.source)
         return answer
 
     def credential(self, user: str | None = None) -> Credential | None:
         """Return a valid credential of ``user`` (or the shared one), refilling if need be; None when none can be had."""
-        return self.cache(user, capped=self.over_limit()).credential()
+        try:
+            return self.cache(user, capped=self.over_limit()).credential()
+        except MintDeferred:
+            return self.cache(None, capped=self.over_limit()).credential()
 
     def over_limit(self) -> bool:
         """Tell whether the month's TURN egress is past ICE_EGRESS_LIMIT_GB (never without a guard)."""
@@ -215,6 +231,11 @@ class IceService:
         local = any(not provider.remote for provider in self.providers)
         upstream_fine = snapshot is None or not (snapshot.failures or snapshot.cooldown)
         return {"redis": store_answers, "upstream": bool(self.providers) and (local or upstream_fine)}
+
+    def fallback_source(self) -> str:
+        """Name what callers get while the first provider has no credential: the next (local) provider, or the fallback."""
+        local = next((provider.label for provider in self.providers if not provider.remote), None)
+        return local or ("static TURN_SERVERS" if self.turn_servers else "STUN only")
 
     def topology(self) -> str:
         """Name the shared cache's topology and state, for /readyz and ice-status."""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from app.core.errors import StoreUnavailable
-from app.store.memory import MemoryStore
+from app.core.ports import NullRecorder, Recorder
 
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before it is tried again
 
@@ -22,11 +22,12 @@ log = logging.getLogger("ice_servers")
 class StorePolicy:
     """Choose between the shared store and this process's own."""
 
-    def __init__(self, shared, clock: Callable[[], float] = time.time):
-        """Wrap ``shared``; without Redis (a MemoryStore) it is the process's own store already."""
+    def __init__(self, shared, clock: Callable[[], float] = time.time, recorder: Recorder | None = None):
+        """Wrap ``shared``; without Redis (a MemoryStore) it is the process's own store already, else it hands one (fallback())."""
         self.shared = shared
-        self.local = shared if not shared.shared else MemoryStore(clock)
+        self.local = shared.fallback() if shared.shared else shared
         self._clock = clock
+        self._recorder = recorder or NullRecorder()
         self._down_until = 0.0
         self._down = False
 
@@ -43,12 +44,14 @@ class StorePolicy:
             return True
         if self._down:
             self._down = False
+            self._recorder.store_local(False)
             log.info("Trying the shared cache again")
         return False
 
     def failed(self, exc: StoreUnavailable) -> None:
         """Put the shared store in a short time-out."""
         if not self._down:
+            self._recorder.store_local(True)
             log.warning("Shared cache unavailable (%s): serving from this process's cache", exc)
         self._down = True
         self._down_until = self._clock() + SHARED_RETRY_AFTER

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
-from collections.abc import Callable
 
 USER = "ice-servers"  # the user part of the shared credential (one for all callers in a window)
 
@@ -30,23 +28,22 @@ class TurnSecretProvider:
     label = "TURN shared secret"
     remote = False
 
-    def __init__(self, secret: str, urls: tuple[str, ...], clock: Callable[[], float] = time.time):
+    def __init__(self, secret: str, urls: tuple[str, ...]):
         """Keep the secret and the URLs (port 53 already dropped by the settings)."""
         self._secret = secret
         self._stun_urls = [u for u in urls if u.lower().startswith(("stun:", "stuns:"))]
         self._turn_urls = [u for u in urls if u.lower().startswith(("turn:", "turns:"))]
-        self._clock = clock
 
     def __repr__(self) -> str:
         """Show the URLs, never the secret."""
         return f"TurnSecretProvider({self._turn_urls!r})"
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
-        """Return ICE servers with a credential that the TURN server accepts for ``ttl`` seconds.
+    def mint(self, expires_at: int, user: str | None = None) -> list[dict]:
+        """Return ICE servers with a credential that the TURN server accepts until the Unix time ``expires_at``.
 
         ``user`` (an opaque identifier) becomes the username's user part, so the TURN server's logs
-        tell users apart.
+        tell users apart. The same arguments mint the same credential, in every process.
         """
-        username, password = rest_credential(self._secret, int(self._clock() + ttl), user or USER)
+        username, password = rest_credential(self._secret, expires_at, user or USER)
         servers = [{"urls": list(self._stun_urls)}] if self._stun_urls else []
         return [*servers, {"urls": list(self._turn_urls), "username": username, "credential": password}]

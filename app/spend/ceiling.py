@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from app.core.background import daemon_spawner
 from app.core.errors import StoreUnavailable
+from app.core.ports import NullRecorder, Recorder
 from app.core.store_policy import StorePolicy
 from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
-from app.web import metrics
 
 READING = "usage"
 ASK = "usage:ask"
@@ -65,6 +65,7 @@ class EgressGuard:
         unknown_closed: bool = False,
         clock: Callable[[], float] = time.time,
         spawn: Callable[[Callable[[], None]], None] | None = None,
+        recorder: Recorder | None = None,
     ):
         """Wire the analytics client and the stores; nothing is asked until the first check."""
         self.limit_bytes = limit_bytes
@@ -74,6 +75,7 @@ class EgressGuard:
         self._unknown_closed = unknown_closed
         self._clock = clock
         self._spawn = spawn or daemon_spawner("ice-usage-reading")
+        self._recorder = recorder or NullRecorder()
         self._over = unknown_closed
         self._state: str | None = None  # over, under, unknown: what was last logged
         self._recheck_at = float("-inf")
@@ -90,10 +92,8 @@ class EgressGuard:
             self._ask_in_background(store, now)
         fresh = reading is not None and reading.month == month_start(now) and now - reading.read_at < FRESH_INTERVALS * self.interval
         over = reading.egress_bytes > self.limit_bytes if fresh else self._unknown_closed
-        egress_gauge, limit_gauge = metrics.egress_gauges()
-        limit_gauge.set(self.limit_bytes)
-        if reading is not None and reading.month == month_start(now):
-            egress_gauge.set(reading.egress_bytes)
+        this_month = reading is not None and reading.month == month_start(now)
+        self._recorder.egress(reading.egress_bytes if this_month else None, self.limit_bytes)
         self._log_change("over" if fresh and over else "under" if fresh else "unknown", reading, now)
         self._over = over
         return over

@@ -7,14 +7,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.core.ice import Credential
+from app.core.ice import Credential, Revoked
 from app.core.ports import Snapshot
 
-SCOPES_PRUNE_AT = 1024  # in-process scopes held before those with an expired credential are dropped
+SCOPES_PRUNE_AT = 1024  # in-process scopes held before those whose record expired are dropped
 
 
 class MemoryStore:
-    """The same contract inside one process: for no ``REDIS_URL``, and while Redis is down."""
+    """The contract of app/store/__init__.py inside one process."""
 
     shared = False
 
@@ -22,19 +22,19 @@ class MemoryStore:
         """Start empty; ``clock`` is injectable for expiry tests."""
         self._clock = clock
         self._mutex = threading.Lock()
-        self._last: Credential | None = None
+        self._record: Credential | Revoked | None = None
         self._lock: tuple[str, float] | None = None
         self._upstream = _upstream or _Upstream()
 
     def scoped(self, scope: str) -> MemoryStore:
-        """Return the store of another credential (the same one for the same scope); it shares this one's cool-down."""
+        """Return the store of another scope (the same one for the same scope); it shares this one's cool-down."""
         with self._upstream.mutex:
             scopes = self._upstream.scopes
             store = scopes.get(scope)
             if store is None:
-                if len(scopes) >= self._upstream.prune_above:  # drop the scopes whose credential expired
+                if len(scopes) >= self._upstream.prune_above:  # drop the scopes whose record expired
                     now = self._clock()
-                    for name in [name for name, held in scopes.items() if not (held._last and held._last.is_valid(now))]:
+                    for name in [name for name, held in scopes.items() if held._held(now) is None]:
                         del scopes[name]
                     self._upstream.prune_above = max(SCOPES_PRUNE_AT, 2 * len(scopes))
                 store = scopes[scope] = MemoryStore(self._clock, self._upstream)
@@ -48,31 +48,45 @@ class MemoryStore:
         """Name the store."""
         return "in-process: each worker holds its own (REDIS_URL is not set)"
 
+    def fallback(self) -> MemoryStore:
+        """Return another store of this process's own (for a subclass that plays a shared one, in tests)."""
+        return MemoryStore(self._clock)
+
     def ping(self) -> None:
         """Answer always: the process is alive."""
 
     def get(self) -> Credential | None:
-        """Return the credential inside its cache window, or None."""
-        credential = self._last
-        return credential if credential and credential.is_fresh(self._clock()) else None
+        """Return the scope's credential (whatever its window), or None."""
+        return self.snapshot().credential
 
     def snapshot(self) -> Snapshot:
-        """Return the fresh and last (while valid) credentials, the cool-down and the failure count."""
-        now, last = self._clock(), self._last
+        """Return the record while it lives, the cool-down and the failure count."""
+        now = self._clock()
+        record = self._held(now)
         return Snapshot(
-            fresh=last if last and last.is_fresh(now) else None,
-            last=last if last and last.is_valid(now) else None,
+            credential=record if isinstance(record, Credential) else None,
+            revoked=record if isinstance(record, Revoked) else None,
             cooldown=max(0.0, self._upstream.cooldown_until - now),
             failures=self._upstream.failures,
         )
 
     def put(self, credential: Credential) -> bool:
-        """Store ``credential`` unless a later-expiring one is held."""
+        """Store ``credential`` unless the record expires later, or is a tombstone expiring as late."""
         with self._mutex:
-            if self._last and self._last.expires_at > credential.expires_at:
+            held = self._held(self._clock())
+            if held is not None and (
+                held.expires_at > credential.expires_at or (isinstance(held, Revoked) and held.expires_at == credential.expires_at)
+            ):
                 return False
-            self._last = credential
+            self._record = credential
             return True
+
+    def revoke(self, credential: Credential) -> None:
+        """Leave a tombstone in the place of ``credential``, unless a newer one is there."""
+        with self._mutex:
+            held = self._held(self._clock())
+            if held is None or (held.expires_at <= credential.expires_at and not isinstance(held, Revoked)):
+                self._record = Revoked(credential.username or "", credential.expires_at)
 
     def acquire_lock(self, ttl: float) -> str | None:
         """Take the lock for ``ttl`` seconds; return its token, or None if it is held."""
@@ -121,6 +135,11 @@ class MemoryStore:
             self._upstream.values[name] = ("1", now + ttl)
             return True
 
+    def _held(self, now: float) -> Credential | Revoked | None:
+        """Return the record unless it has expired (as Redis's PX would have dropped it)."""
+        record = self._record
+        return record if record is not None and record.expires_at > now else None
+
 
 class _Upstream:
     """What the scopes of one MemoryStore share: the cool-down, the scopes themselves, named values."""
@@ -130,6 +149,6 @@ class _Upstream:
         self.mutex = threading.Lock()
         self.cooldown_until = 0.0
         self.failures = 0
-        self.scopes: dict[str, MemoryStore] = {}  # only as many as users with a valid credential
+        self.scopes: dict[str, MemoryStore] = {}  # only as many as scopes with a live record
         self.values: dict[str, tuple[str, float]] = {}  # name -> (value, until): a few fixed names
         self.prune_above = SCOPES_PRUNE_AT

@@ -1,6 +1,9 @@
-"""The shared cache in Redis: the credential, the refill lock and the upstream cool-down, for every worker of every host.
+"""The shared cache in Redis: a scope's one record, its refill lock, and the upstream cool-down, for every worker of every host.
 
-The contract it shares with MemoryStore is app/store/__init__.py's.
+The contract it shares with MemoryStore is app/store/__init__.py's. Keys used together share one hash
+tag (``ice-servers:{tag}:name``): a scope's record and lock, or the fleet's cool-down and named
+values; every key a script touches is in its KEYS, so the same calls run on one server, Sentinel
+and Cluster.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from redis.sentinel import MasterNotFoundError
 
 from app.config.redis_url import RedisTarget, parse_redis_url
 from app.core.errors import StoreUnavailable
-from app.core.ice import Credential
+from app.core.ice import Credential, Revoked, parse_record
 from app.core.numbers import parse_digits
 from app.core.ports import Snapshot
 from app.store.connect import SOCKET_TIMEOUT, Connection
+from app.store.memory import MemoryStore
 
 KEY_PREFIX = "ice-servers:"
 
@@ -28,26 +32,20 @@ FLEET_TAG = "fleet"  # the hash tag of what every scope shares: the cool-down, n
 
 FAILURES_MEMORY = 3600  # seconds a run of upstream failures is remembered, for the backoff exponent
 
-# KEYS: fresh, last. ARGV: entry, expires_at, fresh ms, last ms. Wrong-type keys are replaced.
+# KEYS: the scope's record. ARGV: the entry, its expiresAt, its PX, "put" or "revoke". A record expiring later wins
+# (a late writer never replaces a newer credential); a tombstone also wins a tie (the revoked credential, put back by a
+# worker's copy, expires exactly as late), and a revoke wins a tie over the credential it revokes. A key of another
+# type is replaced.
 _PUT_IF_NEWER = """
-for i = 1, 2 do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[i]) end
-end
-local current = redis.call('GET', KEYS[2])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+local current = redis.call('GET', KEYS[1])
 if current then
   local ok, entry = pcall(cjson.decode, current)
-  if ok and type(entry) == 'table' and tonumber(entry['expiresAt'])
-     and tonumber(entry['expiresAt']) > tonumber(ARGV[2]) then
-    return 0
-  end
+  local held = ok and type(entry) == 'table' and tonumber(entry['expiresAt'])
+  if held and (held > tonumber(ARGV[2]) or (held == tonumber(ARGV[2]) and entry['revoked'] ~= nil)) then return 0 end
 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-else
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
@@ -71,11 +69,11 @@ class RedisStore:
             client.register_script(_PUT_IF_NEWER),
             client.register_script(_RELEASE_IF_OWNER),
         )
-        self._keys = {name: store_key(name, scope) for name in ("credential", "credential:last", "lock")}
+        self._keys = {name: store_key(name, scope) for name in ("credential", "lock")}
         self._keys.update({name: store_key(name, None) for name in ("cooldown", "failures")})
 
     def scoped(self, scope: str) -> RedisStore:
-        """Return the store of another credential: its own entries and lock, the shared cool-down."""
+        """Return the store of another scope: its own record and lock, the shared cool-down."""
         return RedisStore(self._redis, self._clock, scope, (self._put_if_newer, self._release_if_owner), self.connection)
 
     @classmethod
@@ -97,50 +95,51 @@ class RedisStore:
         """Name the store without the URL, which may carry a password."""
         return "RedisStore()"
 
+    def fallback(self) -> MemoryStore:
+        """Return a store of this process's own, for while Redis fails."""
+        return MemoryStore(self._clock)
+
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         self._call(self._redis.ping)
 
     def get(self) -> Credential | None:
-        """Return the credential inside its cache window, or None."""
-        try:
-            return _parse(self._redis.get(self._keys["credential"]))
-        except redis.ResponseError as exc:
-            if _wrong_type(exc):  # someone wrote another type there: a miss
-                return None
-            raise StoreUnavailable(_describe(exc)) from None
-        except (redis.RedisError, RedisClusterException) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
+        """Return the scope's credential (whatever its window), or None."""
+        return self.snapshot().credential
 
     def snapshot(self) -> Snapshot:
-        """Read the fresh and last credentials, the cool-down and the failure count in one round trip."""
+        """Read the record, the cool-down and the failure count in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._keys["credential"])
-        pipe.get(self._keys["credential:last"])
         pipe.pttl(self._keys["cooldown"])
         pipe.get(self._keys["failures"])
         # raise_on_error=False leaves a WRONGTYPE error in its slot (a miss); I/O errors still raise.
-        fresh, last, cooldown_ms, failures = results = self._call(pipe.execute, raise_on_error=False)
+        raw, cooldown_ms, failures = results = self._call(pipe.execute, raise_on_error=False)
         for result in results:
             if isinstance(result, Exception) and not _wrong_type(result):  # NOPERM, READONLY...: not a miss
                 raise StoreUnavailable(_describe(result))
+        record = parse_record(raw) if isinstance(raw, bytes | str) else None
         return Snapshot(
-            fresh=_parse(fresh),
-            last=_parse(last),
+            credential=record if isinstance(record, Credential) else None,
+            revoked=record if isinstance(record, Revoked) else None,
             cooldown=max(0, cooldown_ms) / 1000 if isinstance(cooldown_ms, int) else 0.0,
-            failures=parse_digits(failures) or 0,
+            failures=(parse_digits(failures) or 0) if isinstance(failures, bytes) else 0,
         )
 
     def put(self, credential: Credential) -> bool:
-        """Store ``credential`` unless a later-expiring one is held; tell whether it was stored."""
-        now = self._clock()
-        fresh_ms = int((min(credential.refresh_at, credential.expires_at) - now) * 1000)
-        last_ms = int((credential.expires_at - now) * 1000)
-        if last_ms <= 0:
+        """Store ``credential`` unless the record expires later (or is its tombstone); tell whether it was stored."""
+        return self._write(credential.to_json(), credential.expires_at, "put")
+
+    def revoke(self, credential: Credential) -> None:
+        """Leave a tombstone in the place of ``credential`` (unless a newer one is there): it is never served or put back."""
+        self._write(Revoked(credential.username or "", credential.expires_at).to_json(), credential.expires_at, "revoke")
+
+    def _write(self, entry: str, expires_at: float, mode: str) -> bool:
+        """Run the put-if-newer script; an entry already expired is not written."""
+        ttl_ms = int((expires_at - self._clock()) * 1000)
+        if ttl_ms <= 0:
             return False
-        keys = [self._keys["credential"], self._keys["credential:last"]]
-        args = [credential.to_json(), repr(credential.expires_at), max(fresh_ms, 0), last_ms]
-        return bool(self._call(self._put_if_newer, keys=keys, args=args))
+        return bool(self._call(self._put_if_newer, keys=[self._keys["credential"]], args=[entry, repr(expires_at), ttl_ms, mode]))
 
     def acquire_lock(self, ttl: float) -> str | None:
         """Take the refill lock for ``ttl`` seconds; return its token, or None if it is held."""
@@ -194,11 +193,6 @@ def store_key(name: str, scope: str | None = "") -> str:
 def _wrong_type(exc: Exception) -> bool:
     """Tell whether a command failed because a key holds another type (junk: a miss, not a failure)."""
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
-
-
-def _parse(raw: object) -> Credential | None:
-    """Parse a GET result; an error in its place (WRONGTYPE) or junk is a miss."""
-    return Credential.from_json(raw) if isinstance(raw, bytes | str) else None
 
 
 def _describe(exc: Exception) -> str:

@@ -26,16 +26,19 @@ def _user(subject: str | None) -> str | None:
 
 
 @click.command("refresh-turn")
+@click.option("--user", "subject", metavar="SUB", help=USER_HELP)
 @with_appcontext
-def refresh_turn() -> None:
+def refresh_turn(subject: str | None) -> None:
     """Fetch a new TURN credential now and store it in the shared cache."""
+    user = _user(subject)
     try:
-        credential = operations.refresh(current_app.extensions["ice_service"])
+        credential = operations.refresh(current_app.extensions["ice_service"], user)
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
     remaining = int(credential.expires_at - time.time())
+    whose = "" if user is None else f" for user {user}"
     click.echo(
-        f"New TURN credential from {credential.source} stored; expires at {rfc3339(credential.expires_at)} "
+        f"New TURN credential{whose} from {credential.source} stored; expires at {rfc3339(credential.expires_at)} "
         f"(in {remaining} s). Every worker serves it within {LOCAL_STALENESS:g} s."
     )
 
@@ -47,14 +50,21 @@ def revoke_turn(subject: str | None) -> None:
     """Replace a TURN credential in the shared cache and revoke the old one at Cloudflare."""
     user = _user(subject)
     try:
-        old, new = operations.revoke(current_app.extensions["ice_service"], user)
+        done = operations.revoke(current_app.extensions["ice_service"], user)
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
     whose = "" if user is None else f" of user {user}"
-    click.echo(
-        f"Revoked TURN credential {old.username}{whose}. New credential from {new.source} expires at {rfc3339(new.expires_at)}; "
-        "every worker serves it now."
-    )
+    if done.new is not None:
+        expiry = rfc3339(done.new.expires_at)
+        click.echo(
+            f"Revoked TURN credential {done.old.username}{whose}. New credential from {done.new.source} expires at {expiry}; "
+            "every worker serves it now."
+        )
+    else:
+        click.echo(
+            f"Revoked TURN credential {done.old.username}{whose}; no new one could be had ({done.why_none}). "
+            f"Until one can be, callers get {done.serving}."
+        )
 
 
 @click.command("ice-status")
@@ -75,8 +85,10 @@ def ice_status(subject: str | None) -> None:
     if status.snapshot is None:
         raise click.ClickException(f"shared cache: {status.store_error}")
     click.echo(f"Shared cache: Redis, answering; {current_app.extensions['ice_service'].topology()}")
-    credential = status.snapshot.fresh or status.snapshot.last
-    if credential is None:
+    credential, revoked = status.snapshot.credential, status.snapshot.revoked
+    if revoked is not None:
+        click.echo(f"Credential:   none: {revoked.username} was revoked (the next provider or the fallback serves until one is had)")
+    elif credential is None:
         click.echo("Credential:   none cached")
     else:
         state = "fresh" if credential.is_fresh(now) else "past its refresh point (served only while no new one can be had)"

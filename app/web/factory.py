@@ -26,6 +26,7 @@ from app.store.memory import MemoryStore
 from app.store.redis import RedisStore
 from app.web import cli, views
 from app.web.endpoint import Cors, CredentialEndpoint
+from app.web.metrics import PrometheusRecorder
 from app.web.middleware import RequestLimits, TrustedProxies
 
 MAX_BODY_BYTES = 64 * 1024
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["ICE_DEMO"] = settings.demo
-    service = service or build_service(settings)
+    service = service or build_service(settings, PrometheusRecorder())
     app.extensions["ice_service"] = service
     user_ids = UserIds(settings.user_id_secret)
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the gate does
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
         per_user=settings.credential_scope == "user",
         count_users=settings.access_mode == "jwt",
+        refused=service.recorder.refused,
     )
     app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES)
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
@@ -105,8 +107,9 @@ def build_verifier(settings: Settings):
     )
 
 
-def build_service(settings: Settings) -> IceService:
+def build_service(settings: Settings, recorder: PrometheusRecorder | None = None) -> IceService:
     """Build the store and providers that ``settings`` name, warning loudly about unsafe defaults."""
+    recorder = recorder or PrometheusRecorder()
     if settings.redis:
         store = RedisStore.from_target(settings.redis)
         try:
@@ -134,7 +137,7 @@ def build_service(settings: Settings) -> IceService:
             "and TURN_URLS): serving %s. Calls behind strict NATs will fail: fine for development, not for production.",
             "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
         )
-    policy = StorePolicy(store)
+    policy = StorePolicy(store, recorder=recorder)
     return IceService(
         store,
         providers,
@@ -144,17 +147,33 @@ def build_service(settings: Settings) -> IceService:
         stun_urls=settings.stun_urls,
         per_user=settings.credential_scope == "user",
         policy=policy,
-        egress=build_egress_guard(settings, policy),
+        egress=build_egress_guard(settings, policy, recorder),
         url_policy=UrlPolicy(settings.turn_transports, settings.max_urls),
+        recorder=recorder,
+        mint_budget=build_mint_budget(settings),
     )
 
 
-def build_egress_guard(settings: Settings, policy: StorePolicy) -> EgressGuard | None:
+def build_mint_budget(settings: Settings):
+    """Build the fleet's budget of per-user mints (ICE_USER_MINT_RATE), counted in Redis like the rate limit; None: no budget.
+
+    A burst of sign-ups would otherwise send Cloudflare a generate call per new user at once, and
+    its 429 cool-down would then hold every new user back for minutes.
+    """
+    if settings.credential_scope != "user" or not settings.user_mint_rate:
+        return None
+    client = Connection(settings.redis).client if settings.redis else None
+    budget = RateLimit(parse_rates(settings.user_mint_rate), client)
+    return lambda: budget.hit("mints") is None
+
+
+def build_egress_guard(settings: Settings, policy: StorePolicy, recorder: PrometheusRecorder) -> EgressGuard | None:
     """Build the monthly egress ceiling when ICE_EGRESS_LIMIT_GB is set; nothing is asked before the first request."""
     if settings.egress_limit_bytes is None:
         return None
     analytics = AnalyticsClient(settings.graphql_url, settings.analytics_token, settings.account_id, settings.turn_key_id)
-    return EgressGuard(analytics, policy, settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed)
+    limit, interval, closed = settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed
+    return EgressGuard(analytics, policy, limit, interval, closed, recorder=recorder)
 
 
 def build_rate_limit(settings: Settings) -> RateLimit | None:

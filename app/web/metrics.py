@@ -1,9 +1,12 @@
-"""Prometheus metrics, summed over all gunicorn workers.
+"""Prometheus metrics, recorded in this one place and summed over all gunicorn workers.
 
-Under gunicorn every worker writes to PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py before
-the app is imported) and /metrics sums the files of all workers.
+The core and the spend ceiling report through the Recorder they are handed (app/core/ports.py);
+PrometheusRecorder is the web layer's. Under gunicorn every worker writes to
+PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py before the app is imported) and /metrics sums
+the files of all workers.
 
-No label carries a secret: sources, outcomes and cache events are fixed words.
+Every label value is a fixed word (a source, an outcome, an event, a status): never a user, an
+address or a secret.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from prometheus_client import (
     values,
 )
 
-REQUESTS = Counter("ice_requests", "ICE server answers served, by source.", ["source"])
-UPSTREAM_REQUESTS = Counter(
-    "ice_upstream_requests",
-    "Credential requests to the upstream, by outcome (success, rejected, rate_limited, invalid, unavailable).",
-    ["outcome"],
-)
+SOURCES = ("cloudflare", "turn-secret", "static", "stun-only")
+OUTCOMES = ("success", "rejected", "rate_limited", "invalid", "unavailable")
+EVENTS = ("hit", "miss", "stale", "lock_wait", "refresh", "deferred")
+REFUSALS = (401, 403, 429)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = Counter("ice_requests", "ICE server answers served, by source (static and stun-only: no TURN credential).", ["source"])
+UPSTREAM_REQUESTS = Counter("ice_upstream_requests", f"Upstream credential requests, by outcome ({', '.join(OUTCOMES)}).", ["outcome"])
 UPSTREAM_DURATION = Histogram(
     "ice_upstream_request_duration_seconds",
     "Time the upstream took to answer a credential request (or to fail).",
@@ -35,13 +40,27 @@ UPSTREAM_DURATION = Histogram(
 )
 CACHE_EVENTS = Counter(
     "ice_cache_events",
-    "Shared-cache events: hit and miss (reads of the shared cache; a worker re-reads at most every 2 s), "
-    "stale (served past its refresh point), lock_wait (waited for another worker's refill), refresh (background refresh started).",
+    "Shared-cache events: hit and miss (reads of the shared cache; a worker re-reads at most every 2 s), stale (served past "
+    "its refresh point), lock_wait (waited for another worker's refill), refresh (background refresh started), deferred "
+    "(a user's own credential put off by ICE_USER_MINT_RATE: the shared one answered).",
     ["event"],
+)
+REFUSED = Counter(
+    "ice_refusals", "Credential requests refused, by status: 401 (no valid token), 403 (origin), 429 (rate limit).", ["status"]
 )
 CREDENTIAL_EXPIRY = Gauge(
     "ice_credential_expiry_timestamp_seconds",
     "Unix time at which the newest credential held by a live worker expires.",
+    multiprocess_mode="livemax",
+)
+CREDENTIAL_REFRESH = Gauge(
+    "ice_credential_refresh_timestamp_seconds",
+    "Unix time at which the newest credential held by a live worker reaches its refresh point (the end of its cache window).",
+    multiprocess_mode="livemax",
+)
+STORE_LOCAL = Gauge(
+    "ice_store_fallback",
+    "1 while a live worker serves from its own in-process store because the shared cache (Redis) fails, else 0.",
     multiprocess_mode="livemax",
 )
 
@@ -62,12 +81,54 @@ def egress_gauges() -> tuple[Gauge, Gauge]:
     return egress, limit
 
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+class PrometheusRecorder:
+    """The Recorder of app/core/ports.py, in Prometheus metrics; label children are bound once (a lookup per request costs)."""
 
-# Label children bound once: a labels() lookup per request costs more than the increment. In
-# multiprocess mode each value notices the fork and starts its worker's own file.
-REQUESTS_BY_SOURCE = {source: REQUESTS.labels(source) for source in ("cloudflare", "turn-secret", "static", "stun-only")}
-HIT, MISS, STALE, LOCK_WAIT, REFRESH = (CACHE_EVENTS.labels(event) for event in ("hit", "miss", "stale", "lock_wait", "refresh"))
+    def __init__(self):
+        """Bind every label value there is; in multiprocess mode each value notices the fork and starts its worker's file."""
+        self._sources = {source: REQUESTS.labels(source) for source in SOURCES}
+        self._outcomes = {outcome: UPSTREAM_REQUESTS.labels(outcome) for outcome in OUTCOMES}
+        self._events = {event: CACHE_EVENTS.labels(event) for event in EVENTS}
+        self._refused = {status: REFUSED.labels(str(status)) for status in REFUSALS}
+        self._newest = float("-inf")  # the expiry of the newest credential this worker has held
+        STORE_LOCAL.set(0)
+
+    def answered(self, source: str) -> None:
+        """Count one answer by source."""
+        self._sources[source].inc()
+
+    def cache_event(self, event: str) -> None:
+        """Count one cache event."""
+        self._events[event].inc()
+
+    def upstream(self, outcome: str, seconds: float) -> None:
+        """Count and time one upstream call."""
+        self._outcomes[outcome].inc()
+        UPSTREAM_DURATION.observe(seconds)
+
+    def credential(self, refresh_at: float, expires_at: float) -> None:
+        """Show when the newest credential this worker holds reaches its refresh point and expires."""
+        if expires_at > self._newest:
+            self._newest = expires_at
+            CREDENTIAL_EXPIRY.set(expires_at)
+            CREDENTIAL_REFRESH.set(refresh_at)
+
+    def store_local(self, local: bool) -> None:
+        """Show whether this worker serves from its own store."""
+        STORE_LOCAL.set(1 if local else 0)
+
+    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
+        """Show the month's TURN egress against the limit."""
+        egress, limit = egress_gauges()
+        limit.set(limit_bytes)
+        if egress_bytes is not None:
+            egress.set(egress_bytes)
+
+    def refused(self, status: int) -> None:
+        """Count one refusal of a credential route (statuses other than 401, 403 and 429 are not refusals)."""
+        counter = self._refused.get(status)
+        if counter is not None:
+            counter.inc()
 
 
 def render() -> bytes:

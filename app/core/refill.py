@@ -1,0 +1,202 @@
+"""Refill: one scope's new credential from the remote providers, once per window for the whole fleet.
+
+One worker fleet-wide takes the store's lock (``SET NX PX`` with a random token, an expiry, a
+compare-and-delete release), checks again, asks the remote providers in order and stores the first
+credential with put-if-newer; the others wait a bounded time for it. A failure starts a cool-down in
+the store, exponential with jitter and at least a 429's Retry-After, that holds every worker back.
+It answers only with a fresh credential, or None: what to serve meanwhile is the cache's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from app.core.errors import MintDeferred, RefreshError, StoreUnavailable, UpstreamError, UpstreamInvalid, UpstreamUnavailable
+from app.core.ice import Credential, new_credential, rfc3339
+from app.core.ports import Provider, Recorder
+from app.core.store_policy import StorePolicy
+
+log = logging.getLogger("ice_servers")
+
+LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeouts) and the store write
+POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another worker refills
+BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
+
+
+class Refill:
+    """Get a scope's credential from its remote providers under the store's lock, and store it."""
+
+    def __init__(
+        self,
+        policy: StorePolicy,
+        local,
+        providers: Sequence[Provider],
+        credential_ttl: int,
+        cache_ttl: int,
+        user: str | None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        jitter: Callable[[], float],
+        recorder: Recorder,
+        budget: Callable[[], bool] | None = None,
+    ):
+        """Keep what a refill needs; ``local``: the scope's in-process store; ``budget``: may a (user's) credential be minted now."""
+        self.policy = policy
+        self._local = local
+        self.remote = tuple(provider for provider in providers if provider.remote)
+        self.credential_ttl, self.cache_ttl = credential_ttl, cache_ttl
+        self.user = user
+        self._clock, self._sleep, self._jitter = clock, sleep, jitter
+        self._recorder = recorder
+        self._budget = budget
+        self._for = "" if user is None else f" for user {user}"
+
+    def wait_or_fill(self, store, deadline: float) -> Credential | None:
+        """Take the lock and fill, or wait for the worker that holds it; a fresh credential, or None (failed, cooling, gave up)."""
+        waited = False
+        while True:
+            try:
+                token = store.acquire_lock(LOCK_TTL)
+                if token is not None:
+                    return self.fill(store, token)
+                if not waited:
+                    waited = True
+                    self._recorder.cache_event("lock_wait")
+                if self._clock() + POLL_INTERVAL >= deadline:
+                    log.warning("Gave up waiting for another worker to fetch TURN credentials%s", self._for)
+                    return None
+                self._sleep(POLL_INTERVAL)
+                snapshot = store.snapshot()
+            except StoreUnavailable as exc:
+                store = self.failed_over(exc)  # the in-process store answers from now on
+                continue
+            if snapshot.credential is not None and snapshot.credential.is_fresh(self._clock()):
+                return snapshot.credential  # the holder stored it
+            if snapshot.failures or snapshot.cooldown:
+                return None  # the holder failed: nobody waits for it to try again
+
+    def fill(self, store, token: str, seen: Credential | None = None) -> Credential | None:
+        """Check again holding the lock (a refill may have just stored, or just failed), then ask the remote providers.
+
+        ``seen``: the credential a refresh ahead means to replace (anything issued later will do).
+        """
+        try:
+            snapshot = store.snapshot()
+            now, current = self._clock(), snapshot.credential
+            if current is not None and current.is_fresh(now) and (seen is None or current.issued_at > seen.issued_at):
+                return current
+            if snapshot.cooldown:  # the holder before us failed: nobody calls until the cool-down ends
+                return None
+            if self._budget is not None and not self._budget():
+                raise MintDeferred()
+            for provider in self.remote:
+                try:
+                    return self.obtain(provider, store)
+                except UpstreamError as exc:
+                    self._cool_down(store, provider, exc)
+            return None
+        except StoreUnavailable as exc:
+            self.failed_over(exc)
+            return None
+        finally:
+            self._release(store, token)
+
+    def obtain(self, provider: Provider, store) -> Credential:
+        """Get a credential from ``provider`` and store it, ending the cool-down; raise UpstreamError."""
+        issued_at = self._clock()  # before the call: the expiry errs early, never late
+        log.info("Generating new %s TURN credentials%s", provider.label, self._for)
+        started, outcome = time.perf_counter(), "success"
+        try:
+            servers = provider.issue(self.credential_ttl, user=self.user)
+        except UpstreamError as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            self._recorder.upstream(outcome, time.perf_counter() - started)
+        credential = new_credential(servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+        if self.put(store, credential):
+            try:
+                store.clear_failures()
+            except StoreUnavailable as exc:
+                self.failed_over(exc)
+        expiry, refresh = rfc3339(credential.expires_at), rfc3339(credential.refresh_at)
+        log.info("Generated new %s TURN credentials%s, valid until %s (refresh at %s)", provider.label, self._for, expiry, refresh)
+        return credential
+
+    def replace(self, store) -> Credential | None:
+        """Get a credential now, the cool-down ignored (an operator asked); None when no remote provider is configured.
+
+        Raises RefreshError naming every provider's failure, or the store's.
+        """
+        if not self.remote:
+            return None
+        deadline = self._clock() + LOCK_TTL
+        try:
+            while (token := store.acquire_lock(LOCK_TTL)) is None:
+                if self._clock() >= deadline:
+                    raise RefreshError("another refresh still holds the lock; try again in a few seconds")
+                self._sleep(POLL_INTERVAL)
+            try:
+                failures = []
+                for provider in self.remote:
+                    try:
+                        return self.obtain(provider, store)
+                    except UpstreamError as exc:
+                        failures.append(f"{provider.label}: {exc}")
+                raise RefreshError("; ".join(failures))
+            finally:
+                store.release_lock(token)
+        except StoreUnavailable as exc:
+            raise RefreshError(f"shared cache: {exc}") from None
+
+    def _cool_down(self, store, provider: Provider, exc: UpstreamError) -> None:
+        """Start a fleet-wide cool-down: exponential with jitter, at least the 429's Retry-After."""
+        try:
+            failures = store.snapshot().failures + 1
+        except StoreUnavailable as failure:
+            store = self.failed_over(failure)
+            failures = store.snapshot().failures + 1
+        seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
+        if exc.retry_after is not None:
+            seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
+        try:
+            store.start_cooldown(seconds)
+        except StoreUnavailable as failure:
+            self.failed_over(failure).start_cooldown(seconds)
+        log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
+
+    def failed_over(self, exc: StoreUnavailable):
+        """Report the shared store's failure to the policy; return the scope's in-process store, which answers from now on."""
+        self.policy.failed(exc)
+        return self._local
+
+    def put(self, store, credential: Credential) -> bool:
+        """Store ``credential``; tell whether it is now the one held (a newer one, or a revocation, wins)."""
+        try:
+            stored = store.put(credential)
+        except StoreUnavailable as exc:
+            self.failed_over(exc)
+            return False
+        if not stored:
+            log.info("A newer TURN credential was already cached; keeping it")
+        return stored
+
+    def _release(self, store, token: str) -> None:
+        """Release the store's lock; if the store is gone the lock's expiry frees it."""
+        try:
+            store.release_lock(token)
+        except StoreUnavailable as exc:
+            self.failed_over(exc)
+
+
+def _outcome(exc: UpstreamError) -> str:
+    """Name an upstream failure for the metrics."""
+    if isinstance(exc, UpstreamUnavailable):
+        return "unavailable"
+    if isinstance(exc, UpstreamInvalid):
+        return "invalid"
+    return "rate_limited" if exc.status == 429 else "rejected"
