@@ -35,10 +35,11 @@ test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS)
 bench: system-deps $(STAMP) $(EXPRESS)
 	$(BIN)/python bench/run.py
 
-## lint: ruff's checks and format check (settings in pyproject.toml)
+## lint: ruff's checks and format check, and the direction of imports (import-linter); settings in pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 ## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, firefox-esr, wrk, ...)
 system-deps:
