@@ -98,15 +98,20 @@ def test_over_the_limit_without_a_second_provider_the_fallback_serves(guarded, a
     assert service.readiness()[0] == {"redis": True, "upstream": True}  # a policy, not an outage
 
 
-def test_back_under_the_cloudflare_credential_returns_at_once(guarded, analytics, provider, clock):
-    local = LocalProvider()
-    service = guarded(providers=[provider, local])
-    assert source_and_user(service.answer()) == ("cloudflare", "user-1")
+def cross_the_limit(service, analytics, clock):
+    """Egress goes over the limit; the next reading falls due, and the request after it sees it."""
     analytics.egress = LIMIT + 1
     clock.advance(INTERVAL)
     service.answer()
     clock.advance(1.01)
     assert service.answer().source == "turn-secret"
+
+
+def test_back_under_the_cloudflare_credential_returns_at_once(guarded, analytics, provider, clock):
+    local = LocalProvider()
+    service = guarded(providers=[provider, local])
+    assert source_and_user(service.answer()) == ("cloudflare", "user-1")
+    cross_the_limit(service, analytics, clock)
     analytics.egress = LIMIT - 1  # a raised limit, or a new month
     clock.advance(INTERVAL)
     service.answer()
@@ -314,11 +319,7 @@ def test_revoking_past_the_limit_revokes_and_the_revoked_credential_never_comes_
     store.shared = True  # as Redis: the operator's command reaches it
     service = guarded(store=store, providers=[provider, local])
     assert source_and_user(service.answer()) == ("cloudflare", "user-1")
-    analytics.egress = LIMIT + 1
-    clock.advance(INTERVAL)
-    service.answer()
-    clock.advance(1.01)
-    assert service.answer().source == "turn-secret"
+    cross_the_limit(service, analytics, clock)
     done = revoke(service)
     assert provider.revoked == ["user-1"] and done.new.source == "turn-secret" and provider.calls == 1  # Cloudflare not asked
     analytics.egress = LIMIT - 1  # back under

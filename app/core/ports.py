@@ -68,26 +68,5 @@ class Recorder(Protocol):
         """Count one refusal of a credential route by status: 401, 403, 429."""
 
 
-class NullRecorder:
-    """A recorder that records nothing (tests, the CLI)."""
-
-    def answered(self, source: str) -> None:
-        """Record nothing."""
-
-    def cache_event(self, event: str) -> None:
-        """Record nothing."""
-
-    def upstream(self, outcome: str, seconds: float) -> None:
-        """Record nothing."""
-
-    def credential(self, refresh_at: float, expires_at: float) -> None:
-        """Record nothing."""
-
-    def store_local(self, local: bool) -> None:
-        """Record nothing."""
-
-    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
-        """Record nothing."""
-
-    def refused(self, status: int) -> None:
-        """Record nothing."""
+class NullRecorder(Recorder):
+    """A recorder that records nothing (tests, the CLI): every method is the protocol's own, which does nothing."""
