@@ -17,7 +17,7 @@ EXPRESS := .tools/.express-$(EXPRESS_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test test-fast lint bench system-deps clean
 
 ## run: serve on 127.0.0.1:8000 under gunicorn (no Redis or Cloudflare needed: STUN only, with warnings)
 run: $(STAMP)
@@ -30,6 +30,10 @@ TEST_WORKERS ?= 4
 ## test: install what the tests need (redis-server, the venv) and run them all, in parallel
 test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+## test-fast: the unit tests only (in process, fakes and stand-ins: no servers, no browsers), in seconds
+test-fast: $(STAMP)
+	FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -m unit
 
 ## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory
 bench: system-deps $(STAMP) $(EXPRESS)

@@ -207,3 +207,22 @@ def coturn(tmp_path):
     server = Coturn(tmp_path, TURN_SECRET).start()
     yield server
     server.stop()
+
+
+# -- markers -------------------------------------------------------------------------------------
+# Every test is one kind: unit (in process, fakes and stand-ins only: make test-fast runs these in seconds),
+# integration (a real redis-server, gunicorn, coturn or another process), browser (Chromium, Firefox, Node),
+# deploy (deploy.sh, pm2, systemd, nginx). A module or test says browser or deploy itself; integration is
+# what uses a real-process fixture or says so; the rest is unit.
+KINDS = ("unit", "integration", "browser", "deploy")
+REAL_FIXTURES = {"redis_server", "redis_url", "tls_redis", "sentinel_group", "redis_cluster", "start_host", "coturn", "own_redis"}
+
+
+def pytest_collection_modifyitems(items):
+    """Give every test its kind; a test marked with two kinds is a mistake."""
+    for item in items:
+        kinds = [kind for kind in KINDS if item.get_closest_marker(kind) is not None]
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(kinds)}: one kind per test")
+        if not kinds:
+            item.add_marker("integration" if REAL_FIXTURES & set(item.fixturenames) else "unit")

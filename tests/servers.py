@@ -253,14 +253,20 @@ class Sample:
     body: dict | None
 
 
-def run_load(host: Gunicorn, seconds: float, clients: int = 8) -> list[Sample]:
-    """Keep ``clients`` keep-alive clients busy on /api/ice-servers for ``seconds``; return every sample."""
-    samples: list[Sample] = []
+def run_load(
+    host: Gunicorn, seconds: float, clients: int = 8, samples: list | None = None, stop: threading.Event | None = None
+) -> list[Sample]:
+    """Keep ``clients`` keep-alive clients busy on /api/ice-servers for ``seconds``; return every sample.
+
+    ``samples``: a list to append to as they come, and ``stop``: an event that ends the load sooner, for a
+    test that acts on the load's progress.
+    """
+    samples = [] if samples is None else samples
     stop_at = time.monotonic() + seconds
 
     def client() -> None:
         with requests.Session() as session:
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at and not (stop is not None and stop.is_set()):
                 sent_at, started = time.time(), time.monotonic()
                 try:
                     response = session.get(host.base_url + "/api/ice-servers", timeout=15)

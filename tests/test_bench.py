@@ -5,6 +5,8 @@ import pytest
 from bench.run import Run, parse_wrk, percentile, ratios, wrk
 from tests.servers import Gunicorn, app_env
 
+pytestmark = pytest.mark.integration
+
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000/api/ice-servers
   2 threads and 32 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev

@@ -13,10 +13,10 @@ from playwright.sync_api import sync_playwright
 
 from app.access.signed_tokens import mint_token
 from tests.browsers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, KEEP_FRESH_PAGE, turn_host
-from tests.servers import TURN_SECRET, app_env, free_port
+from tests.servers import TURN_SECRET, app_env, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
-pytestmark = pytest.mark.xdist_group("chromium")
+pytestmark = [pytest.mark.xdist_group("chromium"), pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,19 @@ def test_demo_page_reports_the_browsers_error_for_a_url_that_does_not_work(brows
     assert by_url[dead]["error"]["text"]
 
 
+# The first credential ("{expiry}:user") has expired, a new one was swapped in on both peers, and messages still flow.
+PAST_THE_FIRST_EXPIRY_AND_FLOWING = """
+() => {
+  const log = window.iceLog;
+  if (!log || !log.firstUsername) return false;
+  const swaps = log.swaps.filter((swap) => swap.from !== swap.to);
+  const last = swaps.length ? swaps[swaps.length - 1].at : Infinity;
+  return Date.now() / 1000 > Number(log.firstUsername.split(":")[0]) + 1 && swaps.length >= 2
+    && log.received.some((message) => message.at > last + 1000);
+}
+"""
+
+
 def test_keep_fresh_swaps_credentials_on_a_live_connection_before_expiry(browser, start_host, coturn, redis_url):
     host = turn_host(start_host, coturn, redis_url, TURN_CREDENTIAL_TTL="12", ICE_CACHE_TTL="6")
     context = browser.new_context()
@@ -69,7 +82,7 @@ def test_keep_fresh_swaps_credentials_on_a_live_connection_before_expiry(browser
     page.on("request", lambda request: "/api/ice-servers" in request.url and fetches.append(request.url))
     page.goto(f"{host.base_url}/healthz")  # any page of the app's origin, to import the module from
     page.evaluate(KEEP_FRESH_PAGE)
-    page.wait_for_timeout(15000)  # past the first credential's expiry (12 s)
+    page.wait_for_function(PAST_THE_FIRST_EXPIRY_AND_FLOWING, timeout=30000)
     log = page.evaluate("window.iceLog")
     state = page.evaluate("window.channel.readyState")
     context.close()
@@ -107,19 +120,24 @@ def test_client_caches_reads_the_legacy_form_and_falls_back(browser, start_host,
     fetches = []
     page.on("request", lambda request: "/api/" in request.url and fetches.append(request.method))
     page.goto(f"{host.base_url}/healthz")
+    asked_at = time.monotonic()
     page.evaluate(CLIENT_PAGE)
     results = page.evaluate("window.results")
     first_turn = next(server["username"] for server in results["first"] if "username" in server)
     assert results["legacy"][0]["username"] == first_turn  # one object, same credential
     assert results["cached"] == results["first"] and fetches == ["POST", "GET"]  # the second call came from cache
 
-    page.route("**/api/ice-servers", lambda route: route.abort())  # the service goes away
-    page.wait_for_timeout(2100)  # past half the 4 s ttl: the client asks again
-    stale = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers())")
-    assert stale == results["first"]  # the last good servers, still valid
-    page.wait_for_timeout(5200)  # past their expiry, and past the 5 s retry delay
-    fallback = page.evaluate("import('/static/ice-servers.js').then((m) => m.getIceServers())")
+    aborted = []
+    page.route("**/api/ice-servers", lambda route: (aborted.append(time.monotonic()), route.abort()))  # the service goes away
+    ask = "import('/static/ice-servers.js').then((m) => m.getIceServers())"
+    # Past half the 4 s ttl the client asks again, fails, and answers with the last good servers, still valid.
+    stale = wait_until(lambda: (servers := page.evaluate(ask)) and aborted and servers, 10, interval=0.2, what="a failed re-fetch")
+    assert stale == results["first"]
+    assert aborted[0] - asked_at >= 1.5  # not before half their life
+    # Past their expiry (and past the 5 s retry delay), the fallback: never before the credential ran out.
+    fallback = wait_until(lambda: (servers := page.evaluate(ask)) != results["first"] and servers, 15, interval=0.2, what="the fallback")
     assert fallback == [{"urls": ["stun:stun.cloudflare.com:3478"]}]
+    assert time.monotonic() - asked_at >= 2.9
     page.close()
 
 

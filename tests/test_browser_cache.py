@@ -30,6 +30,8 @@ from tests.browsers import KEEP_FRESH_PAGE, browser_profile
 from tests.jwt_tools import HS_SECRET, hs_token
 from tests.servers import ROOT, TURN_SECRET, app_env, run_cli
 
+pytestmark = pytest.mark.browser
+
 BROWSERS = ["chromium", "firefox"]
 CREDENTIAL_TTL, CACHE_TTL = 72, 69  # 24 h : 23 h, one hour every 3 s
 HOUR = CREDENTIAL_TTL / 24

@@ -114,8 +114,14 @@ def serving_test_user(redis_client):
     """Serve the credential of test-user from the shared cache; return the CLI runner."""
     with responses.RequestsMock() as mock:
         mock.post(URL, json=ANSWER, status=201)
-        runner, service = make_runner(RedisStore(redis_client))
+        slept = []  # the revocation's wait for every worker's copy, recorded with the upstream calls made by then
+
+        def sleep(seconds):
+            slept.append((seconds, len(mock.calls)))
+
+        runner, service = make_runner(RedisStore(redis_client), sleep=sleep)
         service.answer()
+        mock.slept = slept
         yield runner, mock
 
 
@@ -126,6 +132,7 @@ def test_revoke_turn_replaces_then_revokes_the_old_credential(redis_client, serv
     result = runner.invoke(args=["revoke-turn"])
     assert result.exit_code == 0, result.output
     assert [call.request.url for call in upstream.calls][1:] == [URL, REVOKE]  # new one first, then the revocation
+    assert upstream.slept == [(2.5, 2)]  # every worker re-reads the shared cache before Cloudflare revokes the old one
     assert upstream.calls[2].request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert RedisStore(redis_client).get().username == "test-user-2"
     assert result.output.startswith("Revoked TURN credential test-user. New credential from cloudflare expires at")

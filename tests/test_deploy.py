@@ -15,7 +15,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from tests.deployments import PM2_BIN, TEST_APP_USER, app_user, deploy, deployme
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
-pytestmark = pytest.mark.xdist_group("deploy")
+pytestmark = [pytest.mark.xdist_group("deploy"), pytest.mark.deploy]
 
 FAKE_ENV = b"# test .env: fake values only\nICE_LOG_LEVEL=INFO\nCLOUDFLARE_API_TOKEN_NOTE='not-a-real-token-value'\n"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -412,9 +411,12 @@ def test_nginx_refuses_a_large_body_before_the_app(nginx, tmp_path):
 def test_app_sees_the_client_address_through_nginx_not_a_spoofed_one(nginx, tmp_path):
     status, _, _ = _tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"X-Forwarded-For": "203.0.113.7"}, source="127.0.0.2")
     assert status == 200
-    time.sleep(0.2)  # the access log line is written after the response
-    lines = [line for line in (tmp_path / "host.log").read_text().splitlines() if '"GET /api/ice-servers' in line]
-    assert lines and lines[-1].startswith("127.0.0.2 ")  # nginx's view of the client, via X-Forwarded-For
+
+    def logged():  # the access log line is written after the response
+        return [line for line in (tmp_path / "host.log").read_text().splitlines() if '"GET /api/ice-servers' in line]
+
+    wait_until(logged, 5, what="the access log line")
+    assert logged()[-1].startswith("127.0.0.2 ")  # nginx's view of the client, via X-Forwarded-For
 
 
 def test_nginx_keeps_metrics_off_the_internet(nginx):

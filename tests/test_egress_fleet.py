@@ -89,10 +89,13 @@ def test_crossing_the_limit_switches_the_fleet_to_the_next_provider_and_back(sta
         what="every worker past the limit",
     )
     switch = time.monotonic() - crossed
-    calls = cloudflare.call_count
-    for _ in range(10):
+    calls, readings = cloudflare.call_count, graphql.count
+
+    def two_more_readings_past_the_limit():
         assert sources(host_a, host_b, count=8) == {"turn-secret"}
-        time.sleep(0.2)
+        return graphql.count >= readings + 2
+
+    wait_until(two_more_readings_past_the_limit, 2 * INTERVAL + 5, interval=0.2, what="two more readings")
     assert cloudflare.call_count == calls == 1  # no refill, no refresh ahead while over
 
     text = host_a.get("/metrics").text
@@ -126,8 +129,12 @@ def test_past_the_limit_without_a_second_provider_the_answer_is_static(start_hos
     graphql.egress = 5 * GB
     host = start_host(ceiling_env(cloudflare, graphql, redis_url, TURN_SERVERS=STATIC, ICE_USAGE_UNKNOWN="closed"))
     assert sources(host) == {"static"}
-    wait_until(lambda: graphql.count >= 1, 5, what="a reading")
-    time.sleep(INTERVAL + 1)
+
+    def read_again():  # readings are taken as requests come, one per interval fleet-wide
+        assert sources(host, count=4) == {"static"}
+        return graphql.count >= 2
+
+    wait_until(read_again, INTERVAL + 5, interval=0.2, what="a second reading")
     assert sources(host) == {"static"} and cloudflare.call_count == 0
 
 
@@ -138,7 +145,12 @@ def test_with_the_analytics_down_open_serves_cloudflare_and_closed_does_not(
     graphql.mode = "error500"
     host = start_host(ceiling_env(cloudflare, graphql, redis_url, TURN_SERVERS=STATIC, ICE_USAGE_UNKNOWN=unknown))
     assert sources(host) == {source}  # from the very first request
-    time.sleep(2 * INTERVAL + 0.5)
+
+    def failed_thrice():  # past three intervals the last reading (none here) no longer counts: ICE_USAGE_UNKNOWN decides
+        assert sources(host, count=4) == {source}
+        return graphql.count >= 3
+
+    wait_until(failed_thrice, 3 * INTERVAL + 5, interval=0.2, what="three failed readings")
     assert sources(host) == {source}
     assert cloudflare.call_count == (1 if unknown == "open" else 0)
     log = (tmp_path / "host.log").read_text()
@@ -150,8 +162,12 @@ def test_a_hanging_analytics_api_never_holds_a_request(start_host, cloudflare, g
     graphql.mode = "hang"
     host = start_host(ceiling_env(cloudflare, graphql, redis_url))
     started = time.monotonic()
-    for _ in range(3):
+
+    def asked_again():
+        answered = time.monotonic()
         assert sources(host, count=16) == {"cloudflare"}
-        time.sleep(INTERVAL)
-    assert time.monotonic() - started < 3 * INTERVAL + 3
-    assert graphql.count >= 2  # asked again each interval although the earlier queries still hang
+        assert time.monotonic() - answered < 2  # no request waits for the hanging query
+        return graphql.count >= 2  # asked again the next interval although the first query still hangs
+
+    wait_until(asked_again, 2 * INTERVAL + 5, interval=0.2, what="a second query")
+    assert time.monotonic() - started < 2 * INTERVAL + 5

@@ -8,6 +8,7 @@ Upstream calls are counted from the stand-in; the only time bounds are the behav
 import contextlib
 import datetime
 import os
+import re
 import signal
 import threading
 import time
@@ -91,23 +92,47 @@ def test_hanging_upstream_on_a_cold_cache_is_bounded_then_answered_at_once(start
     assert cloudflare.call_count <= 4
 
 
+def every_worker_holds_a_credential(log_text: str) -> bool:
+    """Tell from gunicorn's log (ICE_LOG_LEVEL=DEBUG) whether every worker has read or fetched the credential."""
+    ready = set(re.findall(r"Worker ready \(pid: (\d+)\)", log_text))
+    holding = set(re.findall(r"\[(\d+)\] ice_servers: (?:Using cached|Generated new) Cloudflare TURN credentials", log_text))
+    return bool(ready) and ready <= holding
+
+
 def test_redis_killed_under_load_then_restarted_keeps_serving_credentials(start_host, cloudflare, tmp_path):
     own_redis = RedisServer(tmp_path).start()
     try:
         host = start_host(app_env(cloudflare.base_url, own_redis.url))
         assert host.get().json()["source"] == "cloudflare"
 
-        def outage():
-            time.sleep(3)
-            own_redis.stop()
-            time.sleep(4)
-            own_redis.start()
+        samples: list = []
+        restarted: list[float] = []
+        done = threading.Event()
+
+        def outage():  # under load: Redis dies, the workers notice and carry on, then it comes back empty
+            try:
+                wait_until(lambda: len(samples) >= 100, 20, what="load before the outage")
+                # Every worker holds the credential (a worker that never served would rightly fetch its own meanwhile).
+                wait_until(lambda: every_worker_holds_a_credential(host.log_path.read_text()), 20, what="every worker served")
+                own_redis.stop()
+                wait_until(lambda: "Shared cache unavailable" in host.log_path.read_text(), 20, what="a worker without Redis")
+                served = len(samples)
+                wait_until(lambda: len(samples) >= served + 100, 20, what="load without Redis")
+                own_redis.start()
+                restarted.append(time.time())
+                restored = own_redis.client()
+                wait_until(lambda: restored.get(store_key("credential")) is not None, 20, what="the credential put back")
+                served = len(samples)
+                wait_until(lambda: len(samples) >= served + 100, 20, what="load after the restart")
+            finally:
+                done.set()
 
         chaos = threading.Thread(target=outage)
         chaos.start()
-        samples = run_load(host, 12)
+        run_load(host, 90, samples=samples, stop=done)
         chaos.join()
 
+        assert restarted and len([s for s in samples if s.sent_at > restarted[0]]) >= 100  # load after the restart too
         assert [s for s in samples if s.status != 200] == []
         assert {s.body["source"] for s in samples} == {"cloudflare"}
         assert {sample_username(s) for s in samples} == {"stub-user-1"}
@@ -155,16 +180,21 @@ def test_corrupt_cache_entries_are_replaced_and_never_fail_a_request(start_host,
     host = start_host(app_env(cloudflare.base_url, redis_url))
     assert host.get().json()["source"] == "cloudflare"
     client = redis.Redis.from_url(redis_url)
-    for key in (store_key("credential"), store_key("credential:last")):
-        client.delete(key)
-        if corrupt == "junk":
-            client.set(key, b"\xff{not json")
-        else:
-            client.hset(key, "iceServers", "[]")
-    time.sleep(2.5)  # past the in-process copy's trust, so every worker reads the shared cache again
+    key = store_key("credential")
+    client.delete(key)
+    if corrupt == "junk":
+        client.set(key, b"\xff{not json")
+    else:
+        client.hset(key, "iceServers", "[]")
 
-    responses = concurrent_get(host, 40)
-    assert [r.status_code for r in responses] == [200] * 40
+    responses = []
+
+    def replaced():  # requests keep coming until a worker, past its copy's 2 s of trust, reads the junk and replaces it
+        responses.extend(concurrent_get(host, 8))
+        return client.type(key) == b"string" and b"iceServers" in client.get(key)
+
+    wait_until(replaced, 10, interval=0.2, what="the corrupt record replaced")
+    assert [r.status_code for r in responses] == [200] * len(responses)
     assert {r.json()["source"] for r in responses} == {"cloudflare"}
     assert client.type(store_key("credential")) == b"string"
     assert b"iceServers" in client.get(store_key("credential"))

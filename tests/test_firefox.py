@@ -8,8 +8,12 @@ allocation with the new username).
 
 import re
 
+import pytest
+
 from tests.browsers import ANSWER_IN_A_PEER_CONNECTION, ARTIFACTS, KEEP_FRESH_PAGE, run_firefox, turn_host
 from tests.servers import app_env
+
+pytestmark = pytest.mark.browser
 
 FIVE_URLS = "Using five or more STUN/TURN servers"
 

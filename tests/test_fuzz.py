@@ -5,6 +5,7 @@ values of any latin-1 byte, as gunicorn hands them over: "²" (0xB2) passes str.
 """
 
 import json
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,7 +80,11 @@ CLIENTS = {
 }
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(mode=st.sampled_from(sorted(CLIENTS)), method=methods, path=paths, query=queries, extra=headers, body=bodies, length=content_lengths)
 def test_no_input_gets_a_5xx_or_a_traceback(mode, method, path, query, extra, body, length):
     environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": method}

@@ -23,7 +23,13 @@ def credential(issued_at, credential_ttl=24, cache_ttl=12):
     return new_credential(TURN, "cloudflare", issued_at, credential_ttl, cache_ttl)
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis", "tls-acl", "sentinel", "cluster"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "fakeredis",
+        *(pytest.param(kind, marks=pytest.mark.integration) for kind in ("redis", "tls-acl", "sentinel", "cluster")),
+    ]
+)
 def store(request):
     """One store of each kind, empty: the contract holds on every topology (as dogpile.cache tests its backends)."""
     if request.param == "memory":

@@ -9,6 +9,8 @@ import pytest
 
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.integration
+
 TSC = ROOT / ".tools" / "node_modules" / ".bin" / "tsc"
 OPTIONS = ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler", "--lib", "es2022,dom"]
 

@@ -29,7 +29,7 @@ from tests.deployments import deploy as run_deploy
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
-pytestmark = pytest.mark.xdist_group("deploy")
+pytestmark = [pytest.mark.xdist_group("deploy"), pytest.mark.deploy]
 
 GIT = ["git", "-c", "user.name=ice-servers tests", "-c", "user.email=tests@example.test"]
 
@@ -84,6 +84,11 @@ class ClosedLoop:
     def latest(self) -> Answer | None:
         good = [answer for answer in self.answers if answer.status == 200]
         return max(good, key=lambda answer: answer.done) if good else None
+
+    def settle(self, count: int = 200) -> None:
+        """Wait until ``count`` more answers have come (of any status): the load has run on past a switch."""
+        target = len(self.answers) + count
+        wait_until(lambda: len(self.answers) >= target, 20, what=f"{count} more answers")
 
     def longest_gap(self, start: float, end: float) -> float:
         """Return the longest time without an answer between ``start`` and ``end``."""
@@ -195,7 +200,7 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             at = time.monotonic()
             subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
             wait_until(lambda: load.latest().urls == 2, 15, interval=0.1, what="the new .env answering")
-            time.sleep(1)
+            load.settle()
             gaps["pm2 sendSignal SIGHUP"] = load.longest_gap(at, time.monotonic())
 
             # A new commit, put live by deploy.sh.
@@ -205,7 +210,7 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             assert deployed.returncode == 0, deployed.stderr
             assert "reloading ice-servers (pm2, graceful: gunicorn HUP)" in deployed.stdout
             wait_until(lambda: healthz(port).get("build") == "second", 15, interval=0.1, what="the new commit answering")
-            time.sleep(1)
+            load.settle()
             gaps["deploy.sh (pm2)"] = load.longest_gap(at, time.monotonic())
 
             # A bad .env: deploy.sh refuses before touching the service; a reload keeps the last good settings.
@@ -217,7 +222,8 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
                 "nothing was switched, restarted or reloaded"
             )
             subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
-            time.sleep(3)
+            wait_until(lambda: "the running settings stay in force" in pm2_logs(pm2), 15, what="the reload refused")
+            load.settle()
             assert load.latest().urls == 2 and healthz(port).get("build") == "second"
             write_env(app_dir, cloudflare, redis_url, ICE_MAX_URLS="2")
 
@@ -243,7 +249,7 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             try:
                 subprocess.run([PM2_BIN / "pm2", "sendSignal", "SIGHUP", "ice-servers"], env=pm2, check=True, capture_output=True)
                 wait_until(lambda: "the new code does not start" in pm2_logs(pm2), 30, what="the master refusing the code")
-                time.sleep(1)
+                load.settle()
                 assert healthz(port).get("build") == "second" and len(worker_pids(master)) == 4
             finally:
                 live.write_text(good)
@@ -255,7 +261,7 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             rolled = deploy(source, app_dir, "pm2", "--rollback", **pm2_env)
             assert rolled.returncode == 0, rolled.stderr
             wait_until(lambda: "build" not in healthz(port), 40, interval=0.1, what="the previous release answering")
-            time.sleep(1)
+            load.settle()
             gaps["deploy.sh --rollback (pm2)"] = load.longest_gap(at, time.monotonic())
         logs = subprocess.run(
             [PM2_BIN / "pm2", "logs", "ice-servers", "--nostream", "--lines", "400"], env=pm2, capture_output=True, text=True
@@ -266,7 +272,7 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             wait_until(lambda: restarted.latest() is not None, 10, what="answers before the restart")
             subprocess.run([PM2_BIN / "pm2", "restart", "ice-servers"], env=pm2, check=True, capture_output=True)
             wait_until(lambda: healthz(port).get("status") == "ok", 20, what="answers after the restart")
-            time.sleep(1)
+            restarted.settle()
         assert [answer for answer in restarted.answers if answer.status != 200]
     finally:
         subprocess.run([PM2_BIN / "pm2", "kill"], env=pm2, capture_output=True)
@@ -310,7 +316,7 @@ def test_systemd_socket_activation_and_reload_drop_nothing(repository, cloudflar
             assert deployed.returncode == 0, deployed.stderr
             assert "reloading ice-servers (systemd, graceful)" in deployed.stdout
             wait_until(lambda: load.latest().urls == 3 and healthz(port).get("build") == "third", 15, interval=0.1, what="reloaded")
-            time.sleep(1)
+            load.settle()
             gap = load.longest_gap(at, time.monotonic())
     finally:
         pid = int((units / "ice-servers.pid").read_text()) if (units / "ice-servers.pid").exists() else None
