@@ -11,10 +11,12 @@ import pytest
 import redis
 
 from app.config.rates import Rate, parse_rates
-from app.limits import gcra
+from app.config.redis_url import parse_redis_url
+from app.limits import gcra, rate_limit
 from app.limits.gcra import MemoryLimit, step
 from app.limits.rate_limit import RateLimit
 from app.limits.shared import SharedLimit, caller_key
+from app.store.connect import Connection
 from tests.servers import RedisServer
 
 
@@ -50,8 +52,22 @@ def test_several_limits_pass_only_together_and_the_tightest_refuses():
     assert refused == 1 and wait_ms == pytest.approx(4 * 15_000 - 60_000 + 15_000 - 2000 + 0, abs=1)  # ...then the minute's
 
 
-def test_quiet_callers_are_forgotten_in_memory(monkeypatch):
-    monkeypatch.setattr(gcra, "SWEEP_EVERY", 3)
+def test_with_several_limits_retry_after_is_the_longest_wait():
+    # Over both at once: the per-second limit would let it by in 0.5 s, the hour's in 30 minutes. Retry-After says 30 minutes.
+    limit = MemoryLimit(rates("2 per second; 2 per hour"))
+    assert [limit.check("a", 0)[0] for _ in range(2)] == [None, None]
+    assert limit.check("a", 0) == (1, pytest.approx(1_800_000))
+
+
+def test_memory_holds_at_most_memory_callers_and_forgets_the_oldest_first(monkeypatch):
+    monkeypatch.setattr(gcra, "MEMORY_CALLERS", 3)
+    limit = MemoryLimit(rates("1 per day"))
+    for index in range(5):
+        assert limit.check(f"caller-{index}", 0)[0] is None
+    assert list(limit._tats) == ["caller-2", "caller-3", "caller-4"]
+
+
+def test_quiet_callers_are_forgotten_in_memory():
     limit = MemoryLimit(rates("10 per second"))
     limit.check("quiet", 0)
     limit.check("busy", 5000)
@@ -112,8 +128,38 @@ def test_in_redis_exactly_the_limit_passes_with_one_script_call_per_request(own_
     before = script_calls(client)
     answers = [limit.hit("203.0.113.1") for _ in range(8)]
     assert [a is None for a in answers] == [True] * 5 + [False] * 3
-    assert script_calls(client) - before == 8  # one round trip each, refusals included; nothing in the background
+    # One round trip each up to the first refusal; the next refusals are remembered (below); nothing in the background.
+    assert script_calls(client) - before == 6
     assert answers[-1].headers["Retry-After"] == "12" and answers[-1].body == b'{"error": "too many requests", "status": 429}'
+
+
+def test_a_refused_caller_is_refused_again_without_redis_until_it_could_pass(own_redis):
+    # A refusal moves nothing in GCRA, so until the wait Redis named has passed, Redis would refuse again: a flood
+    # costs Redis one call per wait, not one per request, and the caller passes as soon as Redis would let it.
+    client = own_redis.client()
+    limit = RateLimit(rates("2 per second"), redis.Redis(port=own_redis.port))
+    limit.hit("warm-up")
+    assert limit.hit("192.0.2.7") is None and limit.hit("192.0.2.7") is None
+    before = script_calls(client)
+    refusals = 0
+    while (answer := limit.hit("192.0.2.7")) is not None:  # flood until it passes again, about 0.5 s on
+        refusals += 1
+        assert answer.headers["Retry-After"] == "1"
+    assert refusals > 100
+    assert script_calls(client) - before <= 4  # the first refusal, the pass, and at most two at the boundary
+    assert limit.hit("192.0.2.8") is None  # other callers are not touched
+
+
+def test_a_worker_remembers_at_most_refused_memory_refusals_and_drops_the_oldest(own_redis, monkeypatch):
+    monkeypatch.setattr(rate_limit, "REFUSED_MEMORY", 3)
+    limit = RateLimit(rates("1 per hour"), redis.Redis(port=own_redis.port))
+    for index in range(5):
+        assert limit.hit(f"198.51.100.{index}") is None and limit.hit(f"198.51.100.{index}") is not None
+    assert list(limit._refused) == ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+    client = own_redis.client()
+    before = script_calls(client)
+    assert limit.hit("198.51.100.0") is not None and script_calls(client) == before + 1  # forgotten: Redis asked, still refused
+    assert limit.hit("198.51.100.4") is not None and script_calls(client) == before + 1  # remembered
 
 
 def test_concurrent_requests_of_one_caller_never_pass_more_than_the_limit(own_redis):
@@ -144,7 +190,7 @@ def test_each_caller_is_one_key_under_its_own_hash_tag_that_expires(own_redis):
 
 
 def test_while_redis_fails_each_worker_counts_in_memory_and_says_so_once(caplog):
-    limit = RateLimit(rates("3 per minute"), redis.Redis(port=1, socket_connect_timeout=0.2))
+    limit = RateLimit(rates("3 per minute"), Connection(parse_redis_url("redis://127.0.0.1:1/0")).client)  # the app's client
     assert [limit.hit("a") is None for _ in range(5)] == [True] * 3 + [False] * 2
     assert caplog.text.count("Rate limit storage unavailable (ConnectionError): counting per worker in memory") == 1
 
@@ -164,3 +210,10 @@ def test_a_malformed_key_value_is_a_new_caller_not_an_error(own_redis):
     (key,) = client.keys(caller_key("x") + "*")
     client.set(key, "junk,\u00b2")
     assert limit.check("x")[0] is None
+
+
+def test_in_redis_retry_after_is_the_longest_wait_too(own_redis):
+    limit = SharedLimit(redis.Redis(port=own_redis.port), rates("2 per second; 2 per hour"))
+    assert [limit.check("a")[0] for _ in range(2)] == [None, None]
+    refused, wait_ms = limit.check("a")
+    assert refused == 1 and 1_799_000 < wait_ms <= 1_800_000

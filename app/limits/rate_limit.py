@@ -1,8 +1,10 @@
 """The rate limit on the credential endpoints: one GCRA check per request, fleet-wide in Redis, per worker while it fails.
 
-One script call per request (shared.py); Retry-After is what the algorithm says is left. While Redis
-fails, each worker runs the same algorithm in memory (gcra.MemoryLimit) and tries Redis again
-after a second; the change is logged once each way.
+One script call per request (shared.py); Retry-After is what the algorithm says is left. A refusal
+moves nothing in GCRA, so until the wait it named has passed Redis would refuse that caller again:
+each worker remembers it and refuses at once, and a flood costs Redis one call per wait, not one per
+request. While Redis fails, each worker runs the same algorithm in memory (gcra.MemoryLimit) and
+tries Redis again after a second; the change is logged once each way.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from app.limits.gcra import MemoryLimit
 from app.limits.shared import SharedLimit
 
 SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before the shared count is tried again
+REFUSED_MEMORY = 10_000  # callers whose refusal one worker remembers at most
 
 log = logging.getLogger("ice_servers")
 
@@ -41,11 +45,16 @@ class RateLimit:
         rates: Sequence[Rate],
         client=None,
         message: str = "too many requests",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        """Take the parsed rates; ``client``: the Redis client to count in (None: each worker counts in memory)."""
+        """Take the parsed rates; ``client``: the Redis client to count in (None: each worker counts in memory).
+
+        ``clock``: this process's monotonic seconds (a stepped wall clock moves nothing here; Redis counts on its own TIME).
+        """
         self.rates = tuple(rates)
         self._clock = clock
+        self._refused: dict[str, float] = {}  # key -> when Redis would let it by, oldest refusal first
+        self._refused_mutex = threading.Lock()
         self._shared = SharedLimit(client, self.rates) if client is not None else None
         self._memory = MemoryLimit(self.rates)
         self._shared_down_until = 0.0
@@ -56,18 +65,33 @@ class RateLimit:
         """Count one request of ``key``; return None to admit it, else its 429."""
         now = self._clock()
         if self._shared is not None and now >= self._shared_down_until:
+            refused_until = self._refused.get(key)
+            if refused_until is not None and now < refused_until:
+                return self._refusal((refused_until - now) * 1000)
             try:
                 refused, wait_ms = self._shared.check(key)
                 if self._shared_down:
                     self._shared_down = False
                     log.info("Rate limits are counted in the shared cache again")
-                return None if refused is None else self._refusal(wait_ms)
             except (RedisError, RedisClusterException) as exc:
                 if not self._shared_down:
                     log.warning("Rate limit storage unavailable (%s): counting per worker in memory meanwhile", type(exc).__name__)
                 self._shared_down, self._shared_down_until = True, now + SHARED_RETRY_AFTER
+            else:
+                if refused is None:
+                    return None
+                self._remember(key, now + wait_ms / 1000)  # Redis decided after ``now``: never past its own answer
+                return self._refusal(wait_ms)
         refused, wait_ms = self._memory.check(key, now * 1000)
         return None if refused is None else self._refusal(wait_ms)
+
+    def _remember(self, key: str, until: float) -> None:
+        """Refuse ``key`` without asking Redis until ``until``; past REFUSED_MEMORY callers, the oldest refusal is forgotten."""
+        with self._refused_mutex:  # gthread: several threads of a worker refuse at once
+            self._refused.pop(key, None)
+            self._refused[key] = until
+            while len(self._refused) > REFUSED_MEMORY:
+                del self._refused[next(iter(self._refused))]
 
     def _refusal(self, wait_ms: float) -> Refusal:
         """Build a 429 whose Retry-After is the whole seconds until the caller would pass (at least 1)."""

@@ -4,7 +4,7 @@ The script is gcra.step in Lua, atomic: concurrent requests of one caller are ap
 other, so they never pass more than sequential ones would. Time is Redis's (TIME), so the hosts'
 clocks do not matter. A caller's key holds its TATs ("tat1,tat2" in ms) and expires when the last
 has passed. Each key has its own hash tag, a digest of the caller, so a cluster spreads callers over
-its slots (and no address or user id is stored in clear); the rates' digest in the key name makes a
+its slots (addresses and user ids appear only as a truncated SHA-256: out of sight, not secret); the rates' digest in the key name makes a
 changed ICE_RATE_LIMIT start afresh.
 """
 
@@ -18,7 +18,7 @@ from app.config.rates import Rate
 KEY_PREFIX = "ice-servers:rl:"
 
 # KEYS: the caller's key. ARGV: per limit, its interval and its period, in ms.
-# Returns 0 (passed), or {index of the refusing limit (1-based), ms until it would pass}.
+# Returns 0 (passed), or {index of the limit with the longest wait (1-based), ms until every limit lets it pass}.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -28,16 +28,16 @@ if held then
   for value in string.gmatch(held, '[^,]+') do tats[#tats + 1] = tonumber(value) end
 end
 if #tats ~= count then tats = {} end
-local new, ttl = {}, 1
+local new, ttl, refused, wait = {}, 1, 0, 0
 for i = 1, count do
   local interval, period = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local tat = tats[i] or now
   if tat < now then tat = now end
-  local allowed_at = tat + interval - period
-  if allowed_at > now then return {i, string.format('%.3f', allowed_at - now)} end
+  if tat + interval - period - now > wait then refused, wait = i, tat + interval - period - now end
   new[i] = string.format('%.3f', tat + interval)
   if tat + interval - now > ttl then ttl = tat + interval - now end
 end
+if refused > 0 then return {refused, string.format('%.3f', wait)} end
 redis.call('SET', KEYS[1], table.concat(new, ','), 'PX', math.ceil(ttl))
 return 0
 """
