@@ -168,3 +168,42 @@ def test_past_the_mint_budget_a_new_user_gets_the_shared_credential_then_their_o
     clock.advance(1.0)
     assert [service.answer(user).ice_servers[1]["username"] for user in users[2:]] == ["user-4", "user-5", "user-6"]
     assert service.answer(users[0]).ice_servers[1]["username"] == "user-1"  # a user's own is kept, never re-minted
+
+
+def test_a_user_whose_credential_cannot_be_minted_gets_the_shared_one_not_stun_only(make_service, provider, clock):
+    # docs/access.md: while Cloudflare refuses or cools down, a user without a credential of their own gets the shared one.
+    service = make_service()
+    shared = service.answer().ice_servers[1]["username"]
+    provider.fail(429, retry_after=30)
+    for _ in range(3):
+        answer = service.answer(BOB)
+        assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == shared
+    assert provider.calls == 2 and provider.users == [None, BOB]  # Bob's mint was asked once, refused; then the cool-down
+    assert service.credential(BOB).username == shared
+
+
+def test_a_deferred_user_is_not_asked_for_again_within_the_second(make_service, provider, clock):
+    # Each ask of the budget costs the store a lock, a snapshot and a script call: a deferred user holds the decision a second.
+    asked = []
+
+    def may_mint():
+        asked.append(clock())
+        return False
+
+    service = make_service(per_user=True, mint_budget=may_mint)
+    for _ in range(20):
+        assert service.answer(BOB).source == "cloudflare"
+    assert len(asked) == 1
+    clock.advance(1.0)
+    service.answer(BOB)
+    assert len(asked) == 2
+
+
+def test_past_the_mint_budget_a_user_with_a_credential_still_valid_keeps_their_own(make_service, provider, clock):
+    budget = {"open": True}
+    service = make_service(per_user=True, mint_budget=lambda: budget["open"])
+    own = service.answer(ALICE).ice_servers[1]["username"]
+    budget["open"] = False
+    clock.advance(12)  # past its window, still valid: a refresh would need the budget
+    answer = service.answer(ALICE)
+    assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == own

@@ -196,6 +196,13 @@ class CredentialCache:
             return self._serve_stale(stale, self._clock())
         try:
             credential = self.refill.wait_or_fill(store, deadline)
+        except MintDeferred:
+            # A user's mint put off: their own credential while it is valid, else the decision held a second (each ask of
+            # the budget costs the store a lock, a snapshot and a script call) and the caller serves the shared one.
+            if stale is not None:
+                return self._serve_stale(stale, self._clock())
+            self._hold(None, self._clock() + DEGRADED_RECHECK)
+            raise
         finally:
             self._refill_mutex.release()
         now = self._clock()

@@ -50,7 +50,7 @@ class Recorder(Protocol):
         """Count one answer, by source: cloudflare, turn-secret, static, stun-only."""
 
     def cache_event(self, event: str) -> None:
-        """Count hit, miss, stale, lock_wait, refresh, deferred (a user's mint put off: the shared credential answered)."""
+        """Count hit, miss, stale, lock_wait, refresh, deferred (a user's own credential could not be had: the shared one answered)."""
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """Count one upstream call by outcome (success, rejected, rate_limited, invalid, unavailable) and time it."""

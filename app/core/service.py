@@ -167,8 +167,9 @@ class IceService:
     def answer(self, user: str | None = None) -> Answer:
         """Return what to send a caller now: a TURN credential if one can be had, else the fallback.
 
-        A user whose own credential cannot be minted this second (the fleet's budget is spent) gets the
-        shared credential, and their next request after the budget allows asks for their own again.
+        A user whose own credential cannot be had (the fleet's mint budget is spent this second, or
+        Cloudflare refuses or cools down) gets the shared credential, and a second later this process asks for
+        their own again.
         """
         cache = self.cache(user, capped=self.over_limit())
         now = self._clock()
@@ -185,6 +186,9 @@ class IceService:
         now = self._clock()
         if credential is not None and credential.is_valid(now):
             answer = Answer(self.url_policy.apply(credential.ice_servers), credential.source, credential.expires_at, now)
+        elif user is not None:
+            self.recorder.cache_event("deferred")
+            return self.answer()
         else:
             credential, answer = None, self._fallback(now)
         if cache.copy is not None and cache.copy.credential is credential:
@@ -195,9 +199,12 @@ class IceService:
     def credential(self, user: str | None = None) -> Credential | None:
         """Return a valid credential of ``user`` (or the shared one), refilling if need be; None when none can be had."""
         try:
-            return self.cache(user, capped=self.over_limit()).credential()
+            credential = self.cache(user, capped=self.over_limit()).credential()
         except MintDeferred:
+            credential = None
+        if credential is None and user is not None:
             return self.cache(None, capped=self.over_limit()).credential()
+        return credential
 
     def over_limit(self) -> bool:
         """Tell whether the month's TURN egress is past ICE_EGRESS_LIMIT_GB (never without a guard)."""

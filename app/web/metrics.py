@@ -42,7 +42,7 @@ CACHE_EVENTS = Counter(
     "ice_cache_events",
     "Shared-cache events: hit and miss (reads of the shared cache; a worker re-reads at most every 2 s), stale (served past "
     "its refresh point), lock_wait (waited for another worker's refill), refresh (background refresh started), deferred "
-    "(a user's own credential put off by ICE_USER_MINT_RATE: the shared one answered).",
+    "(a user's own credential could not be had, past ICE_USER_MINT_RATE or while Cloudflare refuses: the shared one answered).",
     ["event"],
 )
 REFUSED = Counter(
