@@ -250,6 +250,9 @@ def test_metrics_count_answers_by_source_and_upstream_outcomes(client, provider)
         ("10.0.1.7", ("10.0.0.0/16",), "203.0.113.9, n\u00b2t-an-address, 10.0.2.4", "10.0.2.4"),  # junk: as far as it is sound
         ("127.0.0.1", (), "203.0.113.9", "127.0.0.1"),  # ICE_TRUSTED_PROXIES=none
         ("::ffff:203.0.113.9", ("127.0.0.1",), "", "203.0.113.9"),  # IPv4-mapped: the IPv4 address
+        ("10.0.1.7", ("10.0.0.0/16",), "203.0.113.9:51234", "203.0.113.9"),  # a load balancer that writes the port too
+        ("10.0.1.7", ("10.0.0.0/16",), "[2001:db8::7]:443, 10.0.2.4", "2001:db8::7"),
+        ("10.0.1.7", ("10.0.0.0/16",), "203.0.113.9:٥٥, 10.0.2.4", "10.0.2.4"),  # a port of other digits is junk
     ],
 )
 def test_client_address_comes_from_trusted_proxies_only(make_service, peer, proxies, forwarded, seen):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from app.core.numbers import parse_digits
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "unknown"  # the key of a peer without a usable address (a Unix socket)
@@ -34,6 +36,20 @@ def parse_address(text: str | None) -> Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def parse_hop(text: str) -> Address | None:
+    """Parse one X-Forwarded-For entry: an address, or one with the port some load balancers add (``a.b.c.d:port``, ``[v6]:port``)."""
+    text = text.strip()
+    host, colon, port = text.rpartition(":")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not (rest.startswith(":") and parse_digits(rest[1:], 5) is not None):
+            return None
+        return parse_address(host)
+    if colon and host.count(".") == 3 and parse_digits(port, 5) is not None:
+        return parse_address(host)
+    return parse_address(text)
 
 
 def parse_networks(items: Sequence[str]) -> tuple[Network, ...]:
@@ -54,7 +70,7 @@ def client_address(peer: str | None, forwarded_for: str | None, proxies: Sequenc
     if not forwarded_for or not trusted(nearest, proxies):
         return str(nearest)
     for entry in reversed(forwarded_for.split(",")):
-        hop = parse_address(entry)
+        hop = parse_hop(entry)
         if hop is None:
             break  # a malformed entry: the proxy that wrote it is as far as the chain can be trusted
         nearest = hop
