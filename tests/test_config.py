@@ -111,6 +111,21 @@ def test_dotenv_is_read_and_the_real_environment_wins(tmp_path, monkeypatch):
     assert (settings.credential_ttl, settings.cache_ttl) == (3600, 600)
 
 
+def test_an_env_file_this_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatch):
+    # As an admin command run as root's neighbour on the one-box layout, where .env is 0600 and the service user's.
+    env_file = tmp_path / ".env"
+    env_file.write_text("ICE_CACHE_TTL=1800\n")
+    monkeypatch.setenv("ICE_ENV_FILE", str(env_file))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(env_file))
+
+    monkeypatch.setattr("app.config.load_dotenv", denied)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert str(refused.value) == f"{env_file} (ICE_ENV_FILE) cannot be read: Permission denied; run the command as the service's user"
+
+
 def test_both_providers_default_to_cloudflare_first():
     settings = load_settings({**KEYS, **SECRET})
     assert settings.providers == ("cloudflare", "turn-secret")

@@ -130,7 +130,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         env_file = os.environ.get("ICE_ENV_FILE", str(DEFAULT_ENV_FILE)) or None
         if env_file and Path(env_file).is_file():
-            load_dotenv(env_file, override=False)
+            try:
+                load_dotenv(env_file, override=False)
+            except OSError as exc:  # e.g. an admin command run as another user than the service's (.env is 0600)
+                why = exc.strerror or type(exc).__name__
+                raise ConfigError(f"{env_file} (ICE_ENV_FILE) cannot be read: {why}; run the command as the service's user") from None
         else:
             env_file = None
         environ = os.environ
