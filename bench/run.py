@@ -7,7 +7,8 @@ count); drives them with wrk in alternating rounds and prints requests/s, p50 an
 app/floor ratios (median of the rounds). Then the default configuration (the rate limit on, 10,000
 client addresses) against the floor, one address flooding past its limit, a cold burst on an empty
 cache, an expiry crossing under load with a slow upstream, an upstream outage, and memory per
-worker after 100k requests.
+worker after 100k requests. Beside the default configuration it prints where a request's CPU goes
+(the workers', Redis's): what the rate limit's one Redis round trip costs on this machine.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ PEER_SCRIPT = Path(__file__).with_name("peer") / "server.js"
 TARGETS = {
     "rps_ratio": 1.0,
     "p99_ratio": 1.5,
-    "default_rps_ratio": 0.85,
+    "default_rps_ratio": 1.0,
     "default_p99_ratio": 1.5,
     "burst_extra_ms": 50,
     "crossing_max_ms": 50,
@@ -136,6 +137,27 @@ def app_worker_class() -> str:
     threads = re.search(r"^threads = (\d+)", text, re.M)
     name = worker_class.group(1) if worker_class else "sync"
     return f"{name}, {threads.group(1)} threads" if name == "gthread" and threads else name
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user and system) the processes have used, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def redis_cpu_seconds(client) -> float:
+    """Return the CPU time redis-server has used, in seconds."""
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def redis_commands(client) -> int:
+    """Return the commands Redis has run (scripts' inner calls included), INFO's own left out."""
+    return sum(stats["calls"] for name, stats in client.info("commandstats").items() if name != "cmdstat_info")
 
 
 def verdict(met: bool) -> str:
@@ -237,11 +259,14 @@ def report(bench: Bench, started: float) -> int:
     )
     print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
+    app_cpu = 0.0
     for round_number in range(1, ROUNDS + 1):
         for name, target in contenders.items():
+            cpu_before = cpu_seconds(app.worker_pids()) if target == url else 0.0
             run = wrk(target, ROUND_SECONDS)
             runs[name].append(run)
             sent += run.requests if target == url else 0
+            app_cpu += cpu_seconds(app.worker_pids()) - cpu_before if target == url else 0.0
             print(f"{name + ' ' + str(round_number):24}{run.rps:>10.0f}{run.p50_ms:>10.2f}{run.p99_ms:>10.2f}")
     print()
     for name, name_runs in runs.items():
@@ -263,11 +288,18 @@ def report(bench: Bench, started: float) -> int:
     default = bench.host("default", ICE_RATE_LIMIT="600 per minute")
     default_url = f"{default.base_url}/api/ice-servers"
     wrk(default_url, 1, clients=MANY_CLIENTS)
+    redis_client = bench.redis.client()
+    default_requests, default_cpu, redis_cpu, commands = 0, 0.0, 0.0, 0
     flood_runs: list[Run] = []
     for connections in (CONNECTIONS, ISSUE_CONNECTIONS):
         default_runs, many_floor_runs = [], []
         for _ in range(ROUNDS):
+            before = cpu_seconds(default.worker_pids()), redis_cpu_seconds(redis_client), redis_commands(redis_client)
             default_runs.append(wrk(default_url, ROUND_SECONDS, connections, clients=MANY_CLIENTS))
+            default_requests += default_runs[-1].requests
+            default_cpu += cpu_seconds(default.worker_pids()) - before[0]
+            redis_cpu += redis_cpu_seconds(redis_client) - before[1]
+            commands += redis_commands(redis_client) - before[2]
             many_floor_runs.append(wrk(floor_url, ROUND_SECONDS, connections, clients=MANY_CLIENTS))
             if connections == CONNECTIONS:  # one address flooding past its limit, in the same rounds
                 flood_runs.append(wrk(default_url, ROUND_SECONDS, connections, clients=1))
@@ -291,6 +323,16 @@ def report(bench: Bench, started: float) -> int:
             )
             met += [flood_ratio >= 1]
     default.stop()
+    app_requests = sum(run.requests for run in runs["app (limit off)"])
+    app_us, default_us = app_cpu / app_requests * 1e6, default_cpu / default_requests * 1e6
+    redis_us = redis_cpu / default_requests * 1e6
+    floor_us = (os.cpu_count() or 1) * 1e6 / statistics.median(run.rps for run in runs["floor gthread"])
+    print(
+        f"\nwhere the default configuration's time goes, CPU per request: the workers {default_us:.0f} us (limit off: "
+        f"{app_us:.0f} us), Redis {redis_us:.0f} us for {commands / default_requests:.2f} commands (one script call and "
+        f"what it runs). The one round trip costs {default_us - app_us + redis_us:.0f} us; a whole request to the floor, "
+        f"{floor_us:.0f} us of the cores (wrk's share included)"
+    )
 
     # Cold burst: a fresh app on an empty cache, 4 workers, a slow upstream. The floor's figure for
     # the same burst, warm, is what serving 500 simultaneous connections costs on this machine.
