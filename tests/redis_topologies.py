@@ -25,12 +25,11 @@ from tests.servers import free_port, wait_until
 ACL_USER = "ice-servers"
 ACL_PASSWORD = "test-redis-acl-password-not-a-secret"
 ADMIN_PASSWORD = "test-redis-admin-password-not-a-secret"
-# The service's least-privilege user, exactly as the README gives it (the rate limit's keys are among its own).
+# The service's least-privilege user, exactly as docs/fleet-and-redis.md gives it (the rate limit's keys are among its own).
 ACL_RULES = (
     "on >PASSWORD resetkeys ~ice-servers:* resetchannels -@all "
-    "+get +set +del +pttl +ttl +incr +incrby +expire +type +exists +lindex +lpush +ltrim +lrange +pexpire +time "
-    "+zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore +zremrangebyscore "
-    "+multi +exec +discard +evalsha +eval +script|load +ping +info +cluster|slots +cluster|shards +cluster|info"
+    "+get +set +del +pttl +incrby +expire +type +time +multi +exec +discard +evalsha +eval +script|load "
+    "+ping +info +cluster|slots +cluster|shards +cluster|info"
 ).replace("PASSWORD", ACL_PASSWORD)
 
 

@@ -209,7 +209,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, redis.ReadOnlyError):
         return "Redis answered READONLY: the primary was demoted (a failover)"
     if isinstance(exc, redis.exceptions.NoPermissionError):
-        return "Redis refused a command to the user in REDIS_URL (NOPERM: see the README's ACL line)"
+        return "Redis refused a command to the user in REDIS_URL (NOPERM: see the ACL line in docs/fleet-and-redis.md)"
     if isinstance(exc, MasterNotFoundError):
         return "no Sentinel knows the primary of the service in REDIS_URL (a failover in progress?)"
     if isinstance(exc, redis.ConnectionError):
