@@ -5,8 +5,10 @@ Any of these can be overridden without editing this file, as usual with gunicorn
 """
 
 import atexit
+import datetime
 import glob
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -29,8 +31,23 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     # handler, hence the pid check.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], True))
 
-# nginx (deploy/nginx/ice-servers.conf) proxies to this address; never expose gunicorn directly.
-bind = "127.0.0.1:8000"
+
+def _whole_number(name, low, high):
+    """Read a platform's number (PORT, WEB_CONCURRENCY): ASCII digits within [low, high], else stop with one line."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdecimal() and low <= int(raw) <= high):
+        print(f"ice-servers: {name} must be a whole number from {low} to {high}, got {raw[:20]!r}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    return int(raw)
+
+
+# nginx (deploy/nginx/ice-servers.conf) proxies to 127.0.0.1:8000; never expose gunicorn directly on a
+# box. A container platform sets PORT (the image sets 8000), and then every address is bound: the
+# platform's network is in front (docs/container.md).
+PORT = _whole_number("PORT", 1, 65535)
+bind = "127.0.0.1:8000" if PORT is None else f"0.0.0.0:{PORT}"
 
 # Warm requests are short and CPU-bound: one process per core (at least two, so a reload or a
 # crash never leaves nobody answering). Threads keep a worker answering health checks while one of
@@ -38,7 +55,8 @@ bind = "127.0.0.1:8000"
 # (README, "Performance"): more processes than cores time-share them, and the p99 grows by half
 # for no more throughput; sync workers answer as fast but close every connection, and one waiting
 # request blocks a whole worker; 8 threads per worker were no faster than 4.
-workers = max(2, multiprocessing.cpu_count())
+# WEB_CONCURRENCY, as platforms set it, is the number of workers.
+workers = _whole_number("WEB_CONCURRENCY", 1, 64) or max(2, multiprocessing.cpu_count())
 worker_class = "gthread"
 threads = 4
 
@@ -75,6 +93,41 @@ control_socket_disable = True
 # turn them on with GUNICORN_CMD_ARGS="--access-logfile -".
 errorlog = "-"
 loglevel = "info"
+
+
+class JsonLines(logging.Formatter):
+    """gunicorn's own lines as JSON objects, one per line, with the keys of the app's (app/web/logs.py).
+
+    Written here, not imported from the app: the master imports nothing of it (see preload_app).
+    """
+
+    def format(self, record):
+        """Return the record as one JSON object."""
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry = {
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+# ICE_LOG_FORMAT=json (the container image's default): every line on stdout is a JSON object,
+# gunicorn's and the app's; the root logger prints nothing (the app's logger has its own handler).
+if os.environ.get("ICE_LOG_FORMAT", "").strip().lower() == "json":
+    logconfig_dict = {
+        "root": {"level": "WARNING", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False, "qualname": "gunicorn.error"},
+            "gunicorn.access": {"level": "INFO", "handlers": ["json"], "propagate": False, "qualname": "gunicorn.access"},
+        },
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "formatters": {"json": {"()": JsonLines}},
+    }
 
 
 def on_starting(server):

@@ -193,7 +193,9 @@ def clean_environ() -> dict[str, str]:
         "STUN_URLS",
         "GUNICORN_CMD_ARGS",
     )
-    return {**{k: v for k, v in os.environ.items() if not k.startswith(names)}, "ICE_ENV_FILE": ""}
+    platform = ("PORT", "WEB_CONCURRENCY")  # what a container platform sets: gunicorn.conf.py reads them
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(names) and k not in platform}
+    return {**kept, "ICE_ENV_FILE": ""}
 
 
 def app_env(cloudflare_base: str | None, redis_url: str | None, **extra: str) -> dict[str, str]:

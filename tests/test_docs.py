@@ -5,9 +5,11 @@ must name exactly the variables app/config reads; user docs carry no commit hash
 """
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from dotenv import dotenv_values
 
 from app.config import SECRET_VARS, load_settings, reference
@@ -81,3 +83,13 @@ def test_the_documented_acl_user_is_the_one_the_tests_run_with():
     text = (ROOT / "docs" / "fleet-and-redis.md").read_text()
     documented = re.search(r"ACL SETUSER ice-servers (.+)", text).group(1)
     assert documented == ACL_RULES.replace(ACL_PASSWORD, "LONG-RANDOM-PASSWORD")
+
+
+def test_compose_runs_redis_with_that_acl_user_and_without_persistence():
+    script = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["redis"]["entrypoint"][2]
+    words = shlex.split(script[script.index("exec redis-server") :].replace("\\\n", " "))
+    user = words.index("ice-servers")
+    assert words[user - 1] == "--user" and words[user + 1 :] == ACL_RULES.replace(ACL_PASSWORD, "$$password").split()
+    assert words[words.index("--save") + 1] == "" and words[words.index("--appendonly") + 1] == "no"
+    assert words[words.index("--maxmemory-policy") + 1] == "noeviction"
+    assert words[words.index("default") - 1 : words.index("default") + 2] == ["--user", "default", "off"]

@@ -29,6 +29,7 @@ DEFAULT_CACHE_TTL = 82_800
 DEFAULT_API_BASE = "https://rtc.live.cloudflare.com/v1"
 DEFAULT_STUN_URLS = ("stun:stun.cloudflare.com:3478",)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 # The project's own .env, wherever the process was started from (pm2, systemd, flask CLI).
 DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 
@@ -94,6 +95,7 @@ class Settings:
     turn_servers: tuple[dict, ...] = ()
     stun_urls: tuple[str, ...] = DEFAULT_STUN_URLS
     log_level: str = "INFO"
+    log_format: str = "text"  # text (one line per event, on stderr) or json (one JSON object per line, on stdout)
     trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # peers whose X-Forwarded-For / -Proto count
     env_file: str | None = None  # the dotenv file that was read, if any
     demo: bool = False  # serve /demo
@@ -178,6 +180,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_servers=_turn_servers(env),
         stun_urls=_stun_urls(env),
         log_level=_log_level(env),
+        log_format=_log_format(env),
         trusted_proxies=_trusted_proxies(env),
         demo=_flag(env, "ICE_DEMO"),
         rate_limit=_rate_limit(env),
@@ -531,6 +534,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    """Parse ICE_LOG_FORMAT."""
+    value = env.get("ICE_LOG_FORMAT", "text").lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"ICE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {value[:20]!r}")
+    return value
 
 
 def _log_level(env: Mapping[str, str]) -> str:

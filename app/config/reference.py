@@ -255,6 +255,13 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
         "Running",
         (
             Variable("ICE_LOG_LEVEL", "`INFO`", "`DEBUG` also logs every read of the shared cache", "INFO"),
+            Variable(
+                "ICE_LOG_FORMAT",
+                "`text`",
+                "`text`: one line per event on stderr (pm2, journald); `json`: one JSON object per line on stdout, with a "
+                "`request_id` (the container image's default)",
+                "text",
+            ),
             Variable("ICE_DEMO", "`0`", "`1` serves the `/demo` diagnostic page", "0"),
             Variable(
                 "ICE_ENV_FILE",

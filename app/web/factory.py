@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from flask import Flask
 
@@ -26,12 +25,12 @@ from app.store.memory import MemoryStore
 from app.store.redis import RedisStore
 from app.web import cli, views
 from app.web.endpoint import Cors, CredentialEndpoint
+from app.web.logs import RequestIds, configure_logging
 from app.web.metrics import PrometheusRecorder
 from app.web.middleware import RequestLimits, TrustedProxies
 
 MAX_BODY_BYTES = 64 * 1024
 
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 log = logging.getLogger("ice_servers")
 
@@ -46,7 +45,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
             settings = load_settings()
         except ConfigError as exc:
             raise SystemExit(f"ice-servers: configuration error: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     warn_if_env_file_is_readable(settings.env_file)
 
     app = Flask(__name__)
@@ -57,7 +56,8 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     user_ids = UserIds(settings.user_id_secret)
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the gate does
     views.init_app(app, service, settings)
-    # Below Flask, outermost last: the client's address first, then the request limits, then the two credential routes.
+    # Below Flask, outermost last: the request's id first, then the client's address, then the request limits, then the
+    # two credential routes.
     app.wsgi_app = CredentialEndpoint(
         app.wsgi_app,
         service,
@@ -69,7 +69,9 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         refused=service.recorder.refused,
     )
     app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES)
-    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(settings.trusted_proxies))
+    proxies = parse_networks(settings.trusted_proxies)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, proxies)
+    app.wsgi_app = RequestIds(app.wsgi_app, proxies)
     cli.init_app(app)
     return app
 
@@ -198,14 +200,3 @@ def warn_if_env_file_is_readable(path: str | None) -> None:
     problem = env_file_problem(path)
     if problem:
         log.warning(problem)
-
-
-def configure_logging(level: str) -> None:
-    """Send the app's log to stderr, one line per event (pm2 and journald collect it)."""
-    logger = logging.getLogger("ice_servers")
-    logger.setLevel(level)
-    if not any(getattr(handler, "ice_servers", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.ice_servers = True
-        logger.addHandler(handler)
