@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.xdist_group("container"), pytest.mark.deploy]
 
 TAG = "localhost/ice-servers:test"
 LEAKED = "test-secret-of-the-build-context-not-a-real-one"  # in .env, .git, .venv and .tools of the context
-REDIS_PASSWORD = "0123456789abcdef0123456789abcdef-test"
+REDIS_PASSWORD = "test-redis-password-not-a-secret"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
