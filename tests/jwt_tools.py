@@ -84,6 +84,7 @@ class JwksServer:
         self.fetches = 0
         self.hang = False
         self.delay = 0.0
+        self.status = 200  # another status: a provider that fails fast
         self._release = threading.Event()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -120,6 +121,13 @@ class JwksServer:
                     return
                 if jwks.delay:
                     time.sleep(jwks.delay)
+                if jwks.status != 200:
+                    self.send_response(jwks.status)
+                    self.send_header("Content-Length", "0")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    return
                 payload = json.dumps({"keys": [key.jwk for key in jwks.keys]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -322,3 +322,46 @@ def test_default_algorithms_follow_the_key_source():
 
 def test_jwt_secret_is_not_in_the_settings_repr():
     assert HS_SECRET not in repr(load_settings({"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET}))
+
+
+def test_a_provider_failing_fast_is_asked_at_most_once_per_interval_however_old_the_keys(jwks, rs_key):
+    # Failed before: once the keys were older than MAX_AGE, every request started a fetch (and a WARNING line).
+    from app.access.jwks import MAX_AGE, JwksCache
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    cache = JwksCache(jwks.url, clock=clock, spawn=lambda fetch: fetch())  # fetches inline: each one is counted at once
+    assert cache.key(rs_key.kid) is not None and jwks.fetches == 1
+    jwks.status = 500
+    clock.advance(MAX_AGE + 1)
+    for _ in range(100):
+        assert cache.key(rs_key.kid) is not None  # the old keys keep serving
+        clock.advance(0.01)
+    assert jwks.fetches == 2
+    clock.advance(REFETCH_INTERVAL)
+    for _ in range(100):
+        cache.key(rs_key.kid)
+    assert jwks.fetches == 3
+
+
+def test_made_up_kids_cannot_hold_every_thread_while_a_slow_provider_is_fetched(jwks, rs_key):
+    # Failed before: while a fetch ran (up to 5 s), every request with an unknown kid waited for it.
+    from app.access.jwks import UNKNOWN_KID_WAITERS, JwksCache
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    cache = JwksCache(jwks.url, clock=clock)
+    assert cache.key(rs_key.kid) is not None
+    jwks.delay = 2.0
+    clock.advance(REFETCH_INTERVAL)  # the first made-up kid starts a fetch; the others come while it runs
+    took = []
+
+    def ask(index):
+        started = time.monotonic()
+        assert cache.key(f"made-up-{index}") is None
+        took.append(time.monotonic() - started)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(ask, range(8)))
+    assert len([seconds for seconds in took if seconds > 1.0]) <= UNKNOWN_KID_WAITERS
+    assert jwks.fetches == 2

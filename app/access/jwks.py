@@ -5,10 +5,13 @@ hanging endpoint queues every request behind a full timeout) and forgets its key
 fails after their lifespan:
 
 - nothing is fetched at start: the service starts even while the URL hangs;
-- one fetch at a time, in a thread of its own with explicit timeouts; requests that need it (the
-  first ever, or an unknown ``kid``) wait for it, bounded by ``WAIT_LIMIT``; requests whose key is
-  known never wait;
-- an unknown ``kid`` starts at most one fetch per ``REFETCH_INTERVAL``, never one per request;
+- one fetch at a time, in a thread of its own with explicit timeouts, and at most one per
+  ``REFETCH_INTERVAL`` whatever started it (an unknown ``kid``, keys older than ``MAX_AGE``), so a
+  provider that fails fast is not asked once per request;
+- requests whose key is known never wait; before the first keys arrive, requests wait for the
+  fetch, bounded by ``WAIT_LIMIT``; once keys are held, at most ``UNKNOWN_KID_WAITERS`` requests per
+  process wait for a fetch on an unknown ``kid`` (a rotation), and the others are refused at once:
+  one address sending made-up ``kid``s cannot hold every worker thread;
 - keys older than ``MAX_AGE`` are refetched in the background while still used;
 - a failed fetch keeps the keys already held and logs one WARNING line.
 
@@ -30,7 +33,8 @@ from app.core.background import daemon_spawner
 CONNECT_TIMEOUT = 2.0  # seconds to open the connection to the identity provider
 READ_TIMEOUT = 3.0  # seconds between bytes of its answer: with the connect, a fetch stays within 5 s
 WAIT_LIMIT = CONNECT_TIMEOUT + READ_TIMEOUT  # the longest a request waits for a fetch it needs
-REFETCH_INTERVAL = 5.0  # seconds between fetches started by unknown kids (a rotation, or junk tokens)
+REFETCH_INTERVAL = 5.0  # seconds between fetches, whatever starts them (a rotation, junk tokens, old keys, a failing provider)
+UNKNOWN_KID_WAITERS = 1  # threads of a process that may wait on a fetch for an unknown kid once keys are held
 MAX_AGE = 600.0  # seconds keys are used before a background refetch (providers rotate slowly)
 MAX_JWKS_BYTES = 256 * 1024  # real key sets are a few KiB
 
@@ -57,6 +61,7 @@ class JwksCache:
         self._next_fetch_at = float("-inf")  # the earliest a lookup may start another fetch
         self._fetching = False
         self._changed = threading.Condition()
+        self._waiting = 0  # threads waiting on a fetch for an unknown kid
         self.fetches = 0  # started, for the tests and the logs
 
     def __repr__(self) -> str:
@@ -68,14 +73,19 @@ class JwksCache:
         with self._changed:
             now = self._clock()
             key = self._keys.get(kid)
+            if now >= self._next_fetch_at and (key is None or now - self._fetched_at >= MAX_AGE):
+                self._start_fetch(now)  # for old keys in the background: this request goes on with the key held
             if key is not None:
-                if now - self._fetched_at >= MAX_AGE:
-                    self._start_fetch(now)  # in the background: this request goes on with the key held
                 return key
-            if not self._fetching and now >= self._next_fetch_at:
-                self._start_fetch(now)
-            if self._fetching:
+            if not self._fetching:
+                return self._keys.get(kid)  # no fetch now, or one that already ended
+            if self._keys and self._waiting >= UNKNOWN_KID_WAITERS:
+                return None  # a rotation's first tokens are few; a flood of made-up kids must not hold every thread
+            self._waiting += 1
+            try:
                 self._changed.wait_for(lambda: not self._fetching, timeout=WAIT_LIMIT)
+            finally:
+                self._waiting -= 1
             return self._keys.get(kid)
 
     def _start_fetch(self, now: float) -> None:
