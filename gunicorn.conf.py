@@ -79,6 +79,9 @@ limit_request_field_size = 16384
 # takes it: the connections spread over the workers within a second or two.
 KEEPALIVE_REBALANCE = 1 / 64
 
+# New workers of one reload that may die in a row, before they are ready, before the reload is reported as failed.
+RELOAD_HANDOVERS = 3
+
 # Seconds a silent worker lives before it is replaced, and that a stopping worker gets to finish.
 timeout = 30
 graceful_timeout = 20
@@ -167,13 +170,13 @@ def on_reload(server):
     server.num_workers = len(old) + server.cfg.workers
     server.ice_retiring = set(old)
     shares = server.cfg.workers
-    server.ice_handovers = [old[index::shares] for index in range(shares)]
+    server.ice_handovers = [(old[index::shares], 0) for index in range(shares)]
 
 
 def pre_fork(server, worker):
     """Hand a worker that a reload starts its share of the old workers to stop once it is ready."""
     handovers = getattr(server, "ice_handovers", None)
-    worker.ice_retire = handovers.pop() if handovers else []
+    worker.ice_retire, worker.ice_handover_tries = handovers.pop() if handovers else ([], 0)
 
 
 def post_worker_init(worker):
@@ -277,6 +280,10 @@ def child_exit(server, worker):
 
     What prometheus_client's mark_process_dead does, without importing it: the master imports nothing
     of the app's dependencies, so a reload's new workers get them from the release they start in.
+    A reload's new worker that dies before it stopped its share of the old ones hands that share to
+    a worker forked in its place at once, so a reload is never left half done (old code serving for
+    good), and the old ones serve until that worker is ready. At once: gunicorn's reload waits up to
+    the graceful timeout for the old workers to go before it forks any other.
     """
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"gauge_live*_{worker.pid}.db")):
         os.remove(path)
@@ -284,3 +291,26 @@ def child_exit(server, worker):
     if worker.pid in retiring:
         retiring.discard(worker.pid)
         server.num_workers -= 1
+        return
+    share = [pid for pid in getattr(worker, "ice_retire", []) if pid in retiring]
+    if not share or not server.LISTENERS:  # nothing left to hand over, or gunicorn is stopping (it closed its sockets)
+        return
+    tries = getattr(worker, "ice_handover_tries", 0) + 1
+    if tries > RELOAD_HANDOVERS:
+        # The new release's workers keep dying before they are ready: the reload failed. The old workers of this
+        # share keep serving in the dead one's place (one fewer to respawn), and one line says so.
+        server.num_workers -= 1
+        server.log.error(
+            "Reload failed: %d new workers in a row died before they were ready; %d old worker(s) keep serving the "
+            "previous code and settings. Check the log above, fix, and reload again",
+            tries,
+            len(share),
+        )
+        return
+    server.log.warning(
+        "Reload: new worker %s died before stopping %d old worker(s); a worker started in its place takes them over",
+        worker.pid,
+        len(share),
+    )
+    server.ice_handovers = [*getattr(server, "ice_handovers", []), (share, tries)]
+    server.spawn_worker()  # pre_fork hands it the share; in the forked child this call never returns

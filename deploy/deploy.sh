@@ -180,6 +180,7 @@ else
         (cd "$SOURCE_DIR" && tar --exclude=./.git --exclude=./.venv --exclude=./.tools --exclude=./.env -cf - .) | tar -xf - -C "$release"
     fi
     ln -s ../../.env "$release/.env"  # flask commands run in current/ read the deployment's .env
+    printf '%s\n' "$name" > "$release/RELEASE"  # /healthz names it to loopback: the smoke test below compares
     if [ -n "$current" ] && [ -x "$APP_DIR/$current/.venv/bin/python" ]; then
         # The current release's venv as a start: pip then only changes what requirements.txt changed.
         cp -a "$APP_DIR/$current/.venv" "$release/.venv"
@@ -250,16 +251,36 @@ case "$SERVICE_MANAGER" in
         ;;
 esac
 
-# -- 6. Smoke test. -----------------------------------------------------------------------------
+# -- 6. Smoke test: the new release is what answers, on many fresh connections in a row. ------------
 
-for _ in $(seq 1 30); do
-    if curl -fsS --max-time 2 "$HEALTH_URL" >/dev/null 2>&1; then
-        say "healthy: $HEALTH_URL answers"
-        exit 0
+# A reload whose new workers never took over (or only some of them) leaves old workers answering
+# /healthz: compare the release it names (to loopback and ICE_METRICS_ALLOW) with the one switched to,
+# 20 times in a row on new connections (a pool half old answers 20 in a row about once in a million).
+expected=${new#releases/}
+served="" streak=0 answered=0 named=0
+for _ in $(seq 1 150); do
+    if body=$(curl -fsS --max-time 2 "$HEALTH_URL" 2>/dev/null); then
+        answered=1
+        served=$(printf '%s' "$body" | sed -n 's/.*"release": *"\([^"]*\)".*/\1/p')
+        [ -z "$served" ] || named=1
+        if [ "$served" = "$expected" ]; then streak=$((streak + 1)); else streak=0; fi
+        if [ "$streak" -ge 20 ]; then
+            say "healthy: $HEALTH_URL answers from release $expected"
+            exit 0
+        fi
     fi
-    sleep 1
+    sleep 0.2
 done
 case "$SERVICE_MANAGER" in
-    systemd) die "$HEALTH_URL does not answer; see journalctl -u ice-servers -n 50 (deploy.sh --rollback goes back)" ;;
-    pm2) die "$HEALTH_URL does not answer; see pm2 logs ice-servers --lines 50 (deploy.sh --rollback goes back)" ;;
+    systemd) logs="journalctl -u ice-servers -n 50" ;;
+    *) logs="pm2 logs ice-servers --lines 50" ;;
 esac
+if [ "$answered" = 1 ] && [ "$named" = 0 ]; then
+    warn "$HEALTH_URL never named its release (not asked from an ICE_METRICS_ALLOW address?): which release serves was not checked"
+    say "healthy: $HEALTH_URL answers"
+    exit 0
+fi
+if [ "$answered" = 1 ]; then
+    die "the new release did not take: $HEALTH_URL still answers from ${served:-another release}, not $expected; see $logs (deploy.sh --rollback switches back)"
+fi
+die "$HEALTH_URL does not answer; see $logs (deploy.sh --rollback goes back)"

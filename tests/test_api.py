@@ -384,3 +384,10 @@ def test_a_preflight_allows_only_the_headers_the_service_reads(client):
 def test_a_content_length_that_is_not_ascii_digits_is_a_json_400(client, length):
     response = client.post("/api/turn-credentials", environ_overrides={"CONTENT_LENGTH": length})
     assert response.status_code == 400 and response.get_json() == {"error": "Content-Length is not a number", "status": 400}
+
+
+def test_healthz_names_the_release_to_the_box_and_nothing_more_to_a_stranger(make_service, monkeypatch):
+    monkeypatch.setattr("app.web.views.release_name", lambda: "20261206T000000Z-0123abcd")
+    client = create_app(Settings(), service=make_service()).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok", "release": "20261206T000000Z-0123abcd"}
+    assert client.get("/healthz", environ_base={"REMOTE_ADDR": "203.0.113.50"}).get_json() == {"status": "ok"}

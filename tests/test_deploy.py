@@ -427,3 +427,52 @@ def test_nginx_passes_a_16_kib_header_line_to_the_app(nginx):
     large = "Bearer " + "x" * (12 * 1024)  # a large JWT: over nginx's and gunicorn's 8 KiB defaults
     status, headers, _ = _tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"Authorization": large})
     assert status == 200 and headers["Content-Type"] == "application/json"  # open mode: the app answered
+
+
+def test_a_reload_that_does_not_take_is_reported_not_hidden(deployed, tmp_path):
+    # Failed before: the smoke test asked /healthz, which the old workers still answered, and said "healthy".
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    source, app_dir, _ = deployed
+    serving = os.readlink(app_dir / "current").split("/")[-1]
+
+    class OldWorkers(BaseHTTPRequestHandler):  # a service whose reload never took: the old release answers
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            body = json.dumps({"release": serving, "status": "ok"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            """Stay quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OldWorkers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "pm2").write_text('#!/bin/sh\n[ "$1" = pid ] && echo 4242\nexit 0\n')  # a running service that ignores SIGHUP
+    (fake_bin / "pm2").chmod(0o755)
+    try:
+        result = deploy(
+            source, app_dir, "pm2", path=f"{fake_bin}:{os.environ['PATH']}", HEALTH_URL=f"http://127.0.0.1:{server.server_port}/healthz"
+        )
+    finally:
+        server.shutdown()
+    new = os.readlink(app_dir / "current").split("/")[-1]
+    assert result.returncode == 1 and new != serving
+    assert (
+        f"the new release did not take: http://127.0.0.1:{server.server_port}/healthz still answers from {serving}, not {new}"
+        in result.stderr
+    )
+
+
+def test_healthz_names_the_release_it_runs_to_the_box_only(deployed):
+    source, app_dir, _ = deployed
+    name = os.readlink(app_dir / "current").split("/")[-1]
+    assert (release(app_dir) / "RELEASE").read_text().strip() == name
+    check = "from app.web.views import release_name; print(release_name())"
+    out = subprocess.run([release(app_dir) / ".venv/bin/python", "-c", check], cwd=release(app_dir), capture_output=True, text=True)
+    assert out.stdout.strip() == name

@@ -1,5 +1,8 @@
 """Real parts: gunicorn with 4 workers (two such hosts), a real redis-server, the Cloudflare stand-in."""
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 
@@ -7,7 +10,7 @@ import pytest
 import requests
 
 from tests.cloudflare_stub import API_TOKEN
-from tests.servers import ROOT, app_env, clean_environ, concurrent_get, flood, run_cli, turn_username, wait_until
+from tests.servers import ROOT, Gunicorn, app_env, clean_environ, concurrent_get, flood, run_cli, turn_username, wait_until
 
 
 def test_cold_burst_makes_one_upstream_call_and_all_hosts_share_it(start_host, cloudflare, redis_url, tmp_path):
@@ -219,3 +222,70 @@ def test_at_a_trickle_redis_sees_a_few_commands_per_request_and_idle_next_to_non
     print(f"Redis commands per request at a trickle: {per_request:.2f}; in 3 s idle: {idle}")
     assert 4 <= per_request <= 6
     assert idle == 0  # no background thread, no settlement loop
+
+
+def test_a_reload_whose_new_worker_dies_before_it_is_ready_still_completes(tmp_path):
+    # Failed before: the dead worker's share of the old workers was never stopped, so the old settings (or code)
+    # kept answering part of the requests for good, and nothing said so.
+    env_file = tmp_path / ".env"
+    env_file.write_text("STUN_URLS=stun:old.example.test:3478\n")
+    env_file.chmod(0o600)
+    host = Gunicorn({"ICE_ENV_FILE": str(env_file), "ICE_RATE_LIMIT": "0"}, workers=4, log_path=tmp_path / "host.log").start()
+    try:
+        old = set(host.worker_pids())
+        env_file.write_text("STUN_URLS=stun:new.example.test:3478\n")
+        os.kill(host.process.pid, signal.SIGHUP)
+
+        def new_workers():  # forked by the master once its settings and code checks (children of its own) have passed
+            if "Reloading: new workers start" not in host.log_path.read_text():
+                return []
+            return [pid for pid in host.worker_pids() if pid not in old and b"gunicorn" in _cmdline(pid)]
+
+        killed = wait_until(new_workers, 20, interval=0.005, what="a new worker")
+        os.kill(killed[0], signal.SIGKILL)  # before it has imported the app: it never stops its share of the old ones
+
+        def only_new_answers():
+            urls = {host.get().json()["iceServers"][0]["urls"][0] for _ in range(24)}
+            return urls == {"stun:new.example.test:3478"}
+
+        wait_until(only_new_answers, 20, interval=0.2, what="every answer from the new settings")
+        wait_until(lambda: not old & set(host.worker_pids()) and len(host.worker_pids()) == 4, 20, what="old workers gone")
+        assert "takes them over" in host.log_path.read_text()
+    finally:
+        host.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    """Return a process's command line, or nothing if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
+
+
+def test_a_reload_whose_new_workers_keep_dying_is_reported_as_failed_and_the_old_ones_keep_serving(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("STUN_URLS=stun:old.example.test:3478\n")
+    env_file.chmod(0o600)
+    host = Gunicorn({"ICE_ENV_FILE": str(env_file), "ICE_RATE_LIMIT": "0"}, workers=2, log_path=tmp_path / "host.log").start()
+    try:
+        old = set(host.worker_pids())
+        env_file.write_text("STUN_URLS=stun:new.example.test:3478\n")
+        os.kill(host.process.pid, signal.SIGHUP)
+
+        def kill_new_workers():  # every new worker dies before it is ready, as under an OOM killer
+            if "Reloading: new workers start" not in host.log_path.read_text():
+                return False  # the master still checks the settings and the code in children of its own
+            for pid in host.worker_pids():
+                if pid not in old and b"gunicorn" in _cmdline(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            return host.log_path.read_text().count("Reload failed") >= 2
+
+        wait_until(kill_new_workers, 30, interval=0.005, what="the reload reported as failed")
+        assert host.process.poll() is None  # gunicorn still runs
+        urls = {host.get().json()["iceServers"][0]["urls"][0] for _ in range(12)}
+        assert urls == {"stun:old.example.test:3478"}
+    finally:
+        host.stop()

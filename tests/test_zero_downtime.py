@@ -129,7 +129,9 @@ def commit_healthz_marker(origin, marker):
     """Commit a code change upstream: /healthz names the build."""
     api = origin / "app" / "web" / "views.py"
     text = re.sub(r', "build": "[a-z]+"', "", api.read_text())
-    api.write_text(text.replace('return {"status": "ok"}', f'return {{"status": "ok", "build": "{marker}"}}', 1))
+    marked = text.replace('body = {"status": "ok"}', f'body = {{"status": "ok", "build": "{marker}"}}', 1)
+    assert marked != text
+    api.write_text(marked)
     subprocess.run([*GIT, "-C", str(origin), "commit", "-q", "-am", f"healthz says {marker}"], check=True)
 
 
@@ -237,9 +239,13 @@ def test_pm2_reload_deploy_and_rollback_drop_nothing_and_what_is_bad_never_reach
             master = int(
                 subprocess.run([PM2_BIN / "pm2", "pid", "ice-servers"], env=pm2, capture_output=True, text=True).stdout.split()[-1]
             )
+            before_victim = set(worker_pids(master))
             victim = worker_pids(master)[0]
             os.kill(victim, signal.SIGTERM)  # it finishes its requests and exits (SIGKILL would drop the one in flight)
             wait_until(lambda: len(worker_pids(master)) == 4 and victim not in worker_pids(master), 15, what="a worker respawned")
+            (respawned,) = set(worker_pids(master)) - before_victim
+            # Ready, not just forked: the live tree is broken next, and a worker still importing would import that.
+            wait_until(lambda: f"Worker ready (pid: {respawned})" in pm2_logs(pm2), 15, what="the respawned worker ready")
             wait_until(lambda: healthz(port).get("build") == "second", 10, what="the respawned worker answering")
 
             # Code broken in the live tree itself, then a bare reload: the master checks it first and keeps its workers.

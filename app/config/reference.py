@@ -213,7 +213,7 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
             Variable(
                 "ICE_METRICS_ALLOW",
                 "`127.0.0.0/8,::1/128`",
-                "addresses or networks that may read `/metrics` and the topology in `/readyz`",
+                "addresses or networks that may read `/metrics`, the topology in `/readyz` and the release in `/healthz`",
                 "127.0.0.0/8,::1/128",
             ),
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -19,10 +21,15 @@ def create_blueprint(service: IceService, settings: Settings) -> Blueprint:
     """Build the blueprint around ``service``: health, readiness, metrics and the demo (the credential routes are endpoint.py)."""
     bp = Blueprint("api", __name__)
 
+    release = release_name()
+
     @bp.get("/healthz")
     def healthz():
-        """Say the process runs; touch nothing."""
-        return {"status": "ok"}
+        """Say the process runs, and to ICE_METRICS_ALLOW's addresses which release it runs (deploy.sh checks it); touch nothing."""
+        body = {"status": "ok"}
+        if release and address_allowed(request.remote_addr, settings.metrics_allow):
+            body["release"] = release
+        return body
 
     @bp.get("/readyz")
     def readyz():
@@ -64,6 +71,16 @@ def create_blueprint(service: IceService, settings: Settings) -> Blueprint:
         return response
 
     return bp
+
+
+def release_name() -> str | None:
+    """Return the name of the release this code was loaded from (deploy.sh writes it in RELEASE), or None outside a release."""
+    path = Path(__file__).resolve().parents[2] / "RELEASE"
+    try:
+        name = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if name and len(name) <= 100 and name.isprintable() else None
 
 
 def init_app(app: Flask, service: IceService, settings: Settings) -> None:
