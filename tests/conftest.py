@@ -188,11 +188,11 @@ def redis_url(redis_server):
 
 @pytest.fixture
 def start_host(tmp_path):
-    """Start gunicorn hosts (4 workers) with a given environment; stop them all afterwards."""
+    """Start gunicorn hosts (4 workers unless told) with a given environment; stop them all afterwards."""
     hosts = []
 
-    def start(env, name="host", args=""):
-        host = Gunicorn(env, workers=4, log_path=tmp_path / f"{name}.log", args=args)
+    def start(env, name="host", args="", workers=4):
+        host = Gunicorn(env, workers=workers, log_path=tmp_path / f"{name}.log", args=args)
         hosts.append(host)
         return host.start()
 

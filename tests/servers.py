@@ -256,22 +256,31 @@ class Sample:
 
 
 def run_load(
-    host: Gunicorn, seconds: float, clients: int = 8, samples: list | None = None, stop: threading.Event | None = None
+    host: Gunicorn,
+    seconds: float,
+    clients: int = 8,
+    samples: list | None = None,
+    stop: threading.Event | None = None,
+    addresses: int = 0,
 ) -> list[Sample]:
     """Keep ``clients`` keep-alive clients busy on /api/ice-servers for ``seconds``; return every sample.
 
     ``samples``: a list to append to as they come, and ``stop``: an event that ends the load sooner, for a
-    test that acts on the load's progress.
+    test that acts on the load's progress. ``addresses``: forward that many client addresses in turn
+    (X-Forwarded-For, trusted from loopback), as a proxy in front of many callers would.
     """
     samples = [] if samples is None else samples
     stop_at = time.monotonic() + seconds
+    turns = itertools.count()
 
     def client() -> None:
         with requests.Session() as session:
             while time.monotonic() < stop_at and not (stop is not None and stop.is_set()):
                 sent_at, started = time.time(), time.monotonic()
+                n = next(turns) % addresses if addresses else 0
+                headers = {"X-Forwarded-For": f"198.51.{100 + n // 250}.{n % 250 + 1}"} if addresses else None
                 try:
-                    response = session.get(host.base_url + "/api/ice-servers", timeout=15)
+                    response = session.get(host.base_url + "/api/ice-servers", timeout=15, headers=headers)
                     status, body = response.status_code, response.json()
                 except (requests.RequestException, ValueError):
                     status, body = 0, None

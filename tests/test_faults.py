@@ -210,3 +210,98 @@ def test_retry_after_holds_every_worker_back(start_host, cloudflare, redis_url):
     assert {s.body["source"] for s in samples} == {"static"}
     assert cloudflare.call_count >= 2
     assert min(gaps(cloudflare.calls)) >= cloudflare.retry_after - 0.1
+
+
+def test_a_redis_that_hangs_costs_one_probe_per_process_not_a_wait_per_request(start_host, cloudflare, tmp_path):
+    # Failed before the half-open breaker: every thread retried Redis after each 1 s time-out, at 0.5 s plus a retry
+    # each, and the rate limiter on its own too: about 5 req/s while Redis was stopped, every request over 250 ms.
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        env = app_env(cloudflare.base_url, own_redis.url)
+        del env["ICE_RATE_LIMIT"]  # the default limit, counted in Redis: the first Redis call of every request
+        host = start_host(env, workers=2)
+        assert host.get().json()["source"] == "cloudflare"
+
+        samples: list = []
+        marks: dict[str, float] = {}
+        done = threading.Event()
+
+        def hang():  # redis-server stopped, not killed: connections open, nothing ever answers, as in a partition
+            try:
+                wait_until(lambda: every_worker_holds_a_credential(host.log_path.read_text()), 20, what="every worker served")
+                wait_until(lambda: len(samples) >= 300, 20, what="load before the hang")
+                os.kill(own_redis.process.pid, signal.SIGSTOP)
+                marks["stopped"] = time.time()
+                time.sleep(8)  # the fault's own length
+                os.kill(own_redis.process.pid, signal.SIGCONT)
+                marks["resumed"] = time.time()
+                time.sleep(5)  # and the load goes on after it
+            finally:
+                done.set()
+
+        chaos = threading.Thread(target=hang)
+        chaos.start()
+        run_load(host, 60, clients=16, samples=samples, stop=done, addresses=500)
+        chaos.join()
+
+        assert {s.status for s in samples} == {200}
+        assert {s.body["source"] for s in samples} == {"cloudflare"}  # TURN throughout
+        during = [s for s in samples if marks["stopped"] <= s.sent_at < marks["resumed"]]
+        # A request that waited on Redis took at least its 0.5 s socket timeout: count those (CPU noise cannot make them).
+        waited = [s for s in during if s.latency >= 0.45]
+        assert len(during) >= 1000, f"{len(during)} requests in 8 s"
+        assert len(waited) <= 0.02 * len(during), f"{len(waited)} of {len(during)} waited on Redis"
+        after = [s for s in samples if s.sent_at >= marks["resumed"] + 2]
+        assert len(after) >= 100 and sum(s.latency >= 0.45 for s in after) <= 0.01 * len(after)  # Redis counts again, nobody waits
+        assert cloudflare.call_count == 1
+        # The shared count is back: the rate limit's script runs in Redis again.
+        assert own_redis.client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) > 0
+        log = host.log_path.read_text()
+        assert log.count("Shared cache unavailable") <= 2 and log.count("Redis answers again") >= 1  # once each way per worker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        own_redis.stop()
+
+
+def test_lowering_the_credential_lifetime_replaces_the_old_record_without_a_storm(start_host, cloudflare, redis_url):
+    # Failed before records were ordered by issue: the old, longer-lived record won every put once past its refresh
+    # point, so each refill lost and ran again: 98 upstream calls in 37 s where one was due.
+    old = start_host(app_env(cloudflare.base_url, redis_url, TURN_CREDENTIAL_TTL="150", ICE_CACHE_TTL="6"), "old")
+    first = old.get().json()
+    assert first["ttl"] > 140
+    old.stop()
+
+    host = start_host(app_env(cloudflare.base_url, redis_url, TURN_CREDENTIAL_TTL="60", ICE_CACHE_TTL="30"), "lowered")
+    samples = run_load(host, 12, clients=16)  # the old record crosses its refresh point (6 s) under load
+
+    assert {s.status for s in samples} == {200}
+    assert {s.body["source"] for s in samples} == {"cloudflare"}
+    assert cloudflare.call_count <= 3  # the first, and one refill for the lowered lifetime
+    late = [s for s in samples if s.sent_at > epoch(first["expiresAt"]) - 150 + 8]
+    assert late and all(s.body["ttl"] <= 60 for s in late)  # the shorter grant replaced the older, longer one
+    assert len({sample_username(s) for s in late}) == 1
+
+
+def test_readiness_stays_while_redis_is_down_and_a_credential_is_held(start_host, cloudflare, tmp_path):
+    # Failed before: every instance answered 503 "not ready: redis" while it served TURN, so a Redis blip emptied
+    # every load balancer's pool at once.
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        host = start_host(app_env(cloudflare.base_url, own_redis.url), workers=2)
+        assert host.get().json()["source"] == "cloudflare"
+        own_redis.stop()
+        answers = [host.get() for _ in range(5)]
+        probes = [host.get("/readyz") for _ in range(3)]
+        assert {a.json()["source"] for a in answers} == {"cloudflare"}
+        assert [p.status_code for p in probes] == [200] * 3
+        assert all(p.json()["checks"] == {"redis": "failing", "upstream": "ok"} and p.json()["degraded"] == ["redis"] for p in probes)
+    finally:
+        own_redis.stop()
+
+
+def test_an_instance_with_static_turn_servers_only_is_ready(start_host, redis_url):
+    host = start_host(app_env(None, redis_url, TURN_SERVERS=STATIC), workers=2)
+    assert host.get().json()["source"] == "static"
+    ready = host.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["upstream"] == "ok"

@@ -192,7 +192,8 @@ def test_each_caller_is_one_key_under_its_own_hash_tag_that_expires(own_redis):
 def test_while_redis_fails_each_worker_counts_in_memory_and_says_so_once(caplog):
     limit = RateLimit(rates("3 per minute"), Connection(parse_redis_url("redis://127.0.0.1:1/0")).client)  # the app's client
     assert [limit.hit("a") is None for _ in range(5)] == [True] * 3 + [False] * 2
-    assert caplog.text.count("Rate limit storage unavailable (ConnectionError): counting per worker in memory") == 1
+    assert caplog.text.count("Shared cache unavailable (the rate limit's script: ConnectionError)") == 1
+    assert "counting rate limits in memory" in caplog.text
 
 
 def test_the_script_runs_the_same_step_as_memory(own_redis):

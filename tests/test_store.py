@@ -1,5 +1,6 @@
 """One contract, every store: in-process, fakeredis, and a real redis-server."""
 
+import json
 import socket
 import time
 
@@ -71,6 +72,27 @@ def test_newer_credential_replaces_an_older_one(store):
     store.put(older)
     assert store.put(newer)
     assert store.get() == newer
+
+
+def test_a_shorter_grant_issued_later_replaces_an_older_longer_one(store):
+    # Failed before: the record expiring later won, so a lowered TURN_CREDENTIAL_TTL (or a vendor granting less) lost
+    # every put until the old record expired, and each lost put sent another refill upstream.
+    older_longer, newer_shorter = credential(time.time() - 5, credential_ttl=150), credential(time.time(), credential_ttl=60)
+    assert store.put(older_longer)
+    assert store.put(newer_shorter)
+    assert store.get() == newer_shorter
+    assert not store.put(older_longer)  # and the older one never comes back
+
+
+def test_a_tombstone_wins_over_its_credential_put_back_even_after_a_shorter_grant(store):
+    revoked = credential(time.time() - 5, credential_ttl=150)
+    store.put(revoked)
+    store.revoke(revoked)
+    assert not store.put(revoked)  # a worker's copy of the revoked one
+    assert store.snapshot().revoked is not None
+    replacement = credential(time.time(), credential_ttl=60)
+    assert store.put(replacement) and store.get() == replacement
+    assert not store.put(revoked)
 
 
 def test_one_record_holds_the_credential_past_its_window_until_it_expires(store):
@@ -200,3 +222,23 @@ def test_silent_redis_times_out_within_a_second():
             store.get()
         # One read timeout plus one reconnect-and-retry: about a second, never redis-py's default retries.
         assert time.monotonic() - started < 2.5
+
+
+def test_a_tombstone_written_before_records_were_ordered_by_issue_still_blocks_its_credential(redis_url):
+    store = RedisStore.from_url(redis_url)
+    revoked = credential(time.time() - 5, credential_ttl=150)
+    legacy = json.dumps({"revoked": "u", "expiresAt": revoked.expires_at})  # what the last release wrote: no issuedAt
+    redis.Redis.from_url(redis_url).set(store_key("credential"), legacy, px=60_000)
+    assert store.snapshot().revoked.blocks(revoked)
+    assert not store.put(revoked)
+
+
+def test_an_old_tombstone_keeps_out_its_own_credential_only_so_a_lowered_lifetime_is_no_storm(redis_url):
+    # An old tombstone compared by expiry would refuse every shorter grant, and each refused put would cost a refill.
+    store = RedisStore.from_url(redis_url)
+    revoked = credential(time.time() - 5, credential_ttl=150)
+    legacy = json.dumps({"revoked": "u", "expiresAt": revoked.expires_at})
+    redis.Redis.from_url(redis_url).set(store_key("credential"), legacy, px=150_000)
+    other_user = [{"urls": ["turn:t.example.test:3478"], "username": "v", "credential": "c"}]
+    shorter = new_credential(other_user, "cloudflare", time.time(), 60, 30)
+    assert store.put(shorter) and store.get() == shorter

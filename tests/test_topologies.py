@@ -47,10 +47,10 @@ def test_tls_redis_with_an_acl_user_shares_one_credential(start_host, cloudflare
 
 
 def assert_degraded_with_one_line(host, log_path, cause):
-    """Check: served from the in-process cache, /readyz names redis, one line says why, no secret."""
+    """Check: served from the in-process cache, /readyz names redis (and stays ready), one line says why, no secret."""
     assert {r.json()["source"] for r in concurrent_get(host, 12)} == {"cloudflare"}
     ready = host.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["error"] == "not ready: redis"
+    assert ready.status_code == 200 and ready.json()["degraded"] == ["redis"]
     log = log_path.read_text()
     assert log.count(cause) >= 1
     assert "REDIS_URL (single server at 127.0.0.1" in log  # names Redis, not the URL
@@ -159,3 +159,103 @@ def test_a_demoted_primary_and_a_flushed_script_cache_are_handled(sentinel_group
     redis.Redis(port=sentinel_group.current_primary_port()).script_flush()  # a restart or failover empties it: NOSCRIPT
     older = new_credential(list(credential.ice_servers), "cloudflare", credential.issued_at - 5, 24, 12)
     assert not primary.put(older) and primary.get() == credential  # the script was loaded again, ran, and refused it
+
+
+def stopped(process):
+    """Stop a redis-server with SIGSTOP (it hangs: connections open, nothing answers) until the block ends."""
+    import contextlib
+    import os
+    import signal
+
+    @contextlib.contextmanager
+    def hanging():
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+
+    return hanging()
+
+
+def timed_failure(call) -> float:
+    """Run ``call``, which must fail with StoreUnavailable or a Redis error; return the seconds it took."""
+    from redis.exceptions import RedisClusterException
+
+    from app.core.errors import StoreUnavailable
+
+    started = time.monotonic()
+    with pytest.raises((StoreUnavailable, redis.RedisError, RedisClusterException)):
+        call()
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("topology", ["single", "sentinel", "cluster"])
+def test_a_hanging_redis_costs_one_socket_timeout_per_call_never_a_retry(topology, redis_server, sentinel_group, redis_cluster):
+    # Failed before: redis-py retried a timeout once (1.0 s a call on one server), the cluster client three more times.
+    from app.config.rates import parse_rates
+    from app.config.redis_url import parse_redis_url
+    from app.limits.shared import SharedLimit
+    from app.store.connect import SOCKET_TIMEOUT, Connection
+    from app.store.redis import RedisStore, store_key
+
+    url = {"single": redis_server.url, "sentinel": sentinel_group.url, "cluster": redis_cluster.url}[topology]
+    target = parse_redis_url(url)
+    store, limiter = RedisStore.from_target(target), SharedLimit(Connection(target).client, parse_rates("10 per second"))
+    store.snapshot(), limiter.check("warm")  # connections open and scripts loaded: the hang meets a pooled connection
+    if topology == "single":
+        node = redis_server.process
+    elif topology == "sentinel":
+        node = next(p for p in (sentinel_group.primary, sentinel_group.replica) if p.port == sentinel_group.current_primary_port()).process
+    else:
+        slot_owner = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port).get_node_from_key(store_key("credential"))
+        node = next(n for n in redis_cluster.nodes if n.port == slot_owner.port).process
+    # Each stop lasts under a second: shorter than the sentinels' down-after and the cluster's node timeout.
+    with stopped(node):
+        snapshot_took = timed_failure(store.snapshot)
+    time.sleep(0.3)
+    with stopped(node):
+        check_took = timed_failure(lambda: limiter.check("caller"))
+    assert snapshot_took < SOCKET_TIMEOUT + 0.4, snapshot_took
+    assert check_took < SOCKET_TIMEOUT + 0.4, check_took
+    wait_until(lambda: _answers_again(store), 10, what="redis answering again")
+
+
+def _answers_again(store) -> bool:
+    from app.core.errors import StoreUnavailable
+
+    try:
+        store.snapshot()
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def test_silent_sentinels_cost_one_socket_timeout_each_never_redis_pys_ten_retries():
+    # Failed before: the connections to the sentinels took redis-py's default retry (10 tries with backoff, timeouts
+    # included) and a failed lookup was retried once more: about 9 s for one lookup, 20 s for a call.
+    import socket
+
+    from app.core.errors import StoreUnavailable
+    from app.store.connect import SOCKET_TIMEOUT
+    from app.store.redis import RedisStore
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        store = RedisStore.from_url(f"redis+sentinel://127.0.0.1:{silent.getsockname()[1]}/ice")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.snapshot()
+        assert time.monotonic() - started < 2 * SOCKET_TIMEOUT + 0.4
+        assert "not answering" in store.describe() or "sentinel" in store.describe()
+
+
+def test_a_cluster_down_at_start_is_a_store_failure_not_a_crash():
+    from app.core.errors import StoreUnavailable
+    from app.store.redis import RedisStore
+
+    store = RedisStore.from_url("redis+cluster://127.0.0.1:1,127.0.0.1:2")
+    for call in (store.ping, store.snapshot, lambda: store.read("usage")):
+        with pytest.raises(StoreUnavailable):
+            call()

@@ -173,7 +173,7 @@ class CredentialCache:
             self.copy, mine = None, None  # revoked: never served again, never put back
         if mine is None or mine.source not in self._remote_sources or not mine.is_valid(now):
             return record
-        if record is not None and record.expires_at >= mine.expires_at:
+        if record is not None and record.issued_at >= mine.issued_at:
             return record
         if mine.is_fresh(now) and snapshot.revoked is None:
             # Redis restarted empty, junk was written over the record, or this is our own store now that Redis fails:
@@ -286,7 +286,7 @@ class CredentialCache:
         """Get a credential now into the shared cache, from the first provider that gives one (a local one mints).
 
         The cool-down is ignored (an operator asked) and ended by a success. The new credential
-        expires later than any stored, so put-if-newer makes every worker take it at its next look
+        was issued after any stored, so put-if-newer makes every worker take it at its next look
         at the shared cache. Raises RefreshError.
         """
         local = next((provider for provider in self.providers if not provider.remote), None)

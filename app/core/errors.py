@@ -30,7 +30,16 @@ class UpstreamInvalid(UpstreamError):
 
 
 class StoreUnavailable(Exception):
-    """The shared cache did not answer in time."""
+    """The shared cache did not answer in time, or answered with an error (``answered``: NOPERM, OOM, READONLY...).
+
+    Only the first kind is an outage the circuit breaker keeps callers away from; the second fails
+    that one call (Redis is there and answers at once).
+    """
+
+    def __init__(self, message: str, answered: bool = False):
+        """Keep whether Redis answered beside the one-line message."""
+        super().__init__(message)
+        self.answered = answered
 
 
 class RefreshError(Exception):

@@ -77,18 +77,35 @@ class Credential:
 
 @dataclass(frozen=True)
 class Revoked:
-    """A scope's record after revoke-turn: nothing expiring at or before ``expires_at`` may be served or stored there."""
+    """A scope's record after revoke-turn: the revoked credential, and nothing issued before it, may be served or stored there."""
 
     username: str
-    expires_at: float
+    expires_at: float  # the revoked credential's: the tombstone lives as long as it could be used
+    issued_at: float | None = None  # the revoked credential's; None in a tombstone written before records were ordered by issue
 
     def to_json(self) -> str:
         """Serialize for the shared cache."""
-        return json.dumps({"revoked": self.username, "expiresAt": self.expires_at}, separators=(",", ":"))
+        return json.dumps({"revoked": self.username, "issuedAt": self.issued_at, "expiresAt": self.expires_at}, separators=(",", ":"))
 
     def blocks(self, credential: Credential) -> bool:
-        """Tell whether ``credential`` is the revoked one, or one no newer than it."""
-        return credential.username == self.username or credential.expires_at <= self.expires_at
+        """Tell whether ``credential`` is the revoked one, or one issued no later than it (an old tombstone: its own only)."""
+        if credential.username == self.username:
+            return True
+        return self.issued_at is not None and credential.issued_at <= self.issued_at
+
+
+def keeps_place(held: Credential | Revoked, credential: Credential) -> bool:
+    """Tell whether the record ``held`` stays against ``credential`` (app/store/redis.py's put-if-newer says the same in Lua).
+
+    Records are ordered by when they were issued, not by when they expire: a shorter grant (a
+    lowered TURN_CREDENTIAL_TTL, another vendor) replaces an older, longer one, while a late writer
+    never replaces a credential issued after its own; a tombstone wins a tie (the revoked credential,
+    put back by a worker's copy, was issued exactly then). A tombstone of before this order keeps out its own
+    credential only: compared by expiry, it would refuse every shorter grant after a lowered lifetime.
+    """
+    if isinstance(held, Revoked) and held.issued_at is None:
+        return held.username == credential.username
+    return held.issued_at > credential.issued_at or (held.issued_at == credential.issued_at and isinstance(held, Revoked))
 
 
 def parse_record(raw: str | bytes | None) -> Credential | Revoked | None:
@@ -98,8 +115,10 @@ def parse_record(raw: str | bytes | None) -> Credential | Revoked | None:
     try:
         data = json.loads(raw)
         if isinstance(data, dict) and "revoked" in data:
-            revoked = Revoked(str(data["revoked"]), float(data["expiresAt"]))
-            return revoked if math.isfinite(revoked.expires_at) else None
+            issued_at = data.get("issuedAt")
+            revoked = Revoked(str(data["revoked"]), float(data["expiresAt"]), None if issued_at is None else float(issued_at))
+            finite = math.isfinite(revoked.expires_at) and (revoked.issued_at is None or math.isfinite(revoked.issued_at))
+            return revoked if finite else None
     except (ValueError, KeyError, TypeError):
         return None
     return Credential.from_json(raw)

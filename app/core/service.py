@@ -35,6 +35,7 @@ from app.core.urls import UrlPolicy
 DEGRADED_TTL = 60  # seconds a caller without a TURN credential should wait before asking again
 MAX_USERS = 10_000  # per-user caches one process keeps in memory (the shared cache holds them all)
 READINESS_REUSE = 1.0  # seconds a /readyz result is reused: probes from many balancers cost one check a second
+READY_ON = "upstream"  # the readiness check that decides: TURN can be handed out (a failing Redis is only reported)
 CLOUDFLARE = "cloudflare"  # the source the egress ceiling caps
 
 
@@ -147,7 +148,7 @@ class IceService:
         self._users: OrderedDict[tuple[str, bool], CredentialCache] = OrderedDict()
         self._users_mutex = threading.Lock()
         self._max_users = max_users
-        self._readiness: tuple[float, dict[str, bool], str] | None = None  # (reuse until, checks, topology)
+        self._readiness: tuple[float, bool, dict[str, bool], str] | None = None  # (reuse until, ready, checks, topology)
 
     def cache(self, user: str | None = None, capped: bool = False) -> CredentialCache:
         """Return the cache of ``user`` (an opaque identifier), or the shared one; ``capped``: without Cloudflare."""
@@ -210,29 +211,39 @@ class IceService:
         """Tell whether the month's TURN egress is past ICE_EGRESS_LIMIT_GB (never without a guard)."""
         return self.egress is not None and self.egress.over()
 
-    def readiness(self) -> tuple[dict[str, bool], str]:
-        """Return the readiness checks and the topology, reused for READINESS_REUSE seconds (a probe costs Redis calls)."""
+    def readiness(self) -> tuple[bool, dict[str, bool], str]:
+        """Return whether TURN can be handed out, the checks and the topology, reused for READINESS_REUSE seconds.
+
+        Ready: the ``upstream`` check passes, or static TURN_SERVERS serve while it fails (named in the checks all the same).
+        """
         now = self._clock()
         held = self._readiness
         if held is not None and now < held[0]:
-            return held[1], held[2]
+            return held[1], held[2], held[3]
         checks, topology = self._check_readiness(), self.topology()
-        self._readiness = (now + READINESS_REUSE, checks, topology)
-        return checks, topology
+        ready = checks[READY_ON] or bool(self.turn_servers)
+        self._readiness = (now + READINESS_REUSE, ready, checks, topology)
+        return ready, checks, topology
 
     def _check_readiness(self) -> dict[str, bool]:
-        """Check that the shared cache answers and that a valid TURN credential is held or can be had.
+        """Check that the shared cache answers, and that a provider's TURN can be handed out (``upstream``).
 
-        With per-user credentials there is no one credential to hold: the upstream counts as ready
-        while a provider is configured and no failure run is under way (or a local provider mints).
+        The upstream passes while a valid credential is held or can be had (with Redis failing too:
+        this process's own copy serves). With per-user
+        credentials there is no one credential to hold: a provider configured and no failure run
+        under way (or a local provider, which always mints). A failing Redis alone is reported, not
+        fatal: it fails for every instance at once, and taking them all out of service would turn
+        a dependency the service rides out into an outage.
         """
         try:
-            self.store.ping()
-            snapshot, store_answers = self.store.snapshot(), True
+            self.policy.shared.ping()
+            snapshot, store_answers = self.policy.shared.snapshot(), True
         except StoreUnavailable:
             snapshot, store_answers = None, False
         if self.over_limit():  # a policy, not an outage: the next provider or the fallback serves
             return {"redis": store_answers, "upstream": True}
+        if not self.providers:  # nothing to ask: TURN_SERVERS are the TURN it hands out, or there is none (STUN only)
+            return {"redis": store_answers, "upstream": bool(self.turn_servers)}
         if not self.per_user:
             return {"redis": store_answers, "upstream": self.credential() is not None}
         local = any(not provider.remote for provider in self.providers)
@@ -246,7 +257,7 @@ class IceService:
 
     def topology(self) -> str:
         """Name the shared cache's topology and state, for /readyz and ice-status."""
-        return self.store.describe()
+        return self.policy.shared.describe()
 
     def _fallback(self, now: float) -> Answer:
         """Answer without a TURN credential: TURN_SERVERS, else STUN only; ``ttl`` is a hint of when to ask again."""

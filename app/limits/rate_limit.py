@@ -3,8 +3,10 @@
 One script call per request (shared.py); Retry-After is what the algorithm says is left. A refusal
 moves nothing in GCRA, so until the wait it named has passed Redis would refuse that caller again:
 each worker remembers it and refuses at once, and a flood costs Redis one call per wait, not one per
-request. While Redis fails, each worker runs the same algorithm in memory (gcra.MemoryLimit) and
-tries Redis again after a second; the change is logged once each way.
+request. While Redis fails, each worker runs the same algorithm in memory (gcra.MemoryLimit): the
+process's circuit breaker (app/core/breaker.py, shared with the credential store) keeps every request
+off Redis during its time-out, then lets one request probe it while the others count in memory. The
+change is logged once each way, by the breaker.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError, TryAgainError
 
 from app.config.rates import Rate
+from app.core.breaker import CircuitBreaker
 from app.limits.gcra import MemoryLimit
 from app.limits.shared import SharedLimit
 
-SHARED_RETRY_AFTER = 1.0  # seconds a failed Redis is left alone before the shared count is tried again
 REFUSED_MEMORY = 10_000  # callers whose refusal one worker remembers at most
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between warnings that Redis refuses the script (NOPERM, OOM)
 
 log = logging.getLogger("ice_servers")
 
@@ -46,10 +49,12 @@ class RateLimit:
         client=None,
         message: str = "too many requests",
         clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
     ):
         """Take the parsed rates; ``client``: the Redis client to count in (None: each worker counts in memory).
 
         ``clock``: this process's monotonic seconds (a stepped wall clock moves nothing here; Redis counts on its own TIME).
+        ``breaker``: the process's circuit breaker in front of Redis, shared with the credential store (one of its own if None).
         """
         self.rates = tuple(rates)
         self._clock = clock
@@ -57,33 +62,41 @@ class RateLimit:
         self._refused_mutex = threading.Lock()
         self._shared = SharedLimit(client, self.rates) if client is not None else None
         self._memory = MemoryLimit(self.rates)
-        self._shared_down_until = 0.0
-        self._shared_down = False
+        self._breaker = breaker or CircuitBreaker(clock=clock)
+        self._refusal_logged_at = float("-inf")
         self._body = json.dumps({"error": message, "status": 429}).encode()
 
     def hit(self, key: str) -> Refusal | None:
         """Count one request of ``key``; return None to admit it, else its 429."""
         now = self._clock()
-        if self._shared is not None and now >= self._shared_down_until:
+        if self._shared is not None:
             refused_until = self._refused.get(key)
             if refused_until is not None and now < refused_until:
                 return self._refusal((refused_until - now) * 1000)
-            try:
-                refused, wait_ms = self._shared.check(key)
-                if self._shared_down:
-                    self._shared_down = False
-                    log.info("Rate limits are counted in the shared cache again")
-            except (RedisError, RedisClusterException) as exc:
-                if not self._shared_down:
-                    log.warning("Rate limit storage unavailable (%s): counting per worker in memory meanwhile", type(exc).__name__)
-                self._shared_down, self._shared_down_until = True, now + SHARED_RETRY_AFTER
-            else:
-                if refused is None:
-                    return None
-                self._remember(key, now + wait_ms / 1000)  # Redis decided after ``now``: never past its own answer
-                return self._refusal(wait_ms)
+            if self._breaker.allow():  # closed; or this request is the one probe of a Redis in its time-out
+                try:
+                    refused, wait_ms = self._shared.check(key)
+                except (RedisError, RedisClusterException) as exc:
+                    if isinstance(exc, ResponseError) and not isinstance(exc, ClusterError | TryAgainError):
+                        self._breaker.succeeded()  # Redis answered (NOPERM, OOM...): it is there; this request counts in memory
+                        self._refused_by_redis(exc, now)
+                    else:
+                        self._breaker.failed(f"the rate limit's script: {type(exc).__name__}")
+                else:
+                    self._breaker.succeeded()
+                    if refused is None:
+                        return None
+                    self._remember(key, now + wait_ms / 1000)  # Redis decided after ``now``: never past its own answer
+                    return self._refusal(wait_ms)
         refused, wait_ms = self._memory.check(key, now * 1000)
         return None if refused is None else self._refusal(wait_ms)
+
+    def _refused_by_redis(self, exc: ResponseError, now: float) -> None:
+        """Say, at most once a minute, that Redis refuses the rate limit's script (an ACL or a full Redis): counted per worker."""
+        if now >= self._refusal_logged_at + REFUSAL_LOG_INTERVAL:
+            self._refusal_logged_at = now
+            first_word = (str(exc).split() or [type(exc).__name__])[0][:20]
+            log.warning("Redis refuses the rate limit's script (%s): counting per worker in memory meanwhile", first_word)
 
     def _remember(self, key: str, until: float) -> None:
         """Refuse ``key`` without asking Redis until ``until``; past REFUSED_MEMORY callers, the oldest refusal is forgotten."""

@@ -7,10 +7,11 @@ Per scope (the shared credential, one user's, or either "capped" past the egress
   that does not parse, or a key of another Redis type, is a miss, never an error. The record
   expires with its credential; callers still check validity (clocks drift).
 - ``get()`` returns the record's credential, or None.
-- ``put(credential)`` stores it unless the record expires later (a late writer never replaces a
-  newer credential) or is a tombstone expiring as late (a revoked one is never put back), in one
-  atomic step; it tells whether it did.
-- ``revoke(credential)`` leaves a tombstone in its place, unless a newer credential is there already.
+- ``put(credential)`` stores it unless the record was issued later (a late writer never replaces a
+  newer credential; a shorter grant issued later does replace an older, longer one) or is the
+  tombstone of one issued as late (a revoked one is never put back), in one atomic step; it tells
+  whether it did.
+- ``revoke(credential)`` leaves a tombstone in its place, unless a credential issued later is there already.
 - ``acquire_lock(ttl)`` returns a token or None; the lock expires by itself, so that a dead holder
   cannot block the fleet; ``release_lock(token)`` deletes it only if the token still owns it.
 - ``start_cooldown(seconds)`` and ``clear_failures()``: one cool-down for every scope, since the

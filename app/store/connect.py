@@ -16,12 +16,36 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from app.config.redis_url import RedisTarget
 
-SOCKET_TIMEOUT = 0.5  # seconds; a slow Redis must not hold a request longer than the upstream would
-CLUSTER_RETRIES = 3  # MOVED, TRYAGAIN and CLUSTERDOWN retried a few times, a few ms apart: within a request's budget
+SOCKET_TIMEOUT = 0.5  # seconds, on the connect and on every command: a Redis that hangs costs one of these, never more
+CLUSTER_RETRIES = 3  # a refused connection and CLUSTERDOWN retried a few times, a few ms apart: within a request's budget
+
+
+class ReconnectOnce(Retry):
+    """One immediate reconnect on a refused or dropped connection (a restarted server, a failed-over primary).
+
+    Never a retry on a timeout: a Redis that accepts connections but never answers (stopped,
+    partitioned, in a long fork) would cost a second timeout for nothing; redis-py's default retries
+    timeouts too. Nor on a failed Sentinel lookup (a ConnectionError too): it asked every sentinel already.
+    """
+
+    def __init__(self):
+        """Retry a connection error once, at once."""
+        super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        """Run ``do``, retrying as above."""
+
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, MasterNotFoundError) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+RECONNECT_ONCE = ReconnectOnce()
 
 
 def connection_options(target: RedisTarget) -> dict:
@@ -40,7 +64,13 @@ def connection_options(target: RedisTarget) -> dict:
 
 def sentinel_options(target: RedisTarget) -> dict:
     """Return what connections to the sentinels take: their own password (never Redis's), timeouts, TLS."""
-    options = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT, "password": target.sentinel_password}
+    # No retry at all: a lookup asks each sentinel in turn already, and a silent one costs one timeout, not redis-py's ten.
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "password": target.sentinel_password,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if target.tls:
         options.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True)
         if target.ca_file:
@@ -56,7 +86,7 @@ class Connection:
         self.target = target
         self._sentinel: Sentinel | None = None
         options = connection_options(target)
-        once = Retry(NoBackoff(), 1)  # one immediate reconnect: a restarted server, a failed-over primary
+        once = RECONNECT_ONCE
         if target.topology == "single":
             host, port = target.nodes[0]
             self.client = redis.Redis(host=host, port=port, db=target.db, ssl=target.tls, retry=once, **options)
@@ -68,10 +98,12 @@ class Connection:
         else:
             nodes = [ClusterNode(host, port) for host, port in target.nodes]
             retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), CLUSTER_RETRIES)
-            self.client = LazyClient(lambda: RedisCluster(startup_nodes=nodes, ssl=target.tls, retry=retry, **options))
+            self.client = LazyClient(lambda: Cluster(startup_nodes=nodes, ssl=target.tls, retry=retry, **options))
 
-    def describe(self) -> str:
-        """Name the topology and its state: the current primary behind Sentinel, the cluster's state."""
+    def describe(self, ask: bool = True) -> str:
+        """Name the topology and its state: the current primary behind Sentinel, the cluster's state (``ask``: from Redis)."""
+        if not ask:
+            return f"{self.target.topology}: {self.target.describe()}"
         try:
             if self._sentinel is not None:
                 host, port = self._sentinel.discover_master(self.target.service)
@@ -82,6 +114,16 @@ class Connection:
         except (redis.RedisError, RedisClusterException) as exc:
             return f"{self.target.topology}: not answering ({type(exc).__name__})"
         return f"{self.target.topology}: {self.target.describe()}"
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, but a timeout is never retried (a hung node costs one socket timeout, as elsewhere).
+
+    Its pipelines re-send every command that failed, one by one, whatever this class allows: the store
+    uses none on a cluster (app/store/redis.py reads one by one and writes with scripts).
+    """
+
+    ERRORS_ALLOW_RETRY = tuple(error for error in RedisCluster.ERRORS_ALLOW_RETRY if error is not redis.TimeoutError)
 
 
 class LazyClient:
@@ -98,7 +140,7 @@ class LazyClient:
         return Script(self, script.encode())
 
     def __getattr__(self, name: str):
-        """Build the client if need be, then hand over the attribute."""
+        """Build the client if need be, then hand over the attribute; while no node answers, a method that raises ConnectionError."""
         client = self._client
         if client is None:
             with self._mutex:
@@ -106,6 +148,11 @@ class LazyClient:
                     try:
                         self._client = self._build()
                     except RedisClusterException as exc:  # no startup node answered: a connection failure for the caller
-                        raise redis.ConnectionError(f"no cluster node answered ({type(exc).__name__})") from None
+                        failure = f"no cluster node answered ({type(exc).__name__})"
+
+                        def unavailable(*args, **kwargs):
+                            raise redis.ConnectionError(failure)
+
+                        return unavailable  # raised when called, inside the caller's handling of Redis errors
                 client = self._client
         return getattr(client, name)

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.core.ice import Credential, Revoked
+from app.core.ice import Credential, Revoked, keeps_place
 from app.core.ports import Snapshot
 
 SCOPES_PRUNE_AT = 1024  # in-process scopes held before those whose record expired are dropped
@@ -44,7 +44,7 @@ class MemoryStore:
         """Name the store."""
         return "MemoryStore()"
 
-    def describe(self) -> str:
+    def describe(self, ask: bool = True) -> str:
         """Name the store."""
         return "in-process: each worker holds its own (REDIS_URL is not set)"
 
@@ -71,22 +71,20 @@ class MemoryStore:
         )
 
     def put(self, credential: Credential) -> bool:
-        """Store ``credential`` unless the record expires later, or is a tombstone expiring as late."""
+        """Store ``credential`` unless the record was issued later, or is the tombstone of one issued as late (ice.keeps_place)."""
         with self._mutex:
             held = self._held(self._clock())
-            if held is not None and (
-                held.expires_at > credential.expires_at or (isinstance(held, Revoked) and held.expires_at == credential.expires_at)
-            ):
+            if held is not None and keeps_place(held, credential):
                 return False
             self._record = credential
             return True
 
     def revoke(self, credential: Credential) -> None:
-        """Leave a tombstone in the place of ``credential``, unless a newer one is there."""
+        """Leave a tombstone in the place of ``credential``, unless one issued later is there."""
         with self._mutex:
             held = self._held(self._clock())
-            if held is None or (held.expires_at <= credential.expires_at and not isinstance(held, Revoked)):
-                self._record = Revoked(credential.username or "", credential.expires_at)
+            if held is None or not keeps_place(held, credential):  # what put-if-newer decides for the tombstone in Redis
+                self._record = Revoked(credential.username or "", credential.expires_at, credential.issued_at)
 
     def acquire_lock(self, ttl: float) -> str | None:
         """Take the lock for ``ttl`` seconds; return its token, or None if it is held."""

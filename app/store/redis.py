@@ -32,20 +32,36 @@ FLEET_TAG = "fleet"  # the hash tag of what every scope shares: the cool-down, n
 
 FAILURES_MEMORY = 3600  # seconds a run of upstream failures is remembered, for the backoff exponent
 
-# KEYS: the scope's record. ARGV: the entry, its expiresAt, its PX, "put" or "revoke". A record expiring later wins
-# (a late writer never replaces a newer credential); a tombstone also wins a tie (the revoked credential, put back by a
-# worker's copy, expires exactly as late), and a revoke wins a tie over the credential it revokes. A key of another
-# type is replaced.
+# KEYS: the scope's record. ARGV: the entry, its issuedAt, its expiresAt, its PX, its TURN username. Records are ordered
+# by when they were issued (app/core/ice.py's keeps_place says the same in Python): a late writer never replaces a
+# credential issued after its own, a shorter grant issued later replaces an older, longer one, and a tombstone wins a tie
+# (the revoked credential, put back by a worker's copy, was issued exactly then). A tombstone written before this order
+# (no issuedAt) keeps out its own credential only, by username: compared by expiry, it would refuse every shorter grant
+# after a lowered TURN_CREDENTIAL_TTL. A key of another type, or junk, is replaced.
 _PUT_IF_NEWER = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, entry = pcall(cjson.decode, current)
-  local held = ok and type(entry) == 'table' and tonumber(entry['expiresAt'])
-  if held and (held > tonumber(ARGV[2]) or (held == tonumber(ARGV[2]) and entry['revoked'] ~= nil)) then return 0 end
+  if ok and type(entry) == 'table' then
+    local held, new = tonumber(entry['issuedAt']), tonumber(ARGV[2])
+    if held and (held > new or (held == new and entry['revoked'] ~= nil)) then return 0 end
+    local expires = tonumber(entry['expiresAt'])
+    local finite = expires and expires == expires and expires > -math.huge and expires < math.huge
+    if not held and finite and entry['revoked'] ~= nil and entry['revoked'] == ARGV[5] then return 0 end
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: the cool-down, the failure count. ARGV: the cool-down's PX, the count's memory in seconds. One call, so a Redis
+# that hangs costs one socket timeout (a cluster pipeline re-sends each failed command once more on its own).
+_START_COOLDOWN = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('INCRBY', KEYS[2], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -65,16 +81,16 @@ class RedisStore:
         self._redis = client
         self._clock = clock
         self.connection: Connection | None = connection
-        self._put_if_newer, self._release_if_owner = _scripts or (
-            client.register_script(_PUT_IF_NEWER),
-            client.register_script(_RELEASE_IF_OWNER),
-        )
+        self._scripts = _scripts or tuple(client.register_script(script) for script in (_PUT_IF_NEWER, _RELEASE_IF_OWNER, _START_COOLDOWN))
+        self._put_if_newer, self._release_if_owner, self._start_cooldown = self._scripts
+        # A cluster pipeline re-sends each command that timed out, one by one: on a cluster the snapshot reads one by one.
+        self._one_by_one = connection is not None and connection.target.topology == "cluster"
         self._keys = {name: store_key(name, scope) for name in ("credential", "lock")}
         self._keys.update({name: store_key(name, None) for name in ("cooldown", "failures")})
 
     def scoped(self, scope: str) -> RedisStore:
         """Return the store of another scope: its own record and lock, the shared cool-down."""
-        return RedisStore(self._redis, self._clock, scope, (self._put_if_newer, self._release_if_owner), self.connection)
+        return RedisStore(self._redis, self._clock, scope, self._scripts, self.connection)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -87,9 +103,9 @@ class RedisStore:
         connection = Connection(target)
         return cls(connection.client, connection=connection)
 
-    def describe(self) -> str:
-        """Name the topology and its state (the primary behind Sentinel, the cluster's state)."""
-        return self.connection.describe() if self.connection is not None else "single: a client given by the caller"
+    def describe(self, ask: bool = True) -> str:
+        """Name the topology and its state (the primary behind Sentinel, the cluster's state; ``ask``: from Redis, else as configured)."""
+        return self.connection.describe(ask) if self.connection is not None else "single: a client given by the caller"
 
     def __repr__(self) -> str:
         """Name the store without the URL, which may carry a password."""
@@ -108,16 +124,19 @@ class RedisStore:
         return self.snapshot().credential
 
     def snapshot(self) -> Snapshot:
-        """Read the record, the cool-down and the failure count in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(self._keys["credential"])
-        pipe.pttl(self._keys["cooldown"])
-        pipe.get(self._keys["failures"])
-        # raise_on_error=False leaves a WRONGTYPE error in its slot (a miss); I/O errors still raise.
-        raw, cooldown_ms, failures = results = self._call(pipe.execute, raise_on_error=False)
+        """Read the record, the cool-down and the failure count in one round trip (one by one on a cluster)."""
+        if self._one_by_one:
+            results = [self._call(_or_error, call, *args) for call, args in self._reads()]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for call, args in self._reads(pipe):
+                call(*args)
+            # raise_on_error=False leaves a WRONGTYPE error in its slot (a miss); I/O errors still raise.
+            results = self._call(pipe.execute, raise_on_error=False)
+        raw, cooldown_ms, failures = results
         for result in results:
             if isinstance(result, Exception) and not _wrong_type(result):  # NOPERM, READONLY...: not a miss
-                raise StoreUnavailable(_describe(result))
+                raise StoreUnavailable(_describe(result), answered=isinstance(result, redis.ResponseError))
         record = parse_record(raw) if isinstance(raw, bytes | str) else None
         return Snapshot(
             credential=record if isinstance(record, Credential) else None,
@@ -126,20 +145,30 @@ class RedisStore:
             failures=(parse_digits(failures) or 0) if isinstance(failures, bytes) else 0,
         )
 
+    def _reads(self, client=None):
+        """Return the snapshot's three reads, as (call, args), on ``client`` (a pipeline) or the client."""
+        client = client or self._redis
+        return [
+            (client.get, (self._keys["credential"],)),
+            (client.pttl, (self._keys["cooldown"],)),
+            (client.get, (self._keys["failures"],)),
+        ]
+
     def put(self, credential: Credential) -> bool:
-        """Store ``credential`` unless the record expires later (or is its tombstone); tell whether it was stored."""
-        return self._write(credential.to_json(), credential.expires_at, "put")
+        """Store ``credential`` unless the record was issued later (or is its tombstone); tell whether it was stored."""
+        return self._write(credential.to_json(), credential)
 
     def revoke(self, credential: Credential) -> None:
-        """Leave a tombstone in the place of ``credential`` (unless a newer one is there): it is never served or put back."""
-        self._write(Revoked(credential.username or "", credential.expires_at).to_json(), credential.expires_at, "revoke")
+        """Leave a tombstone in the place of ``credential`` (unless one issued later is there): it is never served or put back."""
+        self._write(Revoked(credential.username or "", credential.expires_at, credential.issued_at).to_json(), credential)
 
-    def _write(self, entry: str, expires_at: float, mode: str) -> bool:
-        """Run the put-if-newer script; an entry already expired is not written."""
-        ttl_ms = int((expires_at - self._clock()) * 1000)
+    def _write(self, entry: str, credential: Credential) -> bool:
+        """Run the put-if-newer script for ``credential``'s record; an entry already expired is not written."""
+        ttl_ms = int((credential.expires_at - self._clock()) * 1000)
         if ttl_ms <= 0:
             return False
-        return bool(self._call(self._put_if_newer, keys=[self._keys["credential"]], args=[entry, repr(expires_at), ttl_ms, mode]))
+        args = [entry, repr(credential.issued_at), repr(credential.expires_at), ttl_ms, credential.username or ""]
+        return bool(self._call(self._put_if_newer, keys=[self._keys["credential"]], args=args))
 
     def acquire_lock(self, ttl: float) -> str | None:
         """Take the refill lock for ``ttl`` seconds; return its token, or None if it is held."""
@@ -153,11 +182,8 @@ class RedisStore:
 
     def start_cooldown(self, seconds: float) -> None:
         """Start a cool-down of ``seconds`` and count one more failure in a row."""
-        pipe = self._redis.pipeline()
-        pipe.set(self._keys["cooldown"], "1", px=max(1, int(seconds * 1000)))
-        pipe.incr(self._keys["failures"])
-        pipe.expire(self._keys["failures"], FAILURES_MEMORY)
-        self._call(pipe.execute)
+        keys = [self._keys["cooldown"], self._keys["failures"]]
+        self._call(self._start_cooldown, keys=keys, args=[max(1, int(seconds * 1000)), FAILURES_MEMORY])
 
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""
@@ -177,17 +203,32 @@ class RedisStore:
         return bool(self._call(self._redis.set, store_key(name, None), "1", nx=True, px=max(1, int(ttl * 1000))))
 
     def _call(self, function, *args, **kwargs):
-        """Run one Redis call, turning its failures into StoreUnavailable."""
+        """Run one Redis call, turning its failures into StoreUnavailable (``answered``: Redis refused it, it is there)."""
         try:
             return function(*args, **kwargs)
         except (redis.RedisError, RedisClusterException) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
+            raise StoreUnavailable(_describe(exc), answered=answered(exc)) from None
+
+
+def _or_error(call, *args):
+    """Run one read; a key of another type is its WRONGTYPE error in its slot, as in a pipeline without raise_on_error."""
+    try:
+        return call(*args)
+    except redis.ResponseError as exc:
+        if _wrong_type(exc):
+            return exc
+        raise
 
 
 def store_key(name: str, scope: str | None = "") -> str:
     """Return the Redis key of ``name`` in ``scope`` ("": the shared credential; None: the fleet's keys)."""
     tag = FLEET_TAG if scope is None else scope or SHARED_TAG
     return f"{KEY_PREFIX}{{{tag}}}:{name}"
+
+
+def answered(exc: Exception) -> bool:
+    """Tell whether a Redis error is an answer (NOPERM, OOM, READONLY, a script's error), not a Redis that is away."""
+    return isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.TryAgainError)
 
 
 def _wrong_type(exc: Exception) -> bool:

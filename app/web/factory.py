@@ -11,6 +11,7 @@ from app.access.gates import Gate, jwt_gate, open_gate, origin_gate, token_gate
 from app.access.identity import UserIds
 from app.config import ConfigError, Settings, env_file_problem, load_settings
 from app.config.rates import parse_rates
+from app.core.breaker import CircuitBreaker
 from app.core.errors import StoreUnavailable
 from app.core.service import IceService
 from app.core.store_policy import StorePolicy
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     app.config["ICE_DEMO"] = settings.demo
     service = service or build_service(settings, PrometheusRecorder())
     app.extensions["ice_service"] = service
+    breaker = service.policy.breaker  # one per process, in front of Redis for the store and the rate limits alike
     user_ids = UserIds(settings.user_id_secret)
     app.extensions["ice_user_ids"] = user_ids  # the CLI names users as the gate does
     views.init_app(app, service, settings)
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         app.wsgi_app,
         service,
         build_gate(settings, user_ids),
-        rate_limit=build_rate_limit(settings),
+        rate_limit=build_rate_limit(settings, breaker),
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
         per_user=settings.credential_scope == "user",
         count_users=settings.access_mode == "jwt",
@@ -112,11 +114,14 @@ def build_verifier(settings: Settings):
 def build_service(settings: Settings, recorder: PrometheusRecorder | None = None) -> IceService:
     """Build the store and providers that ``settings`` name, warning loudly about unsafe defaults."""
     recorder = recorder or PrometheusRecorder()
+    breaker = CircuitBreaker(recorder=recorder)
     if settings.redis:
         store = RedisStore.from_target(settings.redis)
         try:
             store.ping()
         except StoreUnavailable as exc:
+            if not exc.answered:
+                breaker.failed(str(exc))  # the first requests go on without waiting on it, and one probes a second later
             log.warning(
                 "REDIS_URL (%s) does not answer (%s): starting anyway, each worker caching alone until it does",
                 settings.redis.describe(),
@@ -139,7 +144,7 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
             "and TURN_URLS): serving %s. Calls behind strict NATs will fail: fine for development, not for production.",
             "the static TURN_SERVERS" if settings.turn_servers else "public STUN only",
         )
-    policy = StorePolicy(store, recorder=recorder)
+    policy = StorePolicy(store, recorder=recorder, breaker=breaker)
     return IceService(
         store,
         providers,
@@ -152,11 +157,11 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
         egress=build_egress_guard(settings, policy, recorder),
         url_policy=UrlPolicy(settings.turn_transports, settings.max_urls),
         recorder=recorder,
-        mint_budget=build_mint_budget(settings),
+        mint_budget=build_mint_budget(settings, breaker),
     )
 
 
-def build_mint_budget(settings: Settings):
+def build_mint_budget(settings: Settings, breaker: CircuitBreaker | None = None):
     """Build the fleet's budget of per-user mints (ICE_USER_MINT_RATE), counted in Redis like the rate limit; None: no budget.
 
     A burst of sign-ups would otherwise send Cloudflare a generate call per new user at once, and
@@ -165,7 +170,7 @@ def build_mint_budget(settings: Settings):
     if settings.credential_scope != "user" or not settings.user_mint_rate:
         return None
     client = Connection(settings.redis).client if settings.redis else None
-    budget = RateLimit(parse_rates(settings.user_mint_rate), client)
+    budget = RateLimit(parse_rates(settings.user_mint_rate), client, breaker=breaker)
     return lambda: budget.hit("mints") is None
 
 
@@ -178,7 +183,7 @@ def build_egress_guard(settings: Settings, policy: StorePolicy, recorder: Promet
     return EgressGuard(analytics, policy, limit, interval, closed, recorder=recorder)
 
 
-def build_rate_limit(settings: Settings) -> RateLimit | None:
+def build_rate_limit(settings: Settings, breaker: CircuitBreaker | None = None) -> RateLimit | None:
     """Build ICE_RATE_LIMIT's check, counted in the Redis REDIS_URL names (same topology, user and CA as the cache).
 
     Every request is counted by its address first; in jwt mode a verified user is counted too, by
@@ -192,7 +197,7 @@ def build_rate_limit(settings: Settings) -> RateLimit | None:
     else:
         log.warning("ICE_RATE_LIMIT is counted per worker in memory because REDIS_URL is not set")
     message = "too many requests" if settings.access_mode == "jwt" else "too many requests from this address"
-    return RateLimit(parse_rates(settings.rate_limit), client, message)
+    return RateLimit(parse_rates(settings.rate_limit), client, message, breaker=breaker)
 
 
 def warn_if_env_file_is_readable(path: str | None) -> None:

@@ -33,20 +33,26 @@ def create_blueprint(service: IceService, settings: Settings) -> Blueprint:
 
     @bp.get("/readyz")
     def readyz():
-        """Say whether the shared cache answers and a TURN credential is held or can be had.
+        """Say whether this instance can hand out TURN (200) or not (503), naming every check and each one failing.
 
-        Anyone gets the status and the names of the checks (a load balancer's health check); only the
-        addresses in ICE_METRICS_ALLOW also get the topology, which names Redis's hosts and ports.
+        Ready means TURN can be handed out: a valid credential held or to be had, or static
+        TURN_SERVERS. A failing Redis (or a failing provider beside TURN_SERVERS) leaves the instance
+        ready and is named in the body as degraded: Redis fails for every instance at once. Anyone gets the status
+        and the checks (a load balancer's probe); only the addresses in ICE_METRICS_ALLOW also get
+        the topology, which names Redis's hosts and ports.
         """
-        checks, topology = service.readiness()
+        ready, checks, topology = service.readiness()
         failing = [name for name, ok in checks.items() if not ok]
-        body = {"status": 503 if failing else 200, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
+        status = 200 if ready else 503
+        body = {"status": status, "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()}}
         if address_allowed(request.remote_addr, settings.metrics_allow):
             body["topology"] = topology
-        if failing:
+        if status != 200:
             body["error"] = f"not ready: {', '.join(failing)}"
+        elif failing:
+            body["degraded"] = failing
         response = current_app.json.response(body)
-        response.status_code = body["status"]
+        response.status_code = status
         return response
 
     @bp.get("/metrics")
