@@ -208,10 +208,12 @@ if [ -n "$current" ] && [ "$current" != "$new" ]; then
 fi
 say "current release: ${new#releases/}"
 
-# Keep the current, the previous and the newest KEEP_RELEASES others.
+# Keep the current, the previous and the newest KEEP_RELEASES others (the two links are not counted among them).
 keep=$(printf '%s\n%s\n' "$(readlink "$APP_DIR/current")" "$(readlink "$APP_DIR/previous" 2>/dev/null || true)")
-ls -1 "$APP_DIR/releases" | sort -r | tail -n +"$((KEEP_RELEASES + 1))" | while IFS= read -r old; do
-    printf '%s\n' "$keep" | grep -qxF "releases/$old" || rm -rf "${APP_DIR:?}/releases/$old"
+ls -1 "$APP_DIR/releases" | sort -r | while IFS= read -r old; do
+    printf '%s\n' "$keep" | grep -qxF "releases/$old" || printf '%s\n' "$old"
+done | tail -n +"$((KEEP_RELEASES + 1))" | while IFS= read -r old; do
+    rm -rf "${APP_DIR:?}/releases/$old"
 done
 
 # -- 5. Put it live without dropping a request: a graceful reload when it runs, a start when not. ----

@@ -476,3 +476,13 @@ def test_healthz_names_the_release_it_runs_to_the_box_only(deployed):
     check = "from app.web.views import release_name; print(release_name())"
     out = subprocess.run([release(app_dir) / ".venv/bin/python", "-c", check], cwd=release(app_dir), capture_output=True, text=True)
     assert out.stdout.strip() == name
+
+
+def test_deploy_keeps_the_current_the_previous_and_keep_releases_others(deployed):
+    # Failed before: the current and the previous release counted among KEEP_RELEASES, so fewer were kept than documented.
+    source, app_dir, _ = deployed
+    for _ in range(3):
+        assert deploy(source, app_dir, KEEP_RELEASES="1").returncode == 0
+    kept = sorted(os.listdir(app_dir / "releases"))
+    assert len(kept) == 3
+    assert {os.readlink(app_dir / "current").split("/")[-1], os.readlink(app_dir / "previous").split("/")[-1]} <= set(kept)
