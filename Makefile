@@ -45,11 +45,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
-## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, firefox-esr, wrk, podman, prometheus, ...)
+## system-deps: Debian/Ubuntu packages the tests and the benchmark run for real (redis-server, coturn, nginx, chromium, firefox-esr, wrk, podman, prometheus, pebble, certbot, ...)
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium firefox-esr:firefox-esr wrk:wrk systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git podman:podman runc:runc mmdebstrap:mmdebstrap promtool:prometheus; do \
+	for need in redis-server:redis-server turnserver:coturn nginx:nginx chromium:chromium firefox-esr:firefox-esr wrk:wrk systemd-analyze:systemd openssl:openssl curl:curl npm:npm git:git podman:podman runc:runc mmdebstrap:mmdebstrap promtool:prometheus pebble:pebble certbot:certbot; do \
 		command -v $${need%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${need%%:*} ] || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -260,7 +260,7 @@ def test_systemd_unit_passes_verify(tmp_path):
 
 @pytest.fixture
 def nginx(tmp_path, start_host, cloudflare, redis_url):
-    """Run Debian's nginx with deploy/nginx/ice-servers.conf (ports and certificate paths moved to the test's)."""
+    """Run Debian's nginx with the shipped site, both files (ports and certificate paths moved to the test's)."""
     app = start_host(app_env(cloudflare.base_url, redis_url), args="--access-logfile -")
     subprocess.run(
         [
@@ -284,8 +284,7 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
     )
     http_port, https_port = free_port(), free_port()
     site = (
-        (ROOT / "deploy/nginx/ice-servers.conf")
-        .read_text()
+        site_files()
         .replace("listen [::]:80;", "")
         .replace("listen [::]:443 ssl http2;", "")
         .replace("listen 80;", f"listen 127.0.0.1:{http_port};")
@@ -320,6 +319,11 @@ def nginx(tmp_path, start_host, cloudflare, redis_url):
     yield {"http": http_port, "https": https_port, "default": default_port, "app": app, "cache": tmp_path / "cache"}
     process.send_signal(signal.SIGQUIT)
     process.wait(10)
+
+
+def site_files() -> str:
+    """Return the shipped site as an operator installs it at the end: the port-80 file, then the HTTPS one."""
+    return (ROOT / "deploy/nginx/ice-servers-http.conf").read_text() + (ROOT / "deploy/nginx/ice-servers.conf").read_text()
 
 
 def _tls_request(port: int, method: str, path: str, body: bytes | None = None, headers=None, source: str = "127.0.0.1"):
