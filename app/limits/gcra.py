@@ -35,7 +35,9 @@ def step(tats: Sequence[float] | None, now_ms: float, rates: Sequence[Rate]) -> 
     current = [max(tat, now_ms) for tat in tats] if tats and len(tats) == len(rates) else [now_ms] * len(rates)
     refused, wait_ms = None, 0.0
     for index, (tat, rate) in enumerate(zip(current, rates, strict=True)):
-        wait = tat + rate.interval_ms - rate.period * 1000 - now_ms
+        # In this order: (tat + T - period) - now on clocks of about 1e9 ms rounds to a hair above 0 for a new caller
+        # of "1 per ...", who was then refused for a second.
+        wait = (tat - now_ms) + (rate.interval_ms - rate.period * 1000)
         if wait > wait_ms:
             refused, wait_ms = index, wait
     if refused is not None:

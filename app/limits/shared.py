@@ -33,7 +33,8 @@ for i = 1, count do
   local interval, period = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local tat = tats[i] or now
   if tat < now then tat = now end
-  if tat + interval - period - now > wait then refused, wait = i, tat + interval - period - now end
+  local due = (tat - now) + (interval - period)  -- in this order: exact for a new caller (see gcra.step)
+  if due > wait then refused, wait = i, due end
   new[i] = string.format('%.3f', tat + interval)
   if tat + interval - now > ttl then ttl = tat + interval - now end
 end
