@@ -129,16 +129,31 @@ def test_without_a_reading_open_serves_cloudflare_and_closed_does_not(guarded, a
 
 
 def test_a_failed_reading_keeps_the_last_one_while_it_is_fresh(guarded, analytics, provider, clock):
-    analytics.egress = LIMIT + 1
-    service = primed(guarded(turn_servers=STATIC), clock)
-    assert service.answer().source == "static"
+    analytics.egress = LIMIT // 2
+    service = primed(guarded(turn_servers=STATIC, unknown_closed=True), clock)
+    assert service.answer().source == "cloudflare"
     analytics.failure = "the analytics API did not answer within 10 s"
     seen = []
     for _ in range(int(FRESH_INTERVALS * INTERVAL / 0.25) + 8):
         clock.advance(0.25)
         seen.append((round(clock() - 1_800_000_000, 2), service.answer().source))
-    assert {source for at, source in seen if at < FRESH_INTERVALS * INTERVAL} == {"static"}
-    assert {source for at, source in seen if at >= FRESH_INTERVALS * INTERVAL + 1.01} == {"cloudflare"}  # unknown: open
+    assert {source for at, source in seen if at < FRESH_INTERVALS * INTERVAL} == {"cloudflare"}
+    assert {source for at, source in seen if at >= FRESH_INTERVALS * INTERVAL + 1.01} == {"static"}  # unknown: closed
+
+
+def test_a_reading_past_the_limit_counts_however_old_within_its_month(guarded, analytics, provider, clock):
+    # Failed before: once the reading was a few intervals old (a worker idle a while, or the analytics failing), the
+    # state was "unknown", and with ICE_USAGE_UNKNOWN=open a worker handed out and refilled Cloudflare credentials past
+    # the ceiling on its next request. A month's egress never falls.
+    analytics.egress = LIMIT + 1
+    service = primed(guarded(turn_servers=STATIC), clock)
+    assert service.answer().source == "static"
+    analytics.failure = "the analytics API did not answer within 10 s"
+    calls = provider.calls
+    for _ in range(10):
+        clock.advance(FRESH_INTERVALS * INTERVAL)  # idle, then one request
+        assert service.answer().source == "static"
+    assert provider.calls == calls
 
 
 def test_one_query_per_interval_for_workers_sharing_a_store(make_service, clock, analytics):

@@ -5,7 +5,8 @@ analytics in a thread of its own and stores the reading under ``usage``; every w
 reads that stored reading at most once a second, so a new reading reaches all of them within the
 interval plus a second or two, and requests never wait on the analytics API. A failed query keeps
 the last reading, which counts until it is ``FRESH_INTERVALS`` intervals old; without a fresh one
-``ICE_USAGE_UNKNOWN`` decides (open: serve Cloudflare credentials; closed: as over the limit).
+``ICE_USAGE_UNKNOWN`` decides (open: serve Cloudflare credentials; closed: as over the limit). A
+reading of this month past the limit counts however old: a month's egress never falls.
 """
 
 from __future__ import annotations
@@ -90,11 +91,14 @@ class EgressGuard:
         reading = self._stored(store)
         if reading is None or reading.month != month_start(now) or now - reading.read_at >= self.interval:
             self._ask_in_background(store, now)
-        fresh = reading is not None and reading.month == month_start(now) and now - reading.read_at < FRESH_INTERVALS * self.interval
-        over = reading.egress_bytes > self.limit_bytes if fresh else self._unknown_closed
         this_month = reading is not None and reading.month == month_start(now)
+        fresh = this_month and now - reading.read_at < FRESH_INTERVALS * self.interval
+        # A month's egress never falls: a reading past the limit stays true for the rest of the month, however old
+        # (a worker that was idle for a few intervals must not hand out Cloudflare credentials on its first request).
+        past = this_month and reading.egress_bytes > self.limit_bytes
+        over = True if past else False if fresh else self._unknown_closed
         self._recorder.egress(reading.egress_bytes if this_month else None, self.limit_bytes)
-        self._log_change("over" if fresh and over else "under" if fresh else "unknown", reading, now)
+        self._log_change("over" if past else "under" if fresh else "unknown", reading, now)
         self._over = over
         return over
 
