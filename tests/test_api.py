@@ -424,3 +424,37 @@ def test_healthz_names_the_release_to_the_box_and_nothing_more_to_a_stranger(mak
     client = create_app(Settings(), service=make_service()).test_client()
     assert client.get("/healthz").get_json() == {"status": "ok", "release": "20261206T000000Z-0123abcd"}
     assert client.get("/healthz", environ_base={"REMOTE_ADDR": "203.0.113.50"}).get_json() == {"status": "ok"}
+
+
+def test_an_allowed_origin_may_read_retry_after_on_a_refusal(make_service):
+    # Failed before: no Access-Control-Expose-Headers, so a page of another allowed origin could not read the wait.
+    settings = Settings(cors_origins=("https://app.example.test",), rate_limit="1 per hour")
+    client = create_app(settings, service=make_service()).test_client()
+    origin = {"Origin": "https://app.example.test"}
+    assert client.get("/api/ice-servers", headers=origin).status_code == 200
+    refused = client.get("/api/ice-servers", headers=origin)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 3000
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example.test"
+    assert refused.headers["Access-Control-Expose-Headers"] == "Retry-After"
+
+
+@pytest.mark.parametrize(
+    ("path", "length", "status"),
+    [
+        ("/api/turn-credentials", str(1024 * 1024), 413),
+        ("/api/ice-servers?" + "q" * 3000, None, 414),
+        ("/api/turn-credentials", "lots", 400),
+    ],
+)
+def test_early_refusals_carry_the_cors_headers_of_an_allowed_origin(client, path, length, status):
+    # Failed before: the refusals made before anything parses the request had no CORS headers, so fetch() in a page of
+    # an allowed origin saw an opaque network error instead of the JSON answer.
+    def ask(origin):
+        overrides = {"CONTENT_LENGTH": length} if length else {}
+        method = "POST" if path.endswith("credentials") else "GET"
+        return client.open(path, method=method, headers={"Origin": origin}, environ_overrides=overrides)
+
+    response = ask("https://app.example.test")
+    assert response.status_code == status and response.get_json()["status"] == status
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.test"
+    assert "Access-Control-Allow-Origin" not in ask("https://evil.example").headers

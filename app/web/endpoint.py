@@ -49,9 +49,9 @@ class Cors:
         self._origins = {origin.lower() for origin in origins}
 
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
-        """Return the CORS headers of an answer to ``origin``."""
+        """Return the CORS headers of an answer to ``origin``: an allowed one may read Retry-After (a refusal's wait)."""
         if origin and origin.lower() in self._origins:
-            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+            return [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", "Retry-After"), ("Vary", "Origin")]
         return [("Vary", "Origin")]
 
     def preflight(self, environ, methods: tuple[str, ...]) -> list[tuple[str, str]]:

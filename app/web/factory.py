@@ -60,17 +60,18 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
     views.init_app(app, service, settings)
     # Below Flask, outermost last: the request's id first, then the client's address, then the request limits, then the
     # two credential routes.
+    cors = Cors(settings.cors_origins) if settings.cors_origins else None
     app.wsgi_app = CredentialEndpoint(
         app.wsgi_app,
         service,
         build_gate(settings, user_ids),
         rate_limit=build_rate_limit(settings, breaker),
-        cors=Cors(settings.cors_origins) if settings.cors_origins else None,
+        cors=cors,
         per_user=settings.credential_scope == "user",
         count_users=settings.access_mode == "jwt",
         refused=service.recorder.refused,
     )
-    app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES)
+    app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES, cors.headers if cors else None)
     proxies = parse_networks(settings.trusted_proxies)
     app.wsgi_app = TrustedProxies(app.wsgi_app, proxies)
     app.wsgi_app = RequestIds(app.wsgi_app, proxies)

@@ -47,32 +47,34 @@ class RequestLimits:
 
     MAX_QUERY = 2048
 
-    def __init__(self, wsgi_app, max_body: int):
-        """Wrap ``wsgi_app``."""
+    def __init__(self, wsgi_app, max_body: int, cors_headers=None):
+        """Wrap ``wsgi_app``; ``cors_headers(origin)``: the CORS headers of an answer (an allowed origin's fetch() reads the refusal)."""
         self.wsgi_app = wsgi_app
         self.max_body = max_body
+        self.cors_headers = cors_headers or (lambda origin: [])
 
     def __call__(self, environ, start_response):
         """Refuse a request over the limits; pass everything else on."""
+        cors = self.cors_headers(environ.get("HTTP_ORIGIN"))
         length = environ.get("CONTENT_LENGTH")
         declared = parse_digits(length) if length else 0
         if declared is None:
-            return _refuse(start_response, 400, "Content-Length is not a number")
+            return _refuse(start_response, 400, "Content-Length is not a number", cors)
         if declared > self.max_body:
-            return _refuse(start_response, 413, f"request body larger than {self.max_body // 1024} KiB")
+            return _refuse(start_response, 413, f"request body larger than {self.max_body // 1024} KiB", cors)
         query = environ.get("QUERY_STRING", "")
         if len(query) > self.MAX_QUERY:
-            return _refuse(start_response, 414, f"query string longer than {self.MAX_QUERY} bytes")
+            return _refuse(start_response, 414, f"query string longer than {self.MAX_QUERY} bytes", cors)
         try:  # WSGI carries them as latin-1 text holding the raw bytes
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
             query.encode("latin-1").decode("utf-8")
         except UnicodeError:
-            return _refuse(start_response, 400, "request path or query string is not UTF-8")
+            return _refuse(start_response, 400, "request path or query string is not UTF-8", cors)
         return self.wsgi_app(environ, start_response)
 
 
-def _refuse(start_response, status: int, message: str) -> list[bytes]:
-    """Answer a JSON error straight from WSGI."""
+def _refuse(start_response, status: int, message: str, cors: list[tuple[str, str]] = ()) -> list[bytes]:
+    """Answer a JSON error straight from WSGI, with the CORS headers of the request's origin."""
     body = json.dumps({"error": message, "status": status}).encode()
     reason = {400: "Bad Request", 413: "Request Entity Too Large", 414: "URI Too Long"}[status]
     headers = [
@@ -80,6 +82,7 @@ def _refuse(start_response, status: int, message: str) -> list[bytes]:
         ("Content-Length", str(len(body))),
         ("Cache-Control", NO_STORE),
         ("Connection", "close"),
+        *cors,
     ]
     start_response(f"{status} {reason}", headers)
     return [body]

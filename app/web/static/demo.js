@@ -66,29 +66,43 @@ function row(result) {
   tr.cells[2].className = result.ok ? "good" : "bad";
 }
 
-function showLife(expiresAt) {
-  const left = Math.max(0, Math.round((expiresAt - Date.now()) / 1000));
-  $("life").textContent = `${left} s (until ${new Date(expiresAt).toISOString()})`;
+/** The credential's time left: its ttl counted from when the request was sent, on the monotonic clock (never the page's). */
+function showLife(ttl, sentAt) {
+  const left = Math.max(0, Math.round(ttl - (performance.now() - sentAt) / 1000));
+  $("life").textContent = `${left} s (until ${new Date(Date.now() + left * 1000).toISOString().replace(/\.\d+Z$/, "Z")})`;
 }
 
 async function run() {
-  const response = await fetch("/api/ice-servers");
-  const answer = await response.json();
-  const expiresAt = Date.parse(answer.expiresAt);
+  const sentAt = performance.now();
+  const response = await fetch("/api/ice-servers", { cache: "no-store" });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok || !Array.isArray(answer.iceServers)) {
+    // 401 or 403 in token or jwt mode (this page sends no token), 429, or something that is not the service.
+    const why = answer.error ? `${answer.error} (${response.status})` : `it answered ${response.status}`;
+    const hint = response.status === 401 || response.status === 403 ? ": with ICE_ACCESS_MODE token or jwt the demo cannot ask it" : "";
+    throw new Error(`${why}${hint}`);
+  }
   const urls = answer.iceServers.flatMap((server) => [].concat(server.urls).map((url) => [server, url]));
+  const turn = urls.filter(([server, url]) => /^turns?:/i.test(url) && server.username);
   $("source").textContent = answer.source;
   $("count").textContent = `${urls.length}${urls.length >= 5 ? " (five or more slow down ICE gathering)" : ""}`;
-  showLife(expiresAt);
-  setInterval(() => showLife(expiresAt), 1000);
+  if (turn.length) {
+    showLife(answer.ttl, sentAt);
+    setInterval(() => showLife(answer.ttl, sentAt), 1000);
+  } else {
+    $("life").textContent = "no credential: the service handed out no TURN server";
+  }
 
   const results = await Promise.all(urls.map(([server, url]) => probe(server, url)));
   results.forEach(row);
   const relays = results.filter((result) => result.ok && result.candidate === "relay");
-  const state = relays.length ? "relay" : "no-relay";
-  $("verdict").className = state;
-  $("verdict").textContent = relays.length
-    ? `TURN works from here: ${relays.length} of ${results.filter((r) => r.transport !== "stun").length} TURN URLs gave a relay candidate.`
-    : "No relay candidate: TURN does not work from this browser's network (see the errors below).";
+  const state = relays.length ? "relay" : turn.length ? "no-relay" : "no-turn";
+  $("verdict").className = state === "relay" ? "relay" : "no-relay";
+  $("verdict").textContent = {
+    relay: `TURN works from here: ${relays.length} of ${turn.length} TURN URLs gave a relay candidate.`,
+    "no-relay": "No relay candidate: TURN does not work from this browser's network (see the errors below).",
+    "no-turn": `The service handed out no TURN server (source: ${answer.source}), so there is no relay to try: see its log, and \`flask --app wsgi ice-status\`.`,
+  }[state];
   // URLs and outcomes only: the credential stays out of the report.
   const report = {
     generatedAt: new Date().toISOString(),

@@ -8,8 +8,15 @@ export interface IceServer {
   credential?: string;
 }
 
-/** Options for fetch(), or a function (possibly async) returning them, called before every fetch: a fresh access token each time. */
-export type FetchOptions = RequestInit | (() => RequestInit | Promise<RequestInit>);
+/**
+ * Options for fetch(), and `cacheKey`: whose answer it is (say, the signed-in user's id). Answers are held in memory
+ * per endpoint and cacheKey, or the Authorization header without one: with a fresh token per fetch, a cacheKey keeps
+ * the last good servers across fetches. Never sent.
+ */
+export type IceFetchInit = RequestInit & { cacheKey?: string };
+
+/** The options for fetch(), or a function (possibly async) returning them, called before every fetch: a fresh access token each time. */
+export type FetchOptions = IceFetchInit | (() => IceFetchInit | Promise<IceFetchInit>);
 
 export interface GetIceServersOptions {
   /** The service's endpoint. Default "/api/ice-servers"; "/api/turn-credentials" with method "POST" reads the single-object form. */
@@ -30,12 +37,19 @@ export interface KeepFreshOptions extends GetIceServersOptions {
 
 /**
  * ICE servers for `new RTCPeerConnection({ iceServers })`. Fetched with `cache: "no-store"`; an answer
- * is reused from memory for at most a minute and half its life, per endpoint and Authorization header.
+ * is reused from memory for at most a minute and half its life, per endpoint and `cacheKey` (else
+ * Authorization header). On a failure: the last good servers while valid, else `fallback`. After a 429
+ * or 503 with Retry-After (exposed to allowed origins), no request goes out until it has passed.
  */
 export function getIceServers(options?: GetIceServersOptions): Promise<IceServer[]>;
 
 /** Forget every answer held in memory: call it when the user signs out. */
 export function forgetIceServers(): void;
 
-/** Keep `peerConnection` on valid ICE servers, asking again at half the credential's remaining life; returns the function that stops it. */
+/**
+ * Keep `peerConnection` on valid ICE servers, asking again at half the credential's remaining life (or once a
+ * refusal's Retry-After has passed). Never moves a connection that relays onto servers without TURN while its
+ * credential is valid, nor onto `fallback`. Stops when the connection closes (`pc.close()` included, seen within a
+ * second) or when the returned function is called.
+ */
 export function keepFresh(peerConnection: RTCPeerConnection, options?: KeepFreshOptions): () => void;

@@ -12,7 +12,8 @@
 // cache never holds one: every fetch is `cache: "no-store"` (the service answers `no-store` too).
 // The module keeps an answer in memory only, for at most REUSE_MS and half its life, and schedules
 // from the answer's `ttl` counted from the moment the request was sent, never from `expiresAt` and
-// the page's clock.
+// the page's clock. A refusal's Retry-After (429, 503) is waited out: no request goes out before it.
+// keepFresh never moves a call that relays onto servers without TURN while its credential is valid.
 
 const DEFAULT_URL = "/api/ice-servers";
 const DEFAULT_FALLBACK = [{ urls: ["stun:stun.cloudflare.com:3478"] }];
@@ -21,7 +22,9 @@ const LEGACY_TTL_S = 120; // the legacy form tells no lifetime: ask again every 
 const MIN_REFRESH_MS = 1000; // never re-fetch faster than this, whatever the answer says
 const REUSE_MS = 60000; // getIceServers() answers from memory at most this long: a revoked credential leaves within a minute
 const FETCH_TIMEOUT_MS = 10000; // a hung request must not hold every later call
-const MAX_KEYS = 16; // endpoint x Authorization slots kept (a token per user, or per fetch)
+const MAX_KEYS = 16; // endpoint x Authorization (or cacheKey) slots kept: one per user
+const CLOSE_WATCH_MS = 1000; // keepFresh looks this often whether the connection was closed (close() fires no event)
+const MAX_RETRY_AFTER_MS = 3600000; // a Retry-After longer than an hour is taken as an hour
 
 const cache = new Map(); // method + url + authorization -> { entry, pending }
 let generation = 0; // bumped by forgetIceServers(): a fetch started before never lands after it
@@ -58,6 +61,22 @@ function authorizationOf(fetchOptions) {
   return new Headers((fetchOptions && fetchOptions.headers) || {}).get("Authorization") || "";
 }
 
+/** Whether `iceServers` hold a TURN server with its credential: what a relayed call needs. */
+function hasTurn(iceServers) {
+  return (iceServers || []).some(
+    (server) => server.username && server.credential && [].concat(server.urls).some((url) => /^turns?:/i.test(url)),
+  );
+}
+
+/** Milliseconds a refusal asks to wait (Retry-After on a 429 or 503: seconds, or an HTTP date), or 0. */
+function retryAfterMs(response) {
+  if (response.status !== 429 && response.status !== 503) return 0;
+  const value = (response.headers.get("Retry-After") || "").trim();
+  if (!value) return 0;
+  const wait = /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - Date.now();
+  return Number.isFinite(wait) ? Math.min(Math.max(0, wait), MAX_RETRY_AFTER_MS) : 0;
+}
+
 /** An entry that lives `ttlMs` from `sent`: re-fetched at half its life, reused at most REUSE_MS. */
 function entryOf(iceServers, source, sent, ttlMs) {
   const refreshAfter = Math.max(MIN_REFRESH_MS, ttlMs / 2);
@@ -68,7 +87,11 @@ async function fetchEntry(url, method, extra) {
   const timeout = typeof AbortSignal !== "undefined" && AbortSignal.timeout ? { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) } : {};
   const sent = mark(); // before the request: the credential's life is counted from here, so errs early
   const response = await fetch(url, { method, credentials: "same-origin", ...timeout, ...extra, cache: "no-store" });
-  if (!response.ok) throw new Error(`${url} answered ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(`${url} answered ${response.status}`);
+    error.retryAfterMs = retryAfterMs(response);
+    throw error;
+  }
   const body = await response.json();
   const ttl = Number.isFinite(body.ttl) ? body.ttl : LEGACY_TTL_S;
   return entryOf(toList(body.iceServers), body.source, sent, ttl * 1000);
@@ -76,9 +99,11 @@ async function fetchEntry(url, method, extra) {
 
 /**
  * Return ICE servers for `new RTCPeerConnection({ iceServers })`. An answer is reused from memory
- * for at most a minute and half its life, per endpoint and Authorization header (`fetchOptions`,
- * when a function, is called each time: it says who asks). On error: the last good servers while
- * they are valid, else `fallback` (public STUN).
+ * for at most a minute and half its life, per endpoint and whose answer it is: `fetchOptions.cacheKey`
+ * when given (say, the signed-in user's id: a fresh token per fetch then keeps its last good servers),
+ * else the Authorization header. `fetchOptions`, when a function, is called each time. On error: the
+ * last good servers while they are valid, else `fallback` (public STUN); after a 429 or 503 with
+ * Retry-After, no request goes out until it has passed.
  */
 export async function getIceServers({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_FALLBACK, fetchOptions = {} } = {}) {
   return (await getEntry({ url, method, fallback, fetchOptions }, "reuseFor")).iceServers;
@@ -94,10 +119,10 @@ export function forgetIceServers() {
 async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_FALLBACK, fetchOptions = {} } = {}, freshFor) {
   const started = generation;
   // fetchOptions may be a function, so each fetch can carry a fresh access token (and names whose answer it is).
-  const extra = (typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions) || {};
-  const key = `${method} ${url} ${authorizationOf(extra)}`;
+  const { cacheKey, ...extra } = (typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions) || {};
+  const key = `${method} ${url} ${cacheKey === undefined ? authorizationOf(extra) : `key:${cacheKey}`}`;
   const slot = cache.get(key);
-  if (slot && slot.entry && elapsedSince(slot.entry.sent) < slot.entry[freshFor]) return slot.entry;
+  if (slot && slot.entry && elapsedSince(slot.entry.sent) < slot.entry[freshFor]) return usable(slot.entry, fallback);
   if (slot && slot.pending) return slot.pending;
   const previous = slot && slot.entry;
   const next = { entry: previous, pending: null };
@@ -105,11 +130,13 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
     .catch((error) => {
       const lastGood = previous && previous.ttlMs && elapsedSince(previous.sent) < previous.ttlMs ? previous : null;
       console.warn(`ice-servers: ${error.message}; using ${lastGood ? "the last good servers" : "the fallback"}`);
-      // Ask again soon: the last good servers for what is left of their life, else the fallback.
-      const retry = { refreshAfter: RETRY_AFTER_ERROR_MS, reuseFor: RETRY_AFTER_ERROR_MS, sent: mark() };
+      // Ask again soon, or once the refusal's Retry-After has passed: meanwhile the last good servers for what is
+      // left of their life, then the fallback (usable() swaps it in), never another request.
+      const wait = Math.max(RETRY_AFTER_ERROR_MS, error.retryAfterMs || 0);
+      const retry = { refreshAfter: wait, reuseFor: wait, sent: mark() };
       if (!lastGood) return { ...entryOf(fallback, "fallback", retry.sent, 0), ...retry };
       const left = lastGood.ttlMs - elapsedSince(lastGood.sent);
-      return { ...lastGood, ...retry, ttlMs: left, reuseFor: Math.min(RETRY_AFTER_ERROR_MS, left) };
+      return { ...lastGood, ...retry, ttlMs: left, fallback };
     })
     .then((entry) => {
       if (generation === started && cache.get(key) === next) next.entry = entry;
@@ -124,6 +151,12 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
   return next.pending;
 }
 
+/** An entry held after a failure outlives its servers' credential when the wait is long: then the fallback it carries. */
+function usable(entry, fallback) {
+  if (!entry.fallback || elapsedSince(entry.sent) < entry.ttlMs) return entry;
+  return { ...entryOf(entry.fallback || fallback, "fallback", entry.sent, 0), refreshAfter: entry.refreshAfter, reuseFor: entry.reuseFor };
+}
+
 /**
  * Keep `peerConnection` on valid ICE servers: at half the credential's remaining life, ask the
  * service again; when it hands out new servers, apply them with setConfiguration(), then
@@ -131,9 +164,13 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
  * negotiationneeded handler renegotiates, as for any ICE restart). The service replaces its
  * credential well before the old one expires, so halving the time left always finds the new one
  * with a large share of the old one's life to spare, wherever in the service's window the call began.
- * A failed fetch keeps the call on what it has (never on the fallback) and asks again soon; a page
- * coming back from the background or a suspended laptop looks again at once.
- * Returns a function that stops it; it also stops when the connection closes.
+ * A failed fetch keeps the call on what it has (never on the fallback) and asks again soon, or once
+ * a refusal's Retry-After has passed. A connection that relays is never moved onto servers without
+ * TURN (the service's STUN-only answer past a spend ceiling or in an outage) while its credential is
+ * valid: STUN alone cannot carry what the relay did. A page coming back from the background or a
+ * suspended laptop looks again at once.
+ * Returns a function that stops it; it also stops when the connection closes (close() included,
+ * which fires no event: it looks every second).
  * Options: the same as getIceServers, plus `restartIce` (default true) and `onUpdate(iceServers)`.
  */
 export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...options } = {}) {
@@ -141,7 +178,10 @@ export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...opti
   let stopped = false;
   let last = null; // the entry the next look is scheduled from
   let current = fingerprint(peerConnection.getConfiguration().iceServers);
+  let applied = null; // the entry whose servers the connection has, once known: how long its TURN credential lives
   const hasDocument = typeof document !== "undefined" && document.addEventListener;
+  const closed = () => peerConnection.signalingState === "closed" || peerConnection.connectionState === "closed";
+  const closeWatch = setInterval(() => closed() && stop(), CLOSE_WATCH_MS);
 
   const schedule = () => {
     if (stopped) return;
@@ -156,21 +196,32 @@ export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...opti
   function stop() {
     stopped = true;
     clearTimeout(timer);
+    clearInterval(closeWatch);
     if (hasDocument) document.removeEventListener("visibilitychange", onVisible);
     if (typeof window !== "undefined" && window.removeEventListener) window.removeEventListener("online", schedule);
     if (peerConnection.removeEventListener) peerConnection.removeEventListener("connectionstatechange", onState);
   }
 
+  /** Whether the connection's servers hold a TURN credential still valid (unknown life: taken as valid). */
+  function relaysOnValidTurn() {
+    if (!hasTurn(peerConnection.getConfiguration().iceServers)) return false;
+    return !applied || elapsedSince(applied.sent) < applied.ttlMs;
+  }
+
   async function look(swap) {
     if (stopped) return;
-    if (peerConnection.connectionState === "closed") return stop();
+    if (closed()) return stop();
     try {
       const entry = await getEntry(options, "refreshAfter");
       last = entry;
       const next = fingerprint(entry.iceServers);
-      // Never move a live call onto the fallback: STUN alone cannot carry what the relay did.
-      if (swap && entry.source !== "fallback" && next !== current && !stopped && peerConnection.connectionState !== "closed") {
+      if (next === current) applied = entry;
+      // Never move a live call onto the fallback, nor off TURN while its credential lasts: STUN alone cannot carry
+      // what the relay did.
+      const keepTurn = !hasTurn(entry.iceServers) && relaysOnValidTurn();
+      if (swap && entry.source !== "fallback" && !keepTurn && next !== current && !stopped && !closed()) {
         current = next;
+        applied = entry;
         peerConnection.setConfiguration({ ...peerConnection.getConfiguration(), iceServers: entry.iceServers });
         if (restartIce) peerConnection.restartIce();
         if (onUpdate) onUpdate(entry.iceServers);
