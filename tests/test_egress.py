@@ -343,3 +343,15 @@ def test_revoking_past_the_limit_revokes_and_the_revoked_credential_never_comes_
     clock.advance(1.01)
     assert source_and_user(service.answer()) == ("cloudflare", "user-2")  # a new one, never the revoked user-1
     assert provider.calls == 2
+
+
+def test_a_reading_of_another_turn_key_or_account_does_not_count(guarded, analytics, provider, clock):
+    # A rotated TURN key (or account) must not stay behind the old one's ceiling for the rest of the month.
+    from app.spend.analytics import month_start
+    from app.spend.ceiling import READING, Reading
+
+    service = guarded(turn_servers=STATIC)
+    old = Reading(LIMIT * 5, clock(), month_start(clock()), "test-account/old-key")
+    service.egress._policy.local.write(READING, old.to_json(), 3600)
+    analytics.failure = "the analytics API answered 500"
+    assert service.answer().source == "cloudflare"  # no reading of this key yet: ICE_USAGE_UNKNOWN=open decides

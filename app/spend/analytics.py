@@ -59,6 +59,10 @@ class AnalyticsClient:
         """Show the endpoint, never the token."""
         return f"AnalyticsClient({self._url!r})"
 
+    def counts(self) -> str:
+        """Name what a reading counts: the account and the TURN key (no secret), so a rotated key or account starts afresh."""
+        return f"{self._account_id}/{self._key_id}"
+
     def egress_bytes(self, now: float) -> int:
         """Return the egress since the first day of ``now``'s UTC month; raise UsageUnavailable."""
         query = egress_query(self._account_id, self._key_id, month_start(now))

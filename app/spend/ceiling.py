@@ -39,18 +39,19 @@ class Reading:
     egress_bytes: int
     read_at: float  # when the query was sent
     month: str  # YYYY-MM-01: the month it counts
+    source: str = ""  # the account and TURN key it counts (a rotated key or account starts afresh)
 
     def to_json(self) -> str:
         """Serialize for the shared cache."""
-        return json.dumps({"egressBytes": self.egress_bytes, "readAt": self.read_at, "month": self.month})
+        return json.dumps({"egressBytes": self.egress_bytes, "readAt": self.read_at, "month": self.month, "source": self.source})
 
     @classmethod
     def from_json(cls, raw: str | None) -> Reading | None:
         """Parse a stored reading; anything else is no reading."""
         try:
             data = json.loads(raw)
-            return cls(int(data["egressBytes"]), float(data["readAt"]), str(data["month"]))
-        except (TypeError, ValueError, KeyError):
+            return cls(int(data["egressBytes"]), float(data["readAt"]), str(data["month"]), str(data.get("source", "")))
+        except (TypeError, ValueError, KeyError, AttributeError):
             return None
 
 
@@ -80,6 +81,7 @@ class EgressGuard:
         self._over = unknown_closed
         self._state: str | None = None  # over, under, unknown: what was last logged
         self._recheck_at = float("-inf")
+        self._source = analytics.counts() if hasattr(analytics, "counts") else ""  # the account and key a reading counts
 
     def over(self) -> bool:
         """Tell whether Cloudflare credentials must not be handed out now (the request path: no waiting)."""
@@ -89,9 +91,9 @@ class EgressGuard:
         self._recheck_at = now + min(RECHECK, self.interval / 2)
         store = self._store(now)
         reading = self._stored(store)
-        if reading is None or reading.month != month_start(now) or now - reading.read_at >= self.interval:
+        if reading is None or reading.month != month_start(now) or reading.source != self._source or now - reading.read_at >= self.interval:
             self._ask_in_background(store, now)
-        this_month = reading is not None and reading.month == month_start(now)
+        this_month = reading is not None and reading.month == month_start(now) and reading.source == self._source
         fresh = this_month and now - reading.read_at < FRESH_INTERVALS * self.interval
         # A month's egress never falls: a reading past the limit stays true for the rest of the month, however old
         # (a worker that was idle for a few intervals must not hand out Cloudflare credentials on its first request).
@@ -145,7 +147,7 @@ class EgressGuard:
             kept = f"keeping the reading taken {int(self._clock() - last.read_at)} s ago" if last else "no reading yet"
             log.warning("Could not read TURN usage from Cloudflare's analytics API: %s; %s", exc, kept)
             return
-        reading = Reading(egress, now, month_start(now))
+        reading = Reading(egress, now, month_start(now), self._source)
         for target in {id(store): store, id(self._policy.local): self._policy.local}.values():
             try:
                 target.write(READING, reading.to_json(), READING_MEMORY)
