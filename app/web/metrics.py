@@ -90,7 +90,7 @@ class PrometheusRecorder:
         self._outcomes = {outcome: UPSTREAM_REQUESTS.labels(outcome) for outcome in OUTCOMES}
         self._events = {event: CACHE_EVENTS.labels(event) for event in EVENTS}
         self._refused = {status: REFUSED.labels(str(status)) for status in REFUSALS}
-        self._newest = float("-inf")  # the expiry of the newest credential this worker has held
+        self._newest = float("-inf")  # the refresh point of the newest credential this worker has held
         STORE_LOCAL.set(0)
 
     def answered(self, source: str) -> None:
@@ -107,9 +107,13 @@ class PrometheusRecorder:
         UPSTREAM_DURATION.observe(seconds)
 
     def credential(self, refresh_at: float, expires_at: float) -> None:
-        """Show when the newest credential this worker holds reaches its refresh point and expires."""
-        if expires_at > self._newest:
-            self._newest = expires_at
+        """Show when the newest credential this worker holds reaches its refresh point and expires.
+
+        The newest is the one whose window ends last: a shorter grant issued later (a lowered
+        TURN_CREDENTIAL_TTL, another vendor) expires before the one it replaced, but is newer.
+        """
+        if refresh_at > self._newest:
+            self._newest = refresh_at
             CREDENTIAL_EXPIRY.set(expires_at)
             CREDENTIAL_REFRESH.set(refresh_at)
 
