@@ -68,6 +68,9 @@ case "$SERVICE_MANAGER" in
     *) die "SERVICE_MANAGER must be pm2, systemd or none, not '$SERVICE_MANAGER'" ;;
 esac
 [ "$SERVICE_MANAGER" != systemd ] || [ "$(id -u)" = 0 ] || die "SERVICE_MANAGER=systemd needs root (sudo)"
+case "$KEEP_RELEASES" in
+    ''|*[!0-9]*) die "KEEP_RELEASES must be a whole number (releases kept besides the current and the previous one), not '$KEEP_RELEASES'" ;;
+esac
 
 # The real path of APP_DIR, or of its nearest existing parent with the rest appended.
 resolve() {

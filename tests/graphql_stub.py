@@ -4,6 +4,15 @@ It checks the bearer token, answers only a query that names ``callsTurnUsageAdap
 ``sum { egressBytes }`` for the right account (inline values or variables), records every query
 with its account, key id and ``date_geq``, and answers ``egress`` bytes split over two groups, or
 the failure set in ``mode``: graphql-error (HTTP 200 with ``errors``), error500, garbage, hang.
+
+As strict as the API about the dataset: a filter field, argument, dimension or metric that the TURN
+analytics page (developers.cloudflare.com/realtime/turn/analytics) does not document is refused as
+the API refuses an unknown field, a 400 with a GraphQL error naming it. Documented: the metrics
+egressBytes, ingressBytes and concurrentConnections under sum and avg; the dimensions datetime,
+datetimeMinute, datetimeFiveMinutes, datetimeFifteenMinutes, datetimeHour, date, datacenterCity,
+datacenterCountry, datacenterRegion, keyId, customIdentifier and username; filters on the time
+dimensions (with _gt, _geq, _lt, _leq), the key id, the username and the custom identifier, as the
+page's examples (date_geq/date_leq now, datetimeMinute_gt/_lt before); and limit and orderBy.
 """
 
 from __future__ import annotations
@@ -17,6 +26,84 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ACCOUNT_ID = "test-account-id"
 ANALYTICS_TOKEN = "test-analytics-token-not-a-secret"
 MODES = ("ok", "graphql-error", "error500", "garbage", "hang")
+
+DATASET = "callsTurnUsageAdaptiveGroups"
+METRICS = {"egressBytes", "ingressBytes", "concurrentConnections"}
+TIME_DIMENSIONS = {"datetime", "datetimeMinute", "datetimeFiveMinutes", "datetimeFifteenMinutes", "datetimeHour", "date"}
+DIMENSIONS = TIME_DIMENSIONS | {"datacenterCity", "datacenterCountry", "datacenterRegion", "keyId", "customIdentifier", "username"}
+FILTERS = {f"{name}{op}" for name in TIME_DIMENSIONS for op in ("", "_gt", "_geq", "_lt", "_leq")} | {
+    "keyId",
+    "username",
+    "customIdentifier",
+}
+ARGUMENTS = {"filter", "limit", "orderBy"}
+
+
+def _block(text: str, start: int) -> tuple[str, int]:
+    """Return the text inside the brackets that open at ``start`` ("{" or "("), and the index after them."""
+    close = {"{": "}", "(": ")"}[text[start]]
+    depth, index = 0, start
+    while index < len(text):
+        if text[index] == text[start]:
+            depth += 1
+        elif text[index] == close:
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : index], index + 1
+        index += 1
+    raise ValueError("unbalanced brackets")
+
+
+def _selection(text: str) -> dict[str, str | None]:
+    """Return the fields of a selection set, each with its own selection's text (None for a leaf)."""
+    fields, index = {}, 0
+    while index < len(text):
+        match = re.compile(r"\s*(\w+)\s*").match(text, index)
+        if not match:
+            index += 1
+            continue
+        name, index = match.group(1), match.end()
+        if index < len(text) and text[index] == "(":
+            _, index = _block(text, index)
+            index = re.compile(r"\s*").match(text, index).end()
+        if index < len(text) and text[index] == "{":
+            inner, index = _block(text, index)
+            fields[name] = inner
+        else:
+            fields[name] = None
+    return fields
+
+
+def unknown_field(query: str) -> str | None:
+    """Return the first name in the dataset's arguments, filter or selection the documentation does not have, or None."""
+    query = re.sub(r'"(?:[^"\\]|\\.)*"', '""', query)  # string values hold colons and braces of their own
+    at = query.find(DATASET)
+    if at < 0:
+        return None
+    index = re.compile(r"\s*").match(query, at + len(DATASET)).end()
+    if index < len(query) and query[index] == "(":
+        arguments, index = _block(query, index)
+        for name in re.findall(r"(\w+)\s*:", re.sub(r"\{[^{}]*\}", "", arguments)):
+            if name not in ARGUMENTS:
+                return name
+        filter_at = re.search(r"\bfilter\s*:\s*\{", arguments)
+        if filter_at:
+            inner, _ = _block(arguments, filter_at.end() - 1)
+            for name in re.findall(r"(\w+)\s*:", inner):
+                if name not in FILTERS:
+                    return name
+        index = re.compile(r"\s*").match(query, index).end()
+    if index >= len(query) or query[index] != "{":
+        return None
+    selection, _ = _block(query, index)
+    for group, inner in _selection(selection).items():
+        allowed = {"sum": METRICS, "avg": METRICS, "dimensions": DIMENSIONS}.get(group)
+        if allowed is None:
+            return group
+        for name in _selection(inner or ""):
+            if name not in allowed:
+                return name
+    return None
 
 
 def _argument(query: str, variables: dict, name: str) -> str | None:
@@ -86,7 +173,15 @@ class GraphqlStub:
             return 200, b"<html>maintenance</html>"
         if self.mode == "graphql-error":
             return 200, json.dumps({"data": None, "errors": [{"message": "query cost limit exceeded"}]}).encode()
-        if "callsTurnUsageAdaptiveGroups" not in query or not re.search(r"sum\s*\{\s*egressBytes\s*\}", query):
+        unknown = unknown_field(query)
+        if unknown is not None:
+            error = {
+                "message": f'unknown field "{unknown}"',
+                "path": ["viewer", "accounts", DATASET],
+                "extensions": {"code": "BAD_REQUEST"},
+            }
+            return 400, json.dumps({"data": None, "errors": [error]}).encode()
+        if DATASET not in query or not re.search(r"sum\s*\{\s*egressBytes\s*\}", query):
             return 200, json.dumps({"data": None, "errors": [{"message": "unknown field"}]}).encode()
         if record["account"] != ACCOUNT_ID:
             return 200, json.dumps({"data": {"viewer": {"accounts": []}}, "errors": None}).encode()

@@ -103,6 +103,16 @@ def test_a_call_on_turn_keeps_its_turn_through_a_stun_only_answer(profile, start
     time.sleep(1.5)  # ...and a swap, had there been one, takes effect at once
     assert page.evaluate(TURN_USERNAMES) == [relaying, relaying]
     assert page.evaluate(f"() => window.iceLog.received.filter((at) => at > {looked_at}).length") >= 3  # still flowing
+    # Once that credential has expired, keeping it helps nobody: the next look moves the call (an ICE restart may still
+    # find a direct path).
+    expires_at = int(relaying.split(":")[0])
+    wait_until(
+        lambda: page.evaluate(TURN_USERNAMES) == [None, None],
+        expires_at - time.time() + 10,
+        interval=0.5,
+        what="moved off the expired TURN",
+    )
+    assert time.time() >= expires_at - 1
     page.close()
 
 
@@ -147,10 +157,18 @@ def test_after_a_429_with_retry_after_no_request_goes_out_before_it_has_passed(p
              const refused = await getIceServers({ url, fetchOptions: { cacheKey: "someone" } });  // 429, Retry-After: 60
              const pc = new RTCPeerConnection();
              keepFresh(pc, { url, fetchOptions: { cacheKey: "someone" } });
+             // The wait holds the service, whoever asks: another user, a new token each fetch, the other endpoint.
+             let token = 0;
+             const askers = [
+               { url, fetchOptions: { cacheKey: "someone" } },
+               { url, fetchOptions: { cacheKey: "someone-else" } },
+               { url, fetchOptions: () => ({ headers: { Authorization: `Bearer token-${++token}` } }) },
+               { url: url.replace("/api/ice-servers", "/api/turn-credentials"), method: "POST" },
+             ];
              const started = performance.now();
-             while (performance.now() - started < 6500) {
-               await getIceServers({ url, fetchOptions: { cacheKey: "someone" } });
-               await new Promise((resolve) => setTimeout(resolve, 500));
+             for (let turn = 0; performance.now() - started < 15500; turn++) {
+               await getIceServers(askers[turn % askers.length]);
+               await new Promise((resolve) => setTimeout(resolve, 400));
              }
              pc.close();
              return { count: sent.length, firstUrls: first.length, refusedUrls: refused.map((s) => [].concat(s.urls)).flat() };
@@ -160,7 +178,7 @@ def test_after_a_429_with_retry_after_no_request_goes_out_before_it_has_passed(p
     page.close()
     assert sent["firstUrls"] == 1  # the service's STUN
     assert sent["refusedUrls"] == ["stun:stun.cloudflare.com:3478"]  # the client's fallback meanwhile
-    assert sent["count"] == 2  # the 200 and the 429: nothing in the 6.5 s after it
+    assert sent["count"] == 2  # the 200 and the 429: nothing in the 15.5 s after it, whoever asked
 
 
 def test_the_last_good_servers_survive_a_new_token_each_fetch_with_a_cache_key(profile, start_host, cloudflare, redis_url):
@@ -179,6 +197,12 @@ def test_the_last_good_servers_survive_a_new_token_each_fetch_with_a_cache_key(p
              };
              window.turnOf = (servers) => servers.some((server) => server.username);
              window.firstAt = performance.now();
+             // A cacheKey that names nobody in particular would merge users' answers: refused.
+             const refusedKeys = [];
+             for (const cacheKey of [null, 42, ""]) {
+               await getIceServers({ fetchOptions: { cacheKey } }).catch((error) => refusedKeys.push(error instanceof TypeError));
+             }
+             if (refusedKeys.join() !== "true,true,true") throw new Error(`cacheKey not refused: ${refusedKeys}`);
              return [window.turnOf(await window.ask.keyed()), window.turnOf(await window.ask.unkeyed())];
            }"""
     )

@@ -490,3 +490,11 @@ def test_deploy_keeps_the_current_the_previous_and_keep_releases_others(deployed
     kept = sorted(os.listdir(app_dir / "releases"))
     assert len(kept) == 3
     assert {os.readlink(app_dir / "current").split("/")[-1], os.readlink(app_dir / "previous").split("/")[-1]} <= set(kept)
+
+
+def test_deploy_refuses_a_keep_releases_that_is_not_a_number_before_anything_changes(deployed):
+    source, app_dir, _ = deployed
+    before = os.readlink(app_dir / "current")
+    refused = deploy(source, app_dir, KEEP_RELEASES="-5")
+    assert refused.returncode == 1 and "KEEP_RELEASES must be a whole number" in refused.stderr
+    assert os.readlink(app_dir / "current") == before

@@ -79,14 +79,20 @@ async function run() {
   if (!response.ok || !Array.isArray(answer.iceServers)) {
     // 401 or 403 in token or jwt mode (this page sends no token), 429, or something that is not the service.
     const why = answer.error ? `${answer.error} (${response.status})` : `it answered ${response.status}`;
-    const hint = response.status === 401 || response.status === 403 ? ": with ICE_ACCESS_MODE token or jwt the demo cannot ask it" : "";
+    const hints = {
+      401: ": with ICE_ACCESS_MODE token or jwt this page, which sends no token, cannot ask it",
+      403: ": in origin mode, add this page's origin to CORS_ORIGINS",
+    };
+    const hint = hints[response.status] || "";
     throw new Error(`${why}${hint}`);
   }
   const urls = answer.iceServers.flatMap((server) => [].concat(server.urls).map((url) => [server, url]));
   const turn = urls.filter(([server, url]) => /^turns?:/i.test(url) && server.username);
   $("source").textContent = answer.source;
   $("count").textContent = `${urls.length}${urls.length >= 5 ? " (five or more slow down ICE gathering)" : ""}`;
-  if (turn.length) {
+  if (turn.length && answer.source === "static") {
+    $("life").textContent = "unknown: static TURN_SERVERS (the service does not know their credential's life)";
+  } else if (turn.length) {
     showLife(answer.ttl, sentAt);
     setInterval(() => showLife(answer.ttl, sentAt), 1000);
   } else {

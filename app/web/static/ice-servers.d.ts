@@ -11,7 +11,7 @@ export interface IceServer {
 /**
  * Options for fetch(), and `cacheKey`: whose answer it is (say, the signed-in user's id). Answers are held in memory
  * per endpoint and cacheKey, or the Authorization header without one: with a fresh token per fetch, a cacheKey keeps
- * the last good servers across fetches. Never sent.
+ * the last good servers across fetches. A non-empty string naming the user (else a TypeError); never sent.
  */
 export type IceFetchInit = RequestInit & { cacheKey?: string };
 
@@ -39,7 +39,8 @@ export interface KeepFreshOptions extends GetIceServersOptions {
  * ICE servers for `new RTCPeerConnection({ iceServers })`. Fetched with `cache: "no-store"`; an answer
  * is reused from memory for at most a minute and half its life, per endpoint and `cacheKey` (else
  * Authorization header). On a failure: the last good servers while valid, else `fallback`. After a 429
- * or 503 with Retry-After (exposed to allowed origins), no request goes out until it has passed.
+ * or 503 with Retry-After (exposed to allowed origins), no request goes out to that service (its origin) until it has
+ * passed.
  */
 export function getIceServers(options?: GetIceServersOptions): Promise<IceServer[]>;
 
@@ -49,7 +50,8 @@ export function forgetIceServers(): void;
 /**
  * Keep `peerConnection` on valid ICE servers, asking again at half the credential's remaining life (or once a
  * refusal's Retry-After has passed). Never moves a connection that relays onto servers without TURN while its
- * credential is valid, nor onto `fallback`. Stops when the connection closes (`pc.close()` included, seen within a
- * second) or when the returned function is called.
+ * credential is valid (a life it did not hand out: 48 h at most), nor onto `fallback`. Stops when the connection closes
+ * (`pc.close()` included: it wraps that connection's close()) or when the returned function is called. Give it the
+ * `url` and `fetchOptions` the connection's servers came from.
  */
 export function keepFresh(peerConnection: RTCPeerConnection, options?: KeepFreshOptions): () => void;

@@ -23,10 +23,13 @@ const MIN_REFRESH_MS = 1000; // never re-fetch faster than this, whatever the an
 const REUSE_MS = 60000; // getIceServers() answers from memory at most this long: a revoked credential leaves within a minute
 const FETCH_TIMEOUT_MS = 10000; // a hung request must not hold every later call
 const MAX_KEYS = 16; // endpoint x Authorization (or cacheKey) slots kept: one per user
-const CLOSE_WATCH_MS = 1000; // keepFresh looks this often whether the connection was closed (close() fires no event)
 const MAX_RETRY_AFTER_MS = 3600000; // a Retry-After longer than an hour is taken as an hour
+const MAX_UNKNOWN_LIFE_MS = 172800000; // servers of unknown life (not handed out by this module) count as valid this long: 48 h, the longest TTL
+const MAX_HANDED_OUT = 64; // answers remembered by their servers, so keepFresh knows how long a connection's credential lives
 
 const cache = new Map(); // method + url + authorization -> { entry, pending }
+const holds = new Map(); // service origin -> { sent, waitMs }: a refusal's Retry-After holds every request to that service
+const handedOut = new Map(); // fingerprint of servers -> the entry they came in (its sent, ttlMs, lifeKnown)
 let generation = 0; // bumped by forgetIceServers(): a fetch started before never lands after it
 
 /** A moment to measure elapsed time from: the monotonic clock and the wall clock together. */
@@ -68,6 +71,25 @@ function hasTurn(iceServers) {
   );
 }
 
+/** The service an endpoint belongs to: its origin (a Retry-After holds every endpoint and user of it). */
+function serviceOf(url) {
+  try {
+    return new URL(url, typeof location !== "undefined" ? location.href : "http://localhost/").origin;
+  } catch {
+    return String(url);
+  }
+}
+
+/** Milliseconds left of a refusal's Retry-After for `service`, or 0. */
+function heldFor(service) {
+  const hold = holds.get(service);
+  if (!hold) return 0;
+  const left = hold.waitMs - elapsedSince(hold.sent);
+  if (left > 0) return left;
+  holds.delete(service);
+  return 0;
+}
+
 /** Milliseconds a refusal asks to wait (Retry-After on a 429 or 503: seconds, or an HTTP date), or 0. */
 function retryAfterMs(response) {
   if (response.status !== 429 && response.status !== 503) return 0;
@@ -93,8 +115,9 @@ async function fetchEntry(url, method, extra) {
     throw error;
   }
   const body = await response.json();
-  const ttl = Number.isFinite(body.ttl) ? body.ttl : LEGACY_TTL_S;
-  return entryOf(toList(body.iceServers), body.source, sent, ttl * 1000);
+  const lifeKnown = Number.isFinite(body.ttl); // the legacy single-object form tells none
+  const entry = entryOf(toList(body.iceServers), body.source, sent, (lifeKnown ? body.ttl : LEGACY_TTL_S) * 1000);
+  return { ...entry, lifeKnown };
 }
 
 /**
@@ -109,10 +132,11 @@ export async function getIceServers({ url = DEFAULT_URL, method = "GET", fallbac
   return (await getEntry({ url, method, fallback, fetchOptions }, "reuseFor")).iceServers;
 }
 
-/** Forget every answer held in memory, and any fetch under way: call it when the user signs out. */
+/** Forget every answer held in memory, and any fetch under way: call it when the user signs out (a Retry-After still holds). */
 export function forgetIceServers() {
   generation += 1;
   cache.clear();
+  handedOut.clear();
 }
 
 /** Return the entry of `options`, from memory while younger than its `freshFor` field ("reuseFor" or "refreshAfter"). */
@@ -120,26 +144,30 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
   const started = generation;
   // fetchOptions may be a function, so each fetch can carry a fresh access token (and names whose answer it is).
   const { cacheKey, ...extra } = (typeof fetchOptions === "function" ? await fetchOptions() : fetchOptions) || {};
+  if (cacheKey !== undefined && (typeof cacheKey !== "string" || !cacheKey)) {
+    // null, a number or an object would merge users' answers ("key:null", "[object Object]"): refuse it.
+    throw new TypeError("ice-servers: fetchOptions.cacheKey must be a non-empty string naming whose answer it is (the user)");
+  }
   const key = `${method} ${url} ${cacheKey === undefined ? authorizationOf(extra) : `key:${cacheKey}`}`;
   const slot = cache.get(key);
   if (slot && slot.entry && elapsedSince(slot.entry.sent) < slot.entry[freshFor]) return usable(slot.entry, fallback);
   if (slot && slot.pending) return slot.pending;
   const previous = slot && slot.entry;
+  const service = serviceOf(url);
+  const held = heldFor(service);
+  if (held > 0) return heldEntry(previous, fallback, held); // the service said when to ask again: no request before
   const next = { entry: previous, pending: null };
   next.pending = fetchEntry(url, method, extra)
     .catch((error) => {
-      const lastGood = previous && previous.ttlMs && elapsedSince(previous.sent) < previous.ttlMs ? previous : null;
-      console.warn(`ice-servers: ${error.message}; using ${lastGood ? "the last good servers" : "the fallback"}`);
+      if (error.retryAfterMs) holds.set(service, { sent: mark(), waitMs: error.retryAfterMs }); // for every key of it
+      console.warn(`ice-servers: ${error.message}; using ${validEntry(previous) ? "the last good servers" : "the fallback"}`);
       // Ask again soon, or once the refusal's Retry-After has passed: meanwhile the last good servers for what is
       // left of their life, then the fallback (usable() swaps it in), never another request.
-      const wait = Math.max(RETRY_AFTER_ERROR_MS, error.retryAfterMs || 0);
-      const retry = { refreshAfter: wait, reuseFor: wait, sent: mark() };
-      if (!lastGood) return { ...entryOf(fallback, "fallback", retry.sent, 0), ...retry };
-      const left = lastGood.ttlMs - elapsedSince(lastGood.sent);
-      return { ...lastGood, ...retry, ttlMs: left, fallback };
+      return heldEntry(previous, fallback, Math.max(RETRY_AFTER_ERROR_MS, error.retryAfterMs || 0));
     })
     .then((entry) => {
       if (generation === started && cache.get(key) === next) next.entry = entry;
+      if (entry.source !== "fallback" && generation === started) remember(entry);
       next.pending = null;
       return entry;
     });
@@ -149,6 +177,27 @@ async function getEntry({ url = DEFAULT_URL, method = "GET", fallback = DEFAULT_
     while (cache.size > MAX_KEYS) cache.delete(cache.keys().next().value);
   }
   return next.pending;
+}
+
+/** Whether `entry` holds servers whose credential is still valid. */
+function validEntry(entry) {
+  return Boolean(entry && entry.ttlMs && entry.source !== "fallback" && elapsedSince(entry.sent) < entry.ttlMs);
+}
+
+/** What to answer for `wait` ms without asking: the last good servers for what is left of their life, then `fallback`. */
+function heldEntry(previous, fallback, wait) {
+  const retry = { refreshAfter: wait, reuseFor: wait, sent: mark() };
+  if (!validEntry(previous)) return { ...entryOf(fallback, "fallback", retry.sent, 0), ...retry };
+  const left = previous.ttlMs - elapsedSince(previous.sent);
+  return { ...previous, ...retry, ttlMs: left, fallback };
+}
+
+/** Remember an answer by its servers: keepFresh then knows how long a connection built from it stays valid. */
+function remember(entry) {
+  const key = fingerprint(entry.iceServers);
+  handedOut.delete(key);
+  handedOut.set(key, entry);
+  while (handedOut.size > MAX_HANDED_OUT) handedOut.delete(handedOut.keys().next().value);
 }
 
 /** An entry held after a failure outlives its servers' credential when the wait is long: then the fallback it carries. */
@@ -170,7 +219,7 @@ function usable(entry, fallback) {
  * valid: STUN alone cannot carry what the relay did. A page coming back from the background or a
  * suspended laptop looks again at once.
  * Returns a function that stops it; it also stops when the connection closes (close() included,
- * which fires no event: it looks every second).
+ * which fires no event: keepFresh wraps the connection's close() until it stops).
  * Options: the same as getIceServers, plus `restartIce` (default true) and `onUpdate(iceServers)`.
  */
 export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...options } = {}) {
@@ -178,15 +227,27 @@ export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...opti
   let stopped = false;
   let last = null; // the entry the next look is scheduled from
   let current = fingerprint(peerConnection.getConfiguration().iceServers);
-  let applied = null; // the entry whose servers the connection has, once known: how long its TURN credential lives
+  // The entry whose servers the connection has, if this module handed them out: how long its TURN credential lives.
+  let applied = handedOut.get(current) || null;
+  const startedAt = mark(); // servers of unknown life count as valid MAX_UNKNOWN_LIFE_MS from here
   const hasDocument = typeof document !== "undefined" && document.addEventListener;
   const closed = () => peerConnection.signalingState === "closed" || peerConnection.connectionState === "closed";
-  const closeWatch = setInterval(() => closed() && stop(), CLOSE_WATCH_MS);
+  // close() fires no event: wrap it on this connection (an own property, removed again when keepFresh stops).
+  const originalClose = peerConnection.close;
+  const closeAndStop = function close(...args) {
+    stop();
+    return originalClose.apply(this, args);
+  };
+  if (typeof originalClose === "function") peerConnection.close = closeAndStop;
 
   const schedule = () => {
     if (stopped) return;
     clearTimeout(timer);
-    const due = last ? last.refreshAfter - elapsedSince(last.sent) : RETRY_AFTER_ERROR_MS;
+    let due = last ? last.refreshAfter - elapsedSince(last.sent) : RETRY_AFTER_ERROR_MS;
+    // Kept on TURN through an answer without it: look again when that credential expires, not later.
+    if (applied && applied.lifeKnown !== false && last && !hasTurn(last.iceServers) && hasTurn(peerConnection.getConfiguration().iceServers)) {
+      due = Math.min(due, applied.ttlMs - elapsedSince(applied.sent) + MIN_REFRESH_MS);
+    }
     timer = setTimeout(tick, Math.max(MIN_REFRESH_MS, due));
   };
   // Timers fire late after a suspend or in a background tab: look again when the page comes back.
@@ -196,16 +257,17 @@ export function keepFresh(peerConnection, { restartIce = true, onUpdate, ...opti
   function stop() {
     stopped = true;
     clearTimeout(timer);
-    clearInterval(closeWatch);
+    if (peerConnection.close === closeAndStop) delete peerConnection.close;
     if (hasDocument) document.removeEventListener("visibilitychange", onVisible);
     if (typeof window !== "undefined" && window.removeEventListener) window.removeEventListener("online", schedule);
     if (peerConnection.removeEventListener) peerConnection.removeEventListener("connectionstatechange", onState);
   }
 
-  /** Whether the connection's servers hold a TURN credential still valid (unknown life: taken as valid). */
+  /** Whether the connection's servers hold a TURN credential still valid (a life this module never learned: 48 h at most). */
   function relaysOnValidTurn() {
     if (!hasTurn(peerConnection.getConfiguration().iceServers)) return false;
-    return !applied || elapsedSince(applied.sent) < applied.ttlMs;
+    if (!applied) return elapsedSince(startedAt) < MAX_UNKNOWN_LIFE_MS;
+    return elapsedSince(applied.sent) < (applied.lifeKnown === false ? MAX_UNKNOWN_LIFE_MS : applied.ttlMs);
   }
 
   async function look(swap) {
