@@ -355,3 +355,24 @@ def test_a_reading_of_another_turn_key_or_account_does_not_count(guarded, analyt
     service.egress._policy.local.write(READING, old.to_json(), 3600)
     analytics.failure = "the analytics API answered 500"
     assert service.answer().source == "cloudflare"  # no reading of this key yet: ICE_USAGE_UNKNOWN=open decides
+
+
+def test_the_stand_in_refuses_a_field_the_analytics_page_does_not_document_and_takes_the_query(graphql, monkeypatch):
+    # Failed before (the stand-in took any filter): a typo in the query would pass every test while Cloudflare refused
+    # every reading, and with ICE_USAGE_UNKNOWN=open the ceiling would never engage.
+    from app.spend import analytics
+    from tests.graphql_stub import unknown_field
+
+    real = analytics.egress_query
+    assert unknown_field(real(ACCOUNT_ID, "test-key-id", "2026-12-01")) is None
+    documented = (  # the TURN analytics page's example, with the older datetimeMinute filters and a dimension
+        'query{ viewer { usage: accounts(filter: { accountTag: "x" }) { callsTurnUsageAdaptiveGroups( filter: { '
+        'datetimeMinute_gt: "2024-07-15T02:07:07Z" datetimeMinute_lt: "2024-08-10T02:07:05Z" } limit: 2 '
+        "orderBy: [sum_egressBytes_DESC] ) { dimensions { keyId } sum { egressBytes } } } } }"
+    )
+    assert unknown_field(documented) is None
+    for wrong, field in (("date_geq", "day_geq"), ("egressBytes", "egressbytes"), ("limit", "first")):
+        monkeypatch.setattr(analytics, "egress_query", lambda *args, wrong=wrong, field=field: real(*args).replace(wrong, field))
+        with pytest.raises(UsageUnavailable) as refused:
+            client_for(graphql).egress_bytes(time.time())
+        assert str(refused.value) == f'the analytics API answered 400: unknown field "{field}"'

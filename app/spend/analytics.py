@@ -73,7 +73,7 @@ class AnalyticsClient:
         except requests.RequestException as exc:
             raise UsageUnavailable(f"could not reach the analytics API ({type(exc).__name__})") from None
         if response.status_code != 200:
-            raise UsageUnavailable(f"the analytics API answered {response.status_code}")
+            raise UsageUnavailable(f"the analytics API answered {response.status_code}{_first_error(response)}")
         try:
             payload = response.json() if len(response.content) <= MAX_ANSWER_BYTES else None
         except ValueError:
@@ -81,6 +81,15 @@ class AnalyticsClient:
         if not isinstance(payload, dict):
             raise UsageUnavailable("the analytics API answered something that is not a JSON object")
         return _egress(payload)
+
+
+def _first_error(response: requests.Response) -> str:
+    """Return ": <the first GraphQL error's message>" of an error answer (an unknown field names itself), or nothing."""
+    try:
+        message = response.json()["errors"][0]["message"] if len(response.content) <= MAX_ANSWER_BYTES else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+    return f": {str(message)[:160]}".replace("\n", " ") if message else ""
 
 
 def _bytes(value: object) -> int:
