@@ -376,3 +376,66 @@ def test_the_stand_in_refuses_a_field_the_analytics_page_does_not_document_and_t
         with pytest.raises(UsageUnavailable) as refused:
             client_for(graphql).egress_bytes(time.time())
         assert str(refused.value) == f'the analytics API answered 400: unknown field "{field}"'
+
+
+def test_the_first_reading_of_a_month_is_not_held_behind_last_months_claim(make_service, clock, analytics):
+    # Failed before: the claim on the next query was one key for every month, so with a day's interval the new month's
+    # first reading waited up to a day behind the claim made on the last evening of the old one.
+    clock.now = 1_801_439_990.0  # 2027-01-31T23:59:50Z
+    store = MemoryStore(clock)
+    policy = StorePolicy(store, clock)
+    guard = EgressGuard(analytics, policy, LIMIT, 86_400, clock=clock, spawn=lambda target: target())
+    analytics.egress = LIMIT + 1
+    guard.over()  # January's reading, and January's claim for a day
+    clock.advance(11)  # February
+    analytics.egress = 0
+    assert guard.over() is False or guard.over() is False  # the claim of February is free: asked at once
+    assert len(analytics.queries) == 2
+    clock.advance(1.01)
+    assert guard.over() is False  # February's reading, under the limit
+
+
+def test_a_new_month_shows_no_egress_until_its_first_reading(guarded, analytics, clock):
+    # Failed before: the gauge kept last month's figure, so a critical "ceiling reached" kept firing into the new month.
+    clock.now = 1_801_439_998.0  # 2027-01-31T23:59:58Z
+    analytics.egress = LIMIT + 1
+    service = primed(guarded(turn_servers=STATIC), clock)
+    client = create_app(Settings(), service=service).test_client()
+    client.get("/api/ice-servers")
+    assert "ice_turn_egress_bytes 1.000000001e+09" in client.get("/metrics").get_data(as_text=True)
+    analytics.failure = "the analytics API answered 500"
+    clock.advance(2.02)  # February, and no reading of it
+    client.get("/api/ice-servers")
+    assert "ice_turn_egress_bytes NaN" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_failed_readings_and_the_age_of_the_last_good_one_are_in_the_metrics_and_ice_status(guarded, analytics, clock):
+    from app.web.metrics import reading_metrics
+
+    failed_before = reading_metrics()[2].labels("failed")._value.get()
+    clock.now = time.time() - 60  # ice-status reads the real clock
+    analytics.egress = 123
+    service = guarded(turn_servers=STATIC)  # an in-process store: its claims expire by the test's clock
+    service.answer()  # the first reading
+    good_at = clock()
+    clock.advance(INTERVAL * 5)
+    analytics.failure = "the analytics API answered 400: unknown field \"day_geq\""
+    service.answer()
+    app = create_app(Settings(), service=service)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert reading_metrics()[2].labels("failed")._value.get() == failed_before + 1
+    shown = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("ice_turn_egress_")}
+    assert shown["ice_turn_egress_reading_timestamp_seconds"] == pytest.approx(good_at)
+    assert shown["ice_turn_egress_check_interval_seconds"] == INTERVAL
+
+
+def test_ice_status_says_when_and_why_the_last_reading_failed(guarded, analytics, clock):
+    clock.now = time.time() - 30  # ice-status reads the real clock: the reading failed 30 s ago
+    analytics.failure = 'the analytics API answered 400: unknown field "day_geq"'
+    service = guarded(store=RedisStore(fakeredis.FakeRedis(), clock=clock), turn_servers=STATIC)
+    service.answer()
+    output = create_app(Settings(), service=service).test_cli_runner().invoke(args=["ice-status"]).output
+    egress = [line.strip() for line in output.splitlines() if "reading" in line]
+    assert egress[0] == "Egress:       no reading yet; limit 1 GB".strip()
+    assert re.fullmatch(r'the last reading failed (29|30|31) s ago: the analytics API answered 400: unknown field "day_geq"', egress[1])
+    assert ANALYTICS_TOKEN not in output

@@ -32,7 +32,8 @@ class Status:
     snapshot: Snapshot | None  # None when the store did not answer
     per_user: bool = False  # one credential per user (the snapshot is the shared one, or the user's)
     egress_limit: int | None = None  # ICE_EGRESS_LIMIT_GB in bytes, when the ceiling is on...
-    egress: object | None = None  # ...and the fleet's last reading (app/spend/ceiling.py's Reading), if any
+    egress: object | None = None  # ...and the fleet's last reading (app/spend/ceiling.py's Reading), if any...
+    egress_failure: tuple[float, str] | None = None  # ...and when the last reading failed, and why
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ def status(service: IceService, user: str | None = None) -> Status:
     try:
         snapshot, error = service.cache(user).store.snapshot(), None
         reading = service.egress.reading() if service.egress is not None else None
+        failure = service.egress.last_failure() if service.egress is not None else None
     except StoreUnavailable as exc:
-        snapshot, error, reading = None, str(exc), None
+        snapshot, error, reading, failure = None, str(exc), None, None
     limit = service.egress.limit_bytes if service.egress is not None else None
-    return Status(tuple(p.label for p in service.providers), service.store.shared, error, snapshot, service.per_user, limit, reading)
+    providers = tuple(p.label for p in service.providers)
+    return Status(providers, service.store.shared, error, snapshot, service.per_user, limit, reading, failure)

@@ -61,8 +61,14 @@ class Recorder(Protocol):
     def store_local(self, local: bool) -> None:
         """Say whether this process serves from its own store because the shared one fails."""
 
-    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
-        """Show the month's TURN egress (None: no reading this month) against ICE_EGRESS_LIMIT_GB."""
+    def egress(self, egress_bytes: int | None, limit_bytes: int, read_at: float | None = None, interval: float | None = None) -> None:
+        """Show the month's TURN egress (None: no reading this month) against ICE_EGRESS_LIMIT_GB.
+
+        ``read_at``: when the last good reading of this key was taken (None: never); ``interval``: ICE_USAGE_CHECK_INTERVAL.
+        """
+
+    def usage_reading(self, outcome: str) -> None:
+        """Count one query of the analytics API by outcome: success, failed."""
 
     def refused(self, status: int) -> None:
         """Count one refusal of a credential route by status: 401, 403, 429."""

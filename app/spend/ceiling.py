@@ -24,7 +24,8 @@ from app.core.store_policy import StorePolicy
 from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
 
 READING = "usage"
-ASK = "usage:ask"
+ASK = "usage:ask"  # and the month: the first reading of a month is never held behind last month's claim
+ERROR = "usage:error"  # the last failed reading: when, and why (for ice-status)
 RECHECK = 1.0  # seconds a worker trusts its view of the stored reading
 FRESH_INTERVALS = 3  # a reading counts this many intervals; older, the state is unknown
 READING_MEMORY = 40 * 86_400  # seconds a reading is kept in the shared cache (a month and then some)
@@ -99,7 +100,8 @@ class EgressGuard:
         # (a worker that was idle for a few intervals must not hand out Cloudflare credentials on its first request).
         past = this_month and reading.egress_bytes > self.limit_bytes
         over = True if past else False if fresh else self._unknown_closed
-        self._recorder.egress(reading.egress_bytes if this_month else None, self.limit_bytes)
+        mine = reading is not None and reading.source == self._source
+        self._recorder.egress(reading.egress_bytes if this_month else None, self.limit_bytes, reading.read_at if mine else None, self.interval)
         self._log_change("over" if past else "under" if fresh else "unknown", reading, now)
         self._over = over
         return over
@@ -107,6 +109,14 @@ class EgressGuard:
     def reading(self) -> Reading | None:
         """Return the stored reading (for ice-status), or None; raise StoreUnavailable."""
         return Reading.from_json(self._policy.shared.read(READING))
+
+    def last_failure(self) -> tuple[float, str] | None:
+        """Return when the last reading failed and why (for ice-status), or None; raise StoreUnavailable."""
+        try:
+            data = json.loads(self._policy.shared.read(ERROR) or "null")
+            return float(data["at"]), str(data["message"])
+        except (TypeError, ValueError, KeyError):
+            return None
 
     def _stored(self, store) -> Reading | None:
         """Return the reading the store holds, or None (the in-process store while the shared one fails).
@@ -126,12 +136,13 @@ class EgressGuard:
 
     def _ask_in_background(self, store, now: float) -> None:
         """Claim this interval's query; if this worker got it, ask the analytics API in a thread."""
+        ask = f"{ASK}:{month_start(now)}"
         try:
-            claimed = store.claim(ASK, self.interval)
+            claimed = store.claim(ask, self.interval)
         except StoreUnavailable as exc:
             self._policy.failed(exc)
             store = self._policy.local
-            claimed = store.claim(ASK, self.interval)
+            claimed = store.claim(ask, self.interval)
         if claimed:
             try:
                 self._spawn(lambda: self._ask(store, now))
@@ -143,18 +154,25 @@ class EgressGuard:
         try:
             egress = self._analytics.egress_bytes(now)
         except UsageUnavailable as exc:
+            self._recorder.usage_reading("failed")
+            self._write(store, ERROR, json.dumps({"at": now, "message": str(exc)}))
             last = self._stored(store)
             kept = f"keeping the reading taken {int(self._clock() - last.read_at)} s ago" if last else "no reading yet"
             log.warning("Could not read TURN usage from Cloudflare's analytics API: %s; %s", exc, kept)
             return
+        self._recorder.usage_reading("success")
         reading = Reading(egress, now, month_start(now), self._source)
-        for target in {id(store): store, id(self._policy.local): self._policy.local}.values():
-            try:
-                target.write(READING, reading.to_json(), READING_MEMORY)
-            except StoreUnavailable as exc:
-                self._policy.failed(exc)
+        self._write(store, READING, reading.to_json())
         self._recheck_at = float("-inf")  # this worker sees it at its next request
         log.info("TURN usage this month: %s (ICE_EGRESS_LIMIT_GB=%g)", _gb(egress), self.limit_bytes / 1e9)
+
+    def _write(self, store, name: str, value: str) -> None:
+        """Write a named value in ``store`` and in the process's own store (a worker that loses Redis still has it)."""
+        for target in {id(store): store, id(self._policy.local): self._policy.local}.values():
+            try:
+                target.write(name, value, READING_MEMORY)
+            except StoreUnavailable as exc:
+                self._policy.failed(exc)
 
     def _store(self, now: float):
         """Return the shared store, or the in-process one while the shared one is in its time-out."""

@@ -101,6 +101,9 @@ def ice_status(subject: str | None) -> None:
         click.echo("Cool-down:    none")
     if status.egress_limit is not None:
         click.echo(f"Egress:       {_egress(status.egress, status.egress_limit, now)}")
+        if status.egress_failure is not None and (status.egress is None or status.egress_failure[0] > status.egress.read_at):
+            at, why = status.egress_failure
+            click.echo(f"              the last reading failed {int(now - at)} s ago: {why}")
 
 
 def _egress(reading, limit: int, now: float) -> str:

@@ -66,6 +66,24 @@ STORE_LOCAL = Gauge(
 
 
 @functools.cache
+def reading_metrics() -> tuple[Gauge, Gauge, Counter]:
+    """Return what says whether the ceiling can see: the last good reading's time, the interval, readings by outcome.
+
+    Made on first use, as the egress gauges: without ICE_EGRESS_LIMIT_GB they do not appear.
+    """
+    read_at = Gauge(
+        "ice_turn_egress_reading_timestamp_seconds",
+        "Unix time of the last good reading of TURN egress from Cloudflare's analytics (0: none yet).",
+        multiprocess_mode="max",
+    )
+    interval = Gauge(
+        "ice_turn_egress_check_interval_seconds", "ICE_USAGE_CHECK_INTERVAL: seconds between readings.", multiprocess_mode="mostrecent"
+    )
+    readings = Counter("ice_turn_egress_readings", "Queries of Cloudflare's analytics API for the egress, by outcome.", ["outcome"])
+    return read_at, interval, readings
+
+
+@functools.cache
 def egress_gauges() -> tuple[Gauge, Gauge]:
     """Return the egress and limit gauges, made on first use: without ICE_EGRESS_LIMIT_GB they do not appear.
 
@@ -121,12 +139,19 @@ class PrometheusRecorder:
         """Show whether this worker serves from its own store."""
         STORE_LOCAL.set(1 if local else 0)
 
-    def egress(self, egress_bytes: int | None, limit_bytes: int) -> None:
-        """Show the month's TURN egress against the limit."""
+    def egress(self, egress_bytes: int | None, limit_bytes: int, read_at: float | None = None, interval: float | None = None) -> None:
+        """Show the month's TURN egress against the limit: NaN without a reading this month (last month's never fires an alert)."""
         egress, limit = egress_gauges()
         limit.set(limit_bytes)
-        if egress_bytes is not None:
-            egress.set(egress_bytes)
+        egress.set(float("nan") if egress_bytes is None else egress_bytes)
+        reading_at, every, _ = reading_metrics()
+        reading_at.set(read_at or 0)
+        if interval is not None:
+            every.set(interval)
+
+    def usage_reading(self, outcome: str) -> None:
+        """Count one query of the analytics API."""
+        reading_metrics()[2].labels(outcome).inc()
 
     def refused(self, status: int) -> None:
         """Count one refusal of a credential route (statuses other than 401, 403 and 429 are not refusals)."""
