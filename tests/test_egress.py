@@ -419,7 +419,7 @@ def test_failed_readings_and_the_age_of_the_last_good_one_are_in_the_metrics_and
     service.answer()  # the first reading
     good_at = clock()
     clock.advance(INTERVAL * 5)
-    analytics.failure = "the analytics API answered 400: unknown field \"day_geq\""
+    analytics.failure = 'the analytics API answered 400: unknown field "day_geq"'
     service.answer()
     app = create_app(Settings(), service=service)
     text = app.test_client().get("/metrics").get_data(as_text=True)

@@ -207,3 +207,30 @@ def test_past_the_mint_budget_a_user_with_a_credential_still_valid_keeps_their_o
     clock.advance(12)  # past its window, still valid: a refresh would need the budget
     answer = service.answer(ALICE)
     assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == own
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis-contract"])
+def test_past_the_bound_of_user_records_a_new_user_gets_the_shared_credential(make_service, provider, clock, store_kind):
+    # Issue 31: per-user records must not fill the store. Users admitted within one credential life count; a user who
+    # has a record refreshes it without counting.
+    store = MemoryStore(clock) if store_kind == "memory" else RedisStore(fakeredis.FakeRedis(), clock=clock)
+    service = make_service(store=store, max_user_records=2)
+    first, second = service.answer(ALICE), service.answer(BOB)
+    third = service.answer("c3" * 16)
+    shared = service.answer()
+    assert third.ice_servers[1]["username"] == shared.ice_servers[1]["username"]  # the shared credential
+    assert provider.users[:2] == [ALICE, BOB] and "c3" * 16 not in provider.users
+    clock.advance(9.5)  # the refresh ahead: the users' records exist, so refreshing them does not count
+    service.answer(ALICE), service.answer(BOB)
+    assert provider.users.count(ALICE) == 2 and provider.users.count(BOB) == 2
+    assert first.ice_servers[1]["username"] != second.ice_servers[1]["username"]
+
+
+def test_the_bound_frees_up_as_records_expire(make_service, provider, clock):
+    service = make_service(max_user_records=1)
+    service.answer(ALICE)
+    service.answer(BOB)
+    assert BOB not in provider.users
+    clock.advance(25)  # past a credential's life (24 s): Alice's record is gone, and her admission no longer counts
+    service.answer(BOB)
+    assert BOB in provider.users

@@ -159,3 +159,34 @@ def test_large_token_reaches_the_app_and_gets_the_same_401(start_host, cloudflar
     response = host.get(headers=bearer(token))
     assert response.status_code == 401 and response.text == REFUSAL
     assert host.get(headers=bearer(hs_token(sub=ALICE))).status_code == 200
+
+
+def test_a_flood_of_new_users_stays_within_the_bound_and_the_shared_credential_and_limits_keep_working(start_host, cloudflare, tmp_path):
+    # Issue 31: at the mint budget, distinct signed-in users (scripted sign-ups) would each leave a 632-byte record for a
+    # credential's life, until a Redis sized as documented refused every write. Now past ICE_MAX_USER_RECORDS a new user
+    # gets the shared credential, and Redis holds at most that many records.
+    from tests.servers import RedisServer
+
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        client = own_redis.client()
+        client.config_set("maxmemory", "16mb")
+        client.config_set("maxmemory-policy", "noeviction")  # as docs/fleet-and-redis.md says: a full Redis refuses writes
+        env = user_env(cloudflare, own_redis.url, ICE_MAX_USER_RECORDS="40", ICE_USER_MINT_RATE="0", ICE_RATE_LIMIT="5 per hour")
+        host = start_host(env, workers=2)
+        before = client.info("memory")["used_memory"]
+        answers = [ask(host, f"signup-{index}@example.test", client=f"198.51.100.{index % 250 + 1}")[0] for index in range(120)]
+        assert [a.status_code for a in answers] == [200] * 120
+        records = client.keys("ice-servers:{user:*}:credential")
+        assert len(records) == 40
+        assert sum(client.memory_usage(key) for key in records) <= 40 * 700
+        assert client.info("memory")["used_memory"] - before < 1_000_000
+        # The 80 users past the bound got the shared credential: one username among them, issued for no user.
+        late = {username(a) for a in answers[40:]}
+        assert len(late) == 1 and cloudflare.call_count == 41
+        # The shared credential and the limits still work: one address past "5 per hour" is refused in JSON.
+        flood = ask(host, "one-more@example.test", count=8, client="203.0.113.7")
+        assert sorted(r.status_code for r in flood) == [200] * 5 + [429] * 3
+        assert {username(r) for r in flood if r.status_code == 200} == late
+    finally:
+        own_redis.stop()

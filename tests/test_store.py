@@ -242,3 +242,8 @@ def test_an_old_tombstone_keeps_out_its_own_credential_only_so_a_lowered_lifetim
     other_user = [{"urls": ["turn:t.example.test:3478"], "username": "v", "credential": "c"}]
     shorter = new_credential(other_user, "cloudflare", time.time(), 60, 30)
     assert store.put(shorter) and store.get() == shorter
+
+
+def test_users_are_admitted_up_to_the_bound_within_a_credential_life(store):
+    assert [store.admit_user(3, 3600) for _ in range(5)] == [True, True, True, False, False]
+    assert store.scoped("user:someone").admit_user(3, 3600) is False  # one count for the fleet, whatever the scope

@@ -43,6 +43,7 @@ DEFAULT_RATE_LIMIT = "600 per minute"
 # New per-user credentials, fleet-wide: Cloudflare publishes no TURN API limit; its general API allows
 # 1,200 requests per five minutes, about 4 a second. Past it, a new user gets the shared credential.
 DEFAULT_USER_MINT_RATE = "4 per second"
+DEFAULT_MAX_USER_RECORDS = 50_000  # users with a credential of their own at once, fleet-wide (about 32 MB in Redis)
 ACCESS_MODES = ("open", "origin", "token", "jwt")
 MIN_SECRET_LENGTH = 16
 MIN_JWT_SECRET_LENGTH = 32  # RFC 7518: an HMAC key at least as long as the hash (256 bits for HS256)
@@ -101,6 +102,7 @@ class Settings:
     demo: bool = False  # serve /demo
     rate_limit: str | None = DEFAULT_RATE_LIMIT  # as written (app/config/rates.py parses it); None: no limit
     user_mint_rate: str | None = DEFAULT_USER_MINT_RATE  # new per-user credentials, fleet-wide; None: no budget
+    max_user_records: int = DEFAULT_MAX_USER_RECORDS  # users with a credential of their own within one credential life
     access_mode: str = "open"  # open | origin | token | jwt
     access_secret: str | None = field(default=None, repr=False)  # signs access tokens (token mode)
     jwt_secret: str | None = field(default=None, repr=False)  # jwt mode: the HMAC key...
@@ -185,6 +187,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         demo=_flag(env, "ICE_DEMO"),
         rate_limit=_rate_limit(env),
         user_mint_rate=_rate_limit(env, "ICE_USER_MINT_RATE", DEFAULT_USER_MINT_RATE),
+        max_user_records=_integer(env, "ICE_MAX_USER_RECORDS", DEFAULT_MAX_USER_RECORDS, 1, 10_000_000, unit="users"),
         metrics_allow=_networks(env, "ICE_METRICS_ALLOW", DEFAULT_METRICS_ALLOW),
         **_access(env),
         **_jwt(env),

@@ -204,6 +204,13 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
                 "4 per second",
             ),
             Variable(
+                "ICE_MAX_USER_RECORDS",
+                "`50000`",
+                "users with a credential of their own, fleet-wide, within one credential life (632 bytes each in Redis); "
+                "past it a new user gets the shared credential until older records expire",
+                "50000",
+            ),
+            Variable(
                 "ICE_TRUSTED_PROXIES",
                 "`127.0.0.1,::1`",
                 "proxies (addresses or networks) whose `X-Forwarded-For`/`-Proto` count; any other peer is its own "

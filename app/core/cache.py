@@ -89,8 +89,12 @@ class CredentialCache:
         scope: str | None = None,
         recorder: Recorder | None = None,
         budget: Callable[[], bool] | None = None,
+        max_user_records: int | None = None,
     ):
-        """Bind the scope to its stores; ``user`` (an opaque id) goes to the provider; ``budget``: may a mint happen now."""
+        """Bind the scope to its stores; ``user`` (an opaque id) goes to the provider; ``budget``: may a mint happen now.
+
+        ``max_user_records``: the fleet's bound on users with a record of their own (ICE_MAX_USER_RECORDS).
+        """
         self.user = user
         self.policy = policy
         self.store, self._local = policy.stores(("" if user is None else f"user:{user}") if scope is None else scope)
@@ -104,7 +108,18 @@ class CredentialCache:
         self._degraded = degraded or DegradedLog()
         self._recorder = recorder or NullRecorder()
         self.refill = Refill(
-            policy, self._local, self.providers, credential_ttl, cache_ttl, user, clock, sleep, jitter, self._recorder, budget
+            policy,
+            self._local,
+            self.providers,
+            credential_ttl,
+            cache_ttl,
+            user,
+            clock,
+            sleep,
+            jitter,
+            self._recorder,
+            budget,
+            max_user_records,
         )
         self._for = "" if user is None else f" for user {user}"  # in log lines: the opaque id, never the subject
         self.copy: Copy | None = None

@@ -25,10 +25,13 @@ POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another 
 BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
+BOUND_LOG_INTERVAL = 60.0  # seconds between warnings that ICE_MAX_USER_RECORDS is reached
 
 
 class Refill:
     """Get a scope's credential from its remote providers under the store's lock, and store it."""
+
+    _bound_logged_at = float("-inf")  # one warning a minute per process, whichever user met the bound
 
     def __init__(
         self,
@@ -43,8 +46,12 @@ class Refill:
         jitter: Callable[[], float],
         recorder: Recorder,
         budget: Callable[[], bool] | None = None,
+        max_user_records: int | None = None,
     ):
-        """Keep what a refill needs; ``local``: the scope's in-process store; ``budget``: may a (user's) credential be minted now."""
+        """Keep what a refill needs; ``local``: the scope's in-process store; ``budget``: may a (user's) credential be minted now.
+
+        ``max_user_records``: users with a record of their own at once, fleet-wide (ICE_MAX_USER_RECORDS; None: no bound).
+        """
         self.policy = policy
         self._local = local
         self.remote = tuple(provider for provider in providers if provider.remote)
@@ -53,6 +60,7 @@ class Refill:
         self._clock, self._sleep, self._jitter = clock, sleep, jitter
         self._recorder = recorder
         self._budget = budget
+        self.max_user_records = max_user_records
         self._for = "" if user is None else f" for user {user}"
 
     def wait_or_fill(self, store, deadline: float) -> Credential | None:
@@ -93,6 +101,8 @@ class Refill:
                 return None
             if self._budget is not None and not self._budget():
                 raise MintDeferred()
+            if self.user is not None and current is None and snapshot.revoked is None and not self._admit(store):
+                raise MintDeferred()  # past ICE_MAX_USER_RECORDS: this user gets the shared credential meanwhile
             for provider in self.remote:
                 try:
                     return self.obtain(provider, store)
@@ -104,6 +114,19 @@ class Refill:
             return None
         finally:
             self._release(store, token)
+
+    def _admit(self, store) -> bool:
+        """Count a new user with a record of their own within ICE_MAX_USER_RECORDS; say so once a minute when past it."""
+        if self.max_user_records is None or store.admit_user(self.max_user_records, self.credential_ttl):
+            return True
+        now = self._clock()
+        if now >= Refill._bound_logged_at + BOUND_LOG_INTERVAL:
+            Refill._bound_logged_at = now
+            log.warning(
+                "ICE_MAX_USER_RECORDS=%d users have a credential of their own: new users get the shared one until older records expire",
+                self.max_user_records,
+            )
+        return False
 
     def obtain(self, provider: Provider, store) -> Credential:
         """Get a credential from ``provider`` and store it, ending the cool-down; raise UpstreamError."""

@@ -103,6 +103,7 @@ class IceService:
         url_policy: UrlPolicy | None = None,
         recorder: Recorder | None = None,
         mint_budget: Callable[[], bool] | None = None,
+        max_user_records: int | None = None,
     ):
         """Wire the store and providers; ``per_user``: callers get their own credentials (user scope).
 
@@ -142,6 +143,7 @@ class IceService:
             scope=_scope(user, capped),
             recorder=self.recorder,
             budget=mint_budget if user is not None else None,
+            max_user_records=max_user_records if user is not None else None,
         )
         self.shared_cache = self._new_cache(None, False)
         self.capped_cache = self._new_cache(None, True) if egress is not None else None

@@ -126,6 +126,10 @@ class GuardedStore:
         """Forget the failure run."""
         self._through(self.inner.clear_failures)
 
+    def admit_user(self, bound: int, life: float) -> bool:
+        """Count one more user with a record of their own, within the fleet's bound; tell whether they were admitted."""
+        return self._through(self.inner.admit_user, bound, life)
+
     def read(self, name: str) -> str | None:
         """Return a named value, or None."""
         return self._through(self.inner.read, name)

@@ -101,7 +101,9 @@ class EgressGuard:
         past = this_month and reading.egress_bytes > self.limit_bytes
         over = True if past else False if fresh else self._unknown_closed
         mine = reading is not None and reading.source == self._source
-        self._recorder.egress(reading.egress_bytes if this_month else None, self.limit_bytes, reading.read_at if mine else None, self.interval)
+        self._recorder.egress(
+            reading.egress_bytes if this_month else None, self.limit_bytes, reading.read_at if mine else None, self.interval
+        )
         self._log_change("over" if past else "under" if fresh else "unknown", reading, now)
         self._over = over
         return over

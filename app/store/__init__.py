@@ -16,6 +16,9 @@ Per scope (the shared credential, one user's, or either "capped" past the egress
   cannot block the fleet; ``release_lock(token)`` deletes it only if the token still owns it.
 - ``start_cooldown(seconds)`` and ``clear_failures()``: one cool-down for every scope, since the
   upstream fails for everyone at once.
+- ``admit_user(bound, life)`` counts one more user with a record of their own unless ``bound``
+  were admitted within ``life`` seconds (a record lives no longer than its credential, so that
+  many at most are alive): what keeps per-user state within a documented memory.
 - ``read``, ``write`` and ``claim`` keep small named values beside (the fleet's TURN usage reading,
   and who asks for the next one).
 - ``scoped(scope)`` returns the same contract for another scope. Any I/O failure raises

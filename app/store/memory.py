@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from app.core.ice import Credential, Revoked, keeps_place
@@ -108,6 +109,17 @@ class MemoryStore:
             self._upstream.cooldown_until = self._clock() + seconds
             self._upstream.failures += 1
 
+    def admit_user(self, bound: int, life: float) -> bool:
+        """Count one more user with a record of their own unless ``bound`` were admitted within ``life`` seconds; tell which."""
+        with self._upstream.mutex:
+            now, admitted = self._clock(), self._upstream.admitted
+            while admitted and admitted[0] <= now - life:
+                admitted.popleft()
+            if len(admitted) >= bound:
+                return False
+            admitted.append(now)
+            return True
+
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""
         with self._upstream.mutex:
@@ -149,4 +161,5 @@ class _Upstream:
         self.failures = 0
         self.scopes: dict[str, MemoryStore] = {}  # only as many as scopes with a live record
         self.values: dict[str, tuple[str, float]] = {}  # name -> (value, until): a few fixed names
+        self.admitted: deque[float] = deque()  # when each user with a record of their own was admitted, oldest first
         self.prune_above = SCOPES_PRUNE_AT

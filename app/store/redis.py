@@ -65,6 +65,18 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: the fleet's counts of users admitted, one per hour, the current hour first (one hash tag). ARGV: the bound, the
+# seconds a count lives (the credential's life and an hour). A user is admitted while fewer than the bound were admitted
+# within the credential's life: a record lives no longer than its credential, so that many records at most are alive.
+_ADMIT_USER = """
+local admitted = 0
+for i = 1, #KEYS do admitted = admitted + (tonumber(redis.call('GET', KEYS[i])) or 0) end
+if admitted >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCRBY', KEYS[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 _RELEASE_IF_OWNER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -81,8 +93,9 @@ class RedisStore:
         self._redis = client
         self._clock = clock
         self.connection: Connection | None = connection
-        self._scripts = _scripts or tuple(client.register_script(script) for script in (_PUT_IF_NEWER, _RELEASE_IF_OWNER, _START_COOLDOWN))
-        self._put_if_newer, self._release_if_owner, self._start_cooldown = self._scripts
+        scripts = (_PUT_IF_NEWER, _RELEASE_IF_OWNER, _START_COOLDOWN, _ADMIT_USER)
+        self._scripts = _scripts or tuple(client.register_script(script) for script in scripts)
+        self._put_if_newer, self._release_if_owner, self._start_cooldown, self._admit_user = self._scripts
         # A cluster pipeline re-sends each command that timed out, one by one: on a cluster the snapshot reads one by one.
         self._one_by_one = connection is not None and connection.target.topology == "cluster"
         self._keys = {name: store_key(name, scope) for name in ("credential", "lock")}
@@ -184,6 +197,12 @@ class RedisStore:
         """Start a cool-down of ``seconds`` and count one more failure in a row."""
         keys = [self._keys["cooldown"], self._keys["failures"]]
         self._call(self._start_cooldown, keys=keys, args=[max(1, int(seconds * 1000)), FAILURES_MEMORY])
+
+    def admit_user(self, bound: int, life: float) -> bool:
+        """Count one more user with a record of their own unless ``bound`` were admitted within ``life`` seconds; tell which."""
+        hour = int(self._clock() // 3600)
+        keys = [store_key(f"users:{hour - back}", None) for back in range(int(life // 3600) + 2)]
+        return bool(self._call(self._admit_user, keys=keys, args=[bound, int(life) + 3600]))
 
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""

@@ -159,6 +159,7 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
         url_policy=UrlPolicy(settings.turn_transports, settings.max_urls),
         recorder=recorder,
         mint_budget=build_mint_budget(settings, breaker),
+        max_user_records=settings.max_user_records,
     )
 
 
