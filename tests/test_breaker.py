@@ -168,11 +168,11 @@ def test_an_error_redis_answers_with_fails_that_call_and_leaves_the_breaker_clos
     # A NOPERM or a full Redis (OOM) refusing the limiter's script is not an outage: the store must keep using Redis.
     breaker = CircuitBreaker(clock=FakeClock())
     limit = RateLimit(parse_rates("3 per minute"), redis.Redis(port=1), breaker=breaker)
-    refusal = redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+    refusal = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
     monkeypatch.setattr(limit._shared, "check", lambda key: (_ for _ in ()).throw(refusal))
     assert [limit.hit("a") is None for _ in range(4)] == [True, True, True, False]  # counted in memory meanwhile
     assert not breaker.is_open
-    assert caplog.text.count("Redis refuses the rate limit's script (OOM)") == 1
+    assert caplog.text.count("Redis refuses the rate limit's script (OOM: Redis is full, maxmemory)") == 1
 
 
 def test_an_answered_store_error_does_not_open_the_breaker():

@@ -190,3 +190,28 @@ def test_a_flood_of_new_users_stays_within_the_bound_and_the_shared_credential_a
         assert {username(r) for r in flood if r.status_code == 200} == late
     finally:
         own_redis.stop()
+
+
+def test_a_full_redis_leaves_the_shared_credential_and_the_limits_working(start_host, cloudflare, tmp_path):
+    # noeviction, as documented: a full Redis refuses every write (OOM) and evicts nothing. Reads still answer, so the
+    # shared credential is served; a refused script counts that request in the worker's memory; nothing is a 5xx.
+    from tests.servers import RedisServer, app_env
+
+    own_redis = RedisServer(tmp_path).start()
+    try:
+        client = own_redis.client()
+        host = start_host(app_env(cloudflare.base_url, own_redis.url, ICE_RATE_LIMIT="3 per hour"), workers=2)
+        first = host.get(headers={"X-Forwarded-For": "203.0.113.1"})
+        assert first.status_code == 200
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", str(client.info("memory")["used_memory"] - 1024))  # full: every write refused
+        with pytest.raises(Exception, match="used memory > 'maxmemory'"):
+            client.set("probe", "x")
+        answers = [host.get(headers={"X-Forwarded-For": "203.0.113.2"}) for _ in range(12)]
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 429} and 3 <= statuses.count(200) <= 6  # 3 per hour, counted per worker meanwhile
+        assert {username(a) for a in answers if a.status_code == 200} == {username(first)}
+        assert cloudflare.call_count == 1
+        assert "Redis refuses the rate limit's script (OOM: Redis is full, maxmemory)" in host.log_path.read_text()
+    finally:
+        own_redis.stop()

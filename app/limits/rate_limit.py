@@ -19,7 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from app.config.rates import Rate
 from app.core.breaker import CircuitBreaker
@@ -95,8 +104,7 @@ class RateLimit:
         """Say, at most once a minute, that Redis refuses the rate limit's script (an ACL or a full Redis): counted per worker."""
         if now >= self._refusal_logged_at + REFUSAL_LOG_INTERVAL:
             self._refusal_logged_at = now
-            first_word = (str(exc).split() or [type(exc).__name__])[0][:20]
-            log.warning("Redis refuses the rate limit's script (%s): counting per worker in memory meanwhile", first_word)
+            log.warning("Redis refuses the rate limit's script (%s): counting per worker in memory meanwhile", _refusal_kind(exc))
 
     def _remember(self, key: str, until: float) -> None:
         """Refuse ``key`` without asking Redis until ``until``; past REFUSED_MEMORY callers, the oldest refusal is forgotten."""
@@ -110,3 +118,16 @@ class RateLimit:
         """Build a 429 whose Retry-After is the whole seconds until the caller would pass (at least 1)."""
         retry_after = str(max(1, math.ceil(wait_ms / 1000)))
         return Refusal(self._body, {"Retry-After": retry_after, "Content-Type": "application/json", "Cache-Control": "no-store"})
+
+
+def _refusal_kind(exc: ResponseError) -> str:
+    """Name what Redis answered, in a few words and never its whole text."""
+    kinds = {
+        OutOfMemoryError: "OOM: Redis is full, maxmemory",
+        NoPermissionError: "NOPERM: the ACL user lacks a command",
+        ReadOnlyError: "READONLY: a replica",
+    }
+    for kind, words in kinds.items():
+        if isinstance(exc, kind):
+            return words
+    return (str(exc).split() or [type(exc).__name__])[0][:20]
