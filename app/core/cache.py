@@ -184,8 +184,10 @@ class CredentialCache:
         """Return the newer of the record and this process's copy; put the copy back where the store lost or aged it."""
         record = snapshot.credential
         mine = self.copy.credential if self.copy is not None else None
-        if snapshot.revoked is not None and store is not self._local:
-            self._keep_revoked(snapshot.revoked, mine)
+        if store is not self._local and (snapshot.credential or snapshot.revoked) is not None:
+            # What Redis holds goes into this process's own store too: at a later blip that store answers, and must
+            # never hand out a credential Redis has since replaced or revoked (a copy put there at an earlier blip).
+            self._local.mirror(snapshot.credential or snapshot.revoked)
         if mine is not None and snapshot.revoked is not None and snapshot.revoked.blocks(mine):
             self.copy, mine = None, None  # revoked: never served again, never put back
         if mine is None or mine.source not in self._remote_sources or not mine.is_valid(now):
@@ -197,15 +199,6 @@ class CredentialCache:
             # the copy goes back, and nobody asks the upstream for it.
             self.refill.put(store, mine)
         return mine
-
-    def _keep_revoked(self, revoked, mine: Credential | None) -> None:
-        """Put a revocation seen in the shared store into this process's own: at a later Redis blip, the revoked one stays out.
-
-        This process's store may hold the revoked credential (put there from the copy at an earlier blip).
-        """
-        for held in (self._local.get(), mine):
-            if held is not None and revoked.blocks(held):
-                self._local.revoke(held)
 
     def _serve_stale(self, stale: Credential | None, now: float) -> Credential | None:
         """Answer a known outage at once: the last valid credential, held for a second, or None."""

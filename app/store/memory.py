@@ -87,6 +87,24 @@ class MemoryStore:
             if held is None or not keeps_place(held, credential):  # what put-if-newer decides for the tombstone in Redis
                 self._record = Revoked(credential.username or "", credential.expires_at, credential.issued_at)
 
+    def mirror(self, record: Credential | Revoked) -> None:
+        """Keep a record read from the shared store, as put-if-newer keeps it there: a credential issued later, or a tombstone.
+
+        A tombstone replaces the credential it blocks (and an older tombstone); it lives as long as the revoked credential.
+        """
+        with self._mutex:
+            held = self._held(self._clock())
+            if held is None:
+                self._record = record
+            elif isinstance(record, Credential):
+                if not keeps_place(held, record):
+                    self._record = record
+            elif isinstance(held, Credential):
+                if record.blocks(held):
+                    self._record = record
+            elif (held.issued_at or 0.0) <= (record.issued_at or 0.0):
+                self._record = record
+
     def acquire_lock(self, ttl: float) -> str | None:
         """Take the lock for ``ttl`` seconds; return its token, or None if it is held."""
         with self._mutex:
