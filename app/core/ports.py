@@ -50,7 +50,11 @@ class Recorder(Protocol):
         """Count one answer, by source: cloudflare, turn-secret, static, stun-only."""
 
     def cache_event(self, event: str) -> None:
-        """Count hit, miss, stale, lock_wait, refresh, deferred (a user's own credential could not be had: the shared one answered)."""
+        """Count a cache event: hit, miss, stale, lock_wait, refresh, deferred or bounded.
+
+        deferred and bounded: a user's own credential could not be had (the mint budget, a refusing upstream; or
+        ICE_MAX_USER_RECORDS): the shared one answered.
+        """
 
     def upstream(self, outcome: str, seconds: float) -> None:
         """Count one upstream call by outcome (success, rejected, rate_limited, invalid, unavailable) and time it."""

@@ -26,12 +26,11 @@ BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, 
 BACKOFF_CAP = 300.0
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
 BOUND_LOG_INTERVAL = 60.0  # seconds between warnings that ICE_MAX_USER_RECORDS is reached
+BOUND_RECHECK = 10.0  # seconds a process, once past ICE_MAX_USER_RECORDS, defers user mints without asking Redis
 
 
 class Refill:
     """Get a scope's credential from its remote providers under the store's lock, and store it."""
-
-    _bound_logged_at = float("-inf")  # one warning a minute per process, whichever user met the bound
 
     def __init__(
         self,
@@ -99,10 +98,10 @@ class Refill:
                 return current
             if snapshot.cooldown:  # the holder before us failed: nobody calls until the cool-down ends
                 return None
+            if self.user is not None and not self._admit(store):
+                raise MintDeferred()  # past ICE_MAX_USER_RECORDS: this user gets the shared credential meanwhile
             if self._budget is not None and not self._budget():
                 raise MintDeferred()
-            if self.user is not None and current is None and snapshot.revoked is None and not self._admit(store):
-                raise MintDeferred()  # past ICE_MAX_USER_RECORDS: this user gets the shared credential meanwhile
             for provider in self.remote:
                 try:
                     return self.obtain(provider, store)
@@ -116,16 +115,26 @@ class Refill:
             self._release(store, token)
 
     def _admit(self, store) -> bool:
-        """Count a new user with a record of their own within ICE_MAX_USER_RECORDS; say so once a minute when past it."""
-        if self.max_user_records is None or store.admit_user(self.max_user_records, self.credential_ttl):
+        """Count one more user mint within ICE_MAX_USER_RECORDS (refreshes too: every live record was minted within its life).
+
+        Checked before the mint budget is spent; once past the bound, this process asks Redis again only after
+        BOUND_RECHECK seconds. Said once a minute.
+        """
+        if self.max_user_records is None:
             return True
-        now = self._clock()
-        if now >= Refill._bound_logged_at + BOUND_LOG_INTERVAL:
-            Refill._bound_logged_at = now
+        now, bound = self._clock(), self.policy.user_bound  # what this process knows of the bound, for every user
+        if now >= bound.full_until and store.admit_user(self.max_user_records, self.credential_ttl):
+            return True
+        if now >= bound.full_until:
+            bound.full_until = now + BOUND_RECHECK
+        if now >= bound.logged_at + BOUND_LOG_INTERVAL:
+            bound.logged_at = now
             log.warning(
-                "ICE_MAX_USER_RECORDS=%d users have a credential of their own: new users get the shared one until older records expire",
+                "ICE_MAX_USER_RECORDS=%d user credentials were minted within one credential life: users without one (and "
+                "those whose own is due) get the shared credential until older mints leave the count",
                 self.max_user_records,
             )
+        self._recorder.cache_event("bounded")
         return False
 
     def obtain(self, provider: Provider, store) -> Credential:

@@ -35,6 +35,7 @@ class StorePolicy:
     ):
         """Wrap ``shared`` in the breaker; without Redis (a MemoryStore) it is the process's own store already."""
         self.breaker = breaker or CircuitBreaker(clock=clock, recorder=recorder)
+        self.user_bound = UserBound()  # this process's view of ICE_MAX_USER_RECORDS, shared by every user's refill
         self.shared = GuardedStore(shared, self.breaker) if shared.shared else shared
         self.local = shared.fallback() if shared.shared else shared
 
@@ -56,6 +57,15 @@ class StorePolicy:
         """
         if not isinstance(exc, StoreResting) and not exc.answered:
             self.breaker.failed(str(exc))
+
+
+class UserBound:
+    """What a process knows of ICE_MAX_USER_RECORDS: until when it is reached (no need to ask), when that was last said."""
+
+    def __init__(self):
+        """Start knowing nothing."""
+        self.full_until = float("-inf")
+        self.logged_at = float("-inf")
 
 
 class GuardedStore:

@@ -199,10 +199,15 @@ class RedisStore:
         self._call(self._start_cooldown, keys=keys, args=[max(1, int(seconds * 1000)), FAILURES_MEMORY])
 
     def admit_user(self, bound: int, life: float) -> bool:
-        """Count one more user with a record of their own unless ``bound`` were admitted within ``life`` seconds; tell which."""
-        hour = int(self._clock() // 3600)
-        keys = [store_key(f"users:{hour - back}", None) for back in range(int(life // 3600) + 2)]
-        return bool(self._call(self._admit_user, keys=keys, args=[bound, int(life) + 3600]))
+        """Count one more user mint unless ``bound`` were counted within ``life`` seconds (and one bucket); tell which.
+
+        Buckets of an eighth of ``life`` (a minute to an hour), on this host's clock: hosts minutes apart count at
+        bucket edges a little differently (keep their clocks in sync, as TLS and the credentials' expiry want anyway).
+        """
+        bucket = int(max(60, min(3600, life // 8)))
+        index = int(self._clock() // bucket)
+        keys = [store_key(f"users:{bucket}:{index - back}", None) for back in range(int(-(-life // bucket)) + 1)]
+        return bool(self._call(self._admit_user, keys=keys, args=[bound, int(life) + bucket]))
 
     def clear_failures(self) -> None:
         """Forget the failure run after a success."""

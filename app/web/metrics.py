@@ -12,6 +12,8 @@ address or a secret.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +29,7 @@ from prometheus_client import (
 
 SOURCES = ("cloudflare", "turn-secret", "static", "stun-only")
 OUTCOMES = ("success", "rejected", "rate_limited", "invalid", "unavailable")
-EVENTS = ("hit", "miss", "stale", "lock_wait", "refresh", "deferred")
+EVENTS = ("hit", "miss", "stale", "lock_wait", "refresh", "deferred", "bounded")
 REFUSALS = (401, 403, 429)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -42,7 +44,8 @@ CACHE_EVENTS = Counter(
     "ice_cache_events",
     "Shared-cache events: hit and miss (reads of the shared cache; a worker re-reads at most every 2 s), stale (served past "
     "its refresh point), lock_wait (waited for another worker's refill), refresh (background refresh started), deferred "
-    "(a user's own credential could not be had, past ICE_USER_MINT_RATE or while Cloudflare refuses: the shared one answered).",
+    "(a user's own credential could not be had, past ICE_USER_MINT_RATE or while Cloudflare refuses: the shared one answered), "
+    "bounded (past ICE_MAX_USER_RECORDS: the shared one answered).",
     ["event"],
 )
 REFUSED = Counter(
@@ -65,12 +68,11 @@ STORE_LOCAL = Gauge(
 )
 
 
-@functools.cache
-def reading_metrics() -> tuple[Gauge, Gauge, Counter]:
-    """Return what says whether the ceiling can see: the last good reading's time, the interval, readings by outcome.
+_MADE = threading.Lock()  # the ceiling's metrics are made on first use, by whichever thread gets there first
 
-    Made on first use, as the egress gauges: without ICE_EGRESS_LIMIT_GB they do not appear.
-    """
+
+@functools.cache
+def _reading_metrics() -> tuple[Gauge, Gauge, Counter, Gauge]:
     read_at = Gauge(
         "ice_turn_egress_reading_timestamp_seconds",
         "Unix time of the last good reading of TURN egress from Cloudflare's analytics (0: none yet).",
@@ -80,11 +82,33 @@ def reading_metrics() -> tuple[Gauge, Gauge, Counter]:
         "ice_turn_egress_check_interval_seconds", "ICE_USAGE_CHECK_INTERVAL: seconds between readings.", multiprocess_mode="mostrecent"
     )
     readings = Counter("ice_turn_egress_readings", "Queries of Cloudflare's analytics API for the egress, by outcome.", ["outcome"])
-    return read_at, interval, readings
+    for outcome in ("success", "failed"):
+        readings.labels(outcome)  # at 0 from the start: increase() sees the first failure after a restart
+    failed_at = Gauge(
+        "ice_turn_egress_failure_timestamp_seconds",
+        "Unix time of the last failed reading of TURN egress (0: none).",
+        multiprocess_mode="max",
+    )
+    return read_at, interval, readings, failed_at
+
+
+def reading_metrics() -> tuple[Gauge, Gauge, Counter, Gauge]:
+    """Return what says whether the ceiling can see: the last good reading's time, the interval, readings, the last failure.
+
+    Made on first use, as the egress gauges: without ICE_EGRESS_LIMIT_GB they do not appear.
+    """
+    with _MADE:
+        return _reading_metrics()
+
+
+def egress_gauges() -> tuple[Gauge, Gauge]:
+    """Return the egress and limit gauges (made once, whichever thread asks first)."""
+    with _MADE:
+        return _egress_gauges()
 
 
 @functools.cache
-def egress_gauges() -> tuple[Gauge, Gauge]:
+def _egress_gauges() -> tuple[Gauge, Gauge]:
     """Return the egress and limit gauges, made on first use: without ICE_EGRESS_LIMIT_GB they do not appear.
 
     One fleet-wide value each: every worker sets the shared reading and the newest setting is shown
@@ -144,14 +168,17 @@ class PrometheusRecorder:
         egress, limit = egress_gauges()
         limit.set(limit_bytes)
         egress.set(float("nan") if egress_bytes is None else egress_bytes)
-        reading_at, every, _ = reading_metrics()
+        reading_at, every, _, _ = reading_metrics()
         reading_at.set(read_at or 0)
         if interval is not None:
             every.set(interval)
 
     def usage_reading(self, outcome: str) -> None:
-        """Count one query of the analytics API."""
-        reading_metrics()[2].labels(outcome).inc()
+        """Count one query of the analytics API; a failure's time is shown too."""
+        _, _, readings, failed_at = reading_metrics()
+        readings.labels(outcome).inc()
+        if outcome == "failed":
+            failed_at.set(time.time())
 
     def refused(self, status: int) -> None:
         """Count one refusal of a credential route (statuses other than 401, 403 and 429 are not refusals)."""
