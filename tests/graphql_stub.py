@@ -55,14 +55,16 @@ def _block(text: str, start: int) -> tuple[str, int]:
 
 
 def _selection(text: str) -> dict[str, str | None]:
-    """Return the fields of a selection set, each with its own selection's text (None for a leaf)."""
+    """Return the fields of a selection set (an alias's field, not the alias), each with its selection's text (None: a leaf)."""
     fields, index = {}, 0
     while index < len(text):
-        match = re.compile(r"\s*(\w+)\s*").match(text, index)
+        match = re.compile(r"\s*(\w+)\s*(?::\s*(\w+)\s*)?").match(text, index)
         if not match:
             index += 1
             continue
-        name, index = match.group(1), match.end()
+        name, index = match.group(2) or match.group(1), match.end()
+        if name == "__typename":
+            continue
         if index < len(text) and text[index] == "(":
             _, index = _block(text, index)
             index = re.compile(r"\s*").match(text, index).end()
@@ -77,10 +79,11 @@ def _selection(text: str) -> dict[str, str | None]:
 def unknown_field(query: str) -> str | None:
     """Return the first name in the dataset's arguments, filter or selection the documentation does not have, or None."""
     query = re.sub(r'"(?:[^"\\]|\\.)*"', '""', query)  # string values hold colons and braces of their own
-    at = query.find(DATASET)
-    if at < 0:
+    query = re.sub(r"#[^\n]*", "", query)  # comments
+    field = re.search(rf"(?<![\w$]){DATASET}(?=\s*[({{])", query)  # the field itself, not an operation's name
+    if field is None:
         return None
-    index = re.compile(r"\s*").match(query, at + len(DATASET)).end()
+    index = re.compile(r"\s*").match(query, field.end()).end()
     if index < len(query) and query[index] == "(":
         arguments, index = _block(query, index)
         for name in re.findall(r"(\w+)\s*:", re.sub(r"\{[^{}]*\}", "", arguments)):
@@ -98,10 +101,10 @@ def unknown_field(query: str) -> str | None:
     selection, _ = _block(query, index)
     for group, inner in _selection(selection).items():
         allowed = {"sum": METRICS, "avg": METRICS, "dimensions": DIMENSIONS}.get(group)
-        if allowed is None:
+        if allowed is None or inner is None:
             return group
-        for name in _selection(inner or ""):
-            if name not in allowed:
+        for name, leaf in _selection(inner).items():
+            if name not in allowed or leaf is not None:  # a field the page lists, and a leaf: nothing selected under it
                 return name
     return None
 

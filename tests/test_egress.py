@@ -352,7 +352,7 @@ def test_a_reading_of_another_turn_key_or_account_does_not_count(guarded, analyt
 
     service = guarded(turn_servers=STATIC)
     old = Reading(LIMIT * 5, clock(), month_start(clock()), "test-account/old-key")
-    service.egress._policy.local.write(READING, old.to_json(), 3600)
+    service.egress._policy.local.write(f"{READING}:{month_start(clock())}", old.to_json(), 3600)
     analytics.failure = "the analytics API answered 500"
     assert service.answer().source == "cloudflare"  # no reading of this key yet: ICE_USAGE_UNKNOWN=open decides
 

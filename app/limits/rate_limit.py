@@ -130,4 +130,8 @@ def _refusal_kind(exc: ResponseError) -> str:
     for kind, words in kinds.items():
         if isinstance(exc, kind):
             return words
-    return (str(exc).split() or [type(exc).__name__])[0][:20]
+    text = str(exc)
+    for code, words in (("OOM", kinds[OutOfMemoryError]), ("NOPERM", kinds[NoPermissionError]), ("READONLY", kinds[ReadOnlyError])):
+        if code in text:  # Redis before 7 (and some managed ones) wrap a script's refusal as "ERR Error running script ... -OOM"
+            return words
+    return (text.split() or [type(exc).__name__])[0][:20]

@@ -89,7 +89,8 @@ def _first_error(response: requests.Response) -> str:
         message = response.json()["errors"][0]["message"] if len(response.content) <= MAX_ANSWER_BYTES else None
     except (ValueError, KeyError, IndexError, TypeError):
         return ""
-    return f": {str(message)[:160]}".replace("\n", " ") if message else ""
+    text = "".join(character if character.isprintable() else " " for character in str(message)[:160])
+    return f": {text}" if message else ""
 
 
 def _bytes(value: object) -> int:

@@ -23,7 +23,7 @@ from app.core.ports import NullRecorder, Recorder
 from app.core.store_policy import StorePolicy
 from app.spend.analytics import AnalyticsClient, UsageUnavailable, month_start
 
-READING = "usage"
+READING = "usage"  # and the month: a late reading of last month (or a host whose clock lags) never overwrites this one
 ASK = "usage:ask"  # and the month: the first reading of a month is never held behind last month's claim
 ERROR = "usage:error"  # the last failed reading: when, and why (for ice-status)
 RECHECK = 1.0  # seconds a worker trusts its view of the stored reading
@@ -91,7 +91,7 @@ class EgressGuard:
             return self._over
         self._recheck_at = now + min(RECHECK, self.interval / 2)
         store = self._store(now)
-        reading = self._stored(store)
+        reading = self._stored(store, now)
         if reading is None or reading.month != month_start(now) or reading.source != self._source or now - reading.read_at >= self.interval:
             self._ask_in_background(store, now)
         this_month = reading is not None and reading.month == month_start(now) and reading.source == self._source
@@ -110,7 +110,7 @@ class EgressGuard:
 
     def reading(self) -> Reading | None:
         """Return the stored reading (for ice-status), or None; raise StoreUnavailable."""
-        return Reading.from_json(self._policy.shared.read(READING))
+        return Reading.from_json(self._policy.shared.read(_reading_key(self._clock())))
 
     def last_failure(self) -> tuple[float, str] | None:
         """Return when the last reading failed and why (for ice-status), or None; raise StoreUnavailable."""
@@ -120,20 +120,20 @@ class EgressGuard:
         except (TypeError, ValueError, KeyError):
             return None
 
-    def _stored(self, store) -> Reading | None:
+    def _stored(self, store, now: float) -> Reading | None:
         """Return the reading the store holds, or None (the in-process store while the shared one fails).
 
         A reading from the shared store is kept in the in-process one too, so that a worker that
         loses Redis goes on deciding on the last reading it saw.
         """
-        local = self._policy.local
+        local, key = self._policy.local, _reading_key(now)
         try:
-            raw = store.read(READING)
+            raw = store.read(key)
         except StoreUnavailable as exc:
             self._policy.failed(exc)
-            return Reading.from_json(local.read(READING))
+            return Reading.from_json(local.read(key))
         if raw is not None and store is not local:
-            local.write(READING, raw, READING_MEMORY)
+            local.write(key, raw, READING_MEMORY)
         return Reading.from_json(raw)
 
     def _ask_in_background(self, store, now: float) -> None:
@@ -158,13 +158,13 @@ class EgressGuard:
         except UsageUnavailable as exc:
             self._recorder.usage_reading("failed")
             self._write(store, ERROR, json.dumps({"at": now, "message": str(exc)}))
-            last = self._stored(store)
+            last = self._stored(store, now)
             kept = f"keeping the reading taken {int(self._clock() - last.read_at)} s ago" if last else "no reading yet"
             log.warning("Could not read TURN usage from Cloudflare's analytics API: %s; %s", exc, kept)
             return
         self._recorder.usage_reading("success")
         reading = Reading(egress, now, month_start(now), self._source)
-        self._write(store, READING, reading.to_json())
+        self._write(store, _reading_key(now), reading.to_json())
         self._recheck_at = float("-inf")  # this worker sees it at its next request
         log.info("TURN usage this month: %s (ICE_EGRESS_LIMIT_GB=%g)", _gb(egress), self.limit_bytes / 1e9)
 
@@ -200,6 +200,11 @@ class EgressGuard:
             log.warning("TURN egress this month is %s, under %s: handing out Cloudflare credentials again", egress, limit)
         else:
             log.info("TURN egress this month is %s, under %s", egress, limit)
+
+
+def _reading_key(now: float) -> str:
+    """Name the stored reading of ``now``'s month."""
+    return f"{READING}:{month_start(now)}"
 
 
 def _gb(count: int) -> str:
