@@ -263,7 +263,9 @@ def test_metrics_count_answers_by_source_and_upstream_outcomes(client, provider)
     assert after.mimetype == "text/plain"
     assert value(text, 'ice_requests_total{source="cloudflare"}') - value(before, 'ice_requests_total{source="cloudflare"}') == 3
     assert (
-        value(text, 'ice_upstream_requests_total{outcome="success"}') - value(before, 'ice_upstream_requests_total{outcome="success"}') == 1
+        value(text, 'ice_upstream_requests_total{outcome="success",provider="cloudflare"}')
+        - value(before, 'ice_upstream_requests_total{outcome="success",provider="cloudflare"}')
+        == 1
     )
     # One miss and refill; the next two come from this worker's copy, not from shared-cache reads.
     assert value(text, 'ice_cache_events_total{event="miss"}') - value(before, 'ice_cache_events_total{event="miss"}') == 1

@@ -7,7 +7,7 @@ import requests
 import responses
 
 from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
-from app.providers.cloudflare import CloudflareClient, _retry_after
+from app.providers.cloudflare import CloudflareClient, retry_after
 
 BASE = "https://cloudflare.example.test/v1"
 URL = f"{BASE}/turn/keys/test-key-id/credentials/generate-ice-servers"
@@ -67,16 +67,16 @@ def test_error_envelope_becomes_one_line_with_status_and_message(client, status,
 
 
 @responses.activate
-def test_rate_limit_carries_retry_after(client):
+def test_rate_limit_carriesretry_after(client):
     responses.post(URL, json=envelope("Too many requests"), status=429, headers={"Retry-After": "42"})
     with pytest.raises(UpstreamRejected) as excinfo:
         client.issue(86400)
     assert excinfo.value.retry_after == 42
 
 
-def test_retry_after_accepts_an_http_date():
-    assert _retry_after("Wed, 21 Oct 2026 07:28:30 GMT", now=1792567700.0) == pytest.approx(10, abs=1)
-    assert _retry_after("soon") is None and _retry_after(None) is None
+def testretry_after_accepts_an_http_date():
+    assert retry_after("Wed, 21 Oct 2026 07:28:30 GMT", now=1792567700.0) == pytest.approx(10, abs=1)
+    assert retry_after("soon") is None and retry_after(None) is None
 
 
 @responses.activate
@@ -120,5 +120,5 @@ def test_token_appears_in_no_error(client):
 
 
 @pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0660", "1e3", "-5"])
-def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
-    assert _retry_after(value) is None
+def test_aretry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
+    assert retry_after(value) is None

@@ -257,7 +257,7 @@ def test_prometheus_scrapes_a_container_and_the_rules_load(fleet, tmp_path):
         rules = [rule for group in groups for rule in group["rules"]]
         wait_until(lambda: all(rule.get("lastEvaluation", "").startswith("2") for rule in rules), 10, what="rules evaluated")
         rules = [rule for group in requests.get(f"{api}/rules", timeout=2).json()["data"]["groups"] for rule in group["rules"]]
-        assert len(rules) == 8 and {rule["health"] for rule in rules} == {"ok"}
+        assert len(rules) == 9 and {rule["health"] for rule in rules} == {"ok"}
         assert [rule["name"] for rule in rules if rule["state"] != "inactive"] == []  # a healthy fleet alerts on nothing
     finally:
         server.terminate()

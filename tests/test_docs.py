@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "SECURITY.md", *sorted((ROOT / "docs").glob("*.md"))]
-VARIABLE = re.compile(r"\"((?:ICE|CLOUDFLARE|TURN|REDIS|STUN|CORS)_[A-Z0-9_]+)\"")
+VARIABLE = re.compile(r"\"((?:ICE|CLOUDFLARE|TURN|REDIS|STUN|CORS|TWILIO|METERED)_[A-Z0-9_]+)\"")
 
 
 def test_the_configuration_reference_and_env_example_are_generated_from_the_table():

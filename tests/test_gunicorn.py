@@ -121,7 +121,7 @@ def test_metrics_are_summed_over_all_workers(start_host, cloudflare, redis_url):
     for _ in range(8):  # scraped by whichever worker answers: every one must give the fleet's sums
         text = host.get("/metrics").text
         assert metric(text, 'ice_requests_total{source="cloudflare"}') == 120
-        assert metric(text, 'ice_upstream_requests_total{outcome="success"}') == 1
+        assert metric(text, 'ice_upstream_requests_total{outcome="success",provider="cloudflare"}') == 1
         assert metric(text, "ice_upstream_request_duration_seconds_count") == 1
     # Every worker read the shared cache at least once (a miss and refill for one of them).
     assert metric(text, 'ice_cache_events_total{event="hit"}') + metric(text, 'ice_cache_events_total{event="miss"}') >= 4

@@ -17,12 +17,12 @@ pytestmark = pytest.mark.integration
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "ice-servers.json"
 METRIC = re.compile(r"\bice_[a-z0-9_]+")
-LABELS = {"source", "outcome", "event", "status", "le"}  # fixed words only: never a user, an address or a secret
+LABELS = {"source", "outcome", "provider", "event", "status", "le"}  # fixed words only: never a user, an address or a secret
 
 
 def test_the_alert_rules_are_valid_and_pass_their_promtool_tests():
     checked = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 9 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run(["promtool", "test", "rules", "alerts.test.yml"], cwd=RULES.parent, capture_output=True, text=True)
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
@@ -38,7 +38,7 @@ def expressions() -> dict[str, str]:
 
 def test_the_dashboard_shows_what_an_operator_watches():
     titles = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]}
-    assert {"Answers by source", "Shared-cache events", "Upstream latency", "Upstream requests by outcome"} <= titles
+    assert {"Answers by source", "Shared-cache events", "Upstream latency", "Upstream requests by provider and outcome"} <= titles
     assert {"Credential's remaining life", "TURN egress against the ceiling", "Refusals by status"} <= titles
 
 

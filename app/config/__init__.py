@@ -22,6 +22,7 @@ from dotenv import load_dotenv
 from app.config.ice_servers import is_blocked_url, parse_ice_servers
 from app.config.rates import parse_rates
 from app.config.redis_url import RedisTarget, parse_redis_url
+from app.config.vendors import VENDOR_SECRETS, MeteredSettings, TwilioSettings, metered_settings, twilio_settings
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
 DEFAULT_CREDENTIAL_TTL = 86_400
@@ -36,7 +37,7 @@ DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 # (primary name, alias): the second guide's names first, the first guide's as aliases.
 KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
 API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
-PROVIDERS = ("cloudflare", "turn-secret")  # the default order when both are configured
+PROVIDERS = ("cloudflare", "twilio", "metered", "turn-secret")  # the default order of those configured
 # Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
 # so 200 people behind one NAT address starting a meeting at once stay well under it.
 DEFAULT_RATE_LIMIT = "600 per minute"
@@ -69,6 +70,7 @@ SECRET_VARS = (
     "REDIS_URL",  # may carry a password
     "REDIS_SENTINEL_PASSWORD",
     "TURN_SERVERS",  # may carry static TURN credentials
+    *VENDOR_SECRETS,  # Twilio's and Metered's, declared beside their settings (vendors.py)
 )
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,12}")  # ASCII digits only
 DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
@@ -87,6 +89,8 @@ class Settings:
     turn_shared_secret: str | None = field(default=None, repr=False)
     turn_urls: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()  # provider names in the order they are tried
+    twilio: TwilioSettings | None = None
+    metered: MeteredSettings | None = None
     api_base: str = DEFAULT_API_BASE
     credential_ttl: int = DEFAULT_CREDENTIAL_TTL
     cache_ttl: int = DEFAULT_CACHE_TTL
@@ -165,7 +169,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if bool(shared_secret) != bool(turn_urls):
         missing = "TURN_URLS" if shared_secret else "TURN_SHARED_SECRET"
         raise ConfigError(f"{missing} is not set: the TURN shared-secret provider needs TURN_SHARED_SECRET and TURN_URLS")
-    configured = {"cloudflare": bool(key_id), "turn-secret": bool(shared_secret)}
+    twilio, metered = twilio_settings(env, _url, ConfigError), metered_settings(env, _url, ConfigError)
+    configured = {
+        "cloudflare": bool(key_id),
+        "twilio": twilio is not None,
+        "metered": metered is not None,
+        "turn-secret": bool(shared_secret),
+    }
 
     return Settings(
         turn_key_id=key_id,
@@ -173,6 +183,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_shared_secret=shared_secret,
         turn_urls=turn_urls,
         providers=_providers(env, configured),
+        twilio=twilio,
+        metered=metered,
         api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE).rstrip("/"),
         credential_ttl=credential_ttl,
         cache_ttl=cache_ttl,
@@ -332,8 +344,13 @@ def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[
         if name not in PROVIDERS:
             raise ConfigError(f"ICE_PROVIDERS entry {name!r} is not one of {', '.join(PROVIDERS)}")
         if not configured[name]:
-            needed = "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN" if name == "cloudflare" else "TURN_SHARED_SECRET and TURN_URLS"
-            raise ConfigError(f"ICE_PROVIDERS lists {name} but {needed} are not set")
+            needed = {
+                "cloudflare": "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN are",
+                "twilio": "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET) are",
+                "metered": "METERED_APP and METERED_SECRET_KEY (or METERED_API_KEY) are",
+                "turn-secret": "TURN_SHARED_SECRET and TURN_URLS are",
+            }[name]
+            raise ConfigError(f"ICE_PROVIDERS lists {name} but {needed} not set")
     if len(set(names)) != len(names):
         raise ConfigError("ICE_PROVIDERS lists a provider twice")
     return names

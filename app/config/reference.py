@@ -72,8 +72,27 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
                 "turn:turn.example.com:3478?transport=udp,turns:turn.example.com:5349",
             ),
             Variable(
-                "ICE_PROVIDERS", "every configured one, `cloudflare,turn-secret`", "the order providers are tried", "cloudflare,turn-secret"
+                "ICE_PROVIDERS",
+                "every configured one, `cloudflare,twilio,metered,turn-secret`",
+                "the order providers are tried: the first that answers wins (docs/vendors.md)",
+                "cloudflare,twilio,metered,turn-secret",
             ),
+        ),
+    ),
+    (
+        "Other TURN vendors (docs/vendors.md)",
+        (
+            Variable(
+                "TWILIO_ACCOUNT_SID", "unset", "Twilio's account SID (`AC...`): the `twilio` provider", "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+            ),
+            Variable("TWILIO_AUTH_TOKEN", "unset", "the account's auth token: a secret (or an API key below)"),
+            Variable("TWILIO_API_KEY_SID", "unset", "an API key SID (`SK...`) instead of the auth token"),
+            Variable("TWILIO_API_KEY_SECRET", "unset", "the API key's secret: a secret"),
+            Variable("TWILIO_API_BASE", "`https://api.twilio.com`", "Twilio's API base (tests, proxies)", "https://api.twilio.com"),
+            Variable("METERED_APP", "unset", "Metered's app name (`https://APP.metered.live`): the `metered` provider", "yourapp"),
+            Variable("METERED_SECRET_KEY", "unset", "the app's secret key: a credential per window, revocable; a secret"),
+            Variable("METERED_API_KEY", "unset", "without a secret key: the app's standing credential; a secret"),
+            Variable("METERED_API_BASE", "`https://{METERED_APP}.metered.live`", "Metered's API base (tests, proxies)"),
         ),
     ),
     (

@@ -7,6 +7,7 @@ RefreshError with a one-line message for the operator; no secret is ever in it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class Status:
     egress_limit: int | None = None  # ICE_EGRESS_LIMIT_GB in bytes, when the ceiling is on...
     egress: object | None = None  # ...and the fleet's last reading (app/spend/ceiling.py's Reading), if any...
     egress_failure: tuple[float, str] | None = None  # ...and when the last reading failed, and why
+    provider_outcomes: tuple[tuple[str, float, str], ...] = ()  # each remote provider's last outcome: (label, when, what)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Revocation:
     new: Credential | None
     why_none: str | None  # why no new credential could be had
     serving: str  # what callers get meanwhile: a provider's label, static TURN_SERVERS, STUN only
+    revoked_upstream: bool = True  # False: the vendor cannot revoke (Twilio): replaced everywhere, valid there until it expires
+    vendor: str = ""  # the vendor's label, when it could not revoke
 
 
 def refresh(service: IceService, user: str | None = None) -> Credential:
@@ -82,8 +86,7 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
     if old is None or old.username is None:
         raise RefreshError(f"no TURN credential is cached{whose}: nothing to revoke")
     provider = next((p for p in service.providers if p.source == old.source), None)
-    if provider is None or not hasattr(provider, "revoke"):
-        raise RefreshError(f"credentials from {old.source} cannot be revoked upstream; use refresh-turn to replace it")
+    revocable = provider is not None and hasattr(provider, "revoke")
     try:
         cache.store.revoke(old)
     except StoreUnavailable as exc:
@@ -95,6 +98,13 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
         why_none = str(exc)
     service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
     serving = new.source if new is not None else service.fallback_source()
+    if not revocable:
+        # Twilio has no revocation API: the credential is replaced everywhere, and stays valid there until it expires.
+        label = provider.label if provider is not None else old.source
+        log.warning(
+            "Replaced TURN credential %s%s; %s cannot revoke it: valid there until %s", old.username, whose, label, rfc3339(old.expires_at)
+        )
+        return Revocation(old, new, why_none, serving, revoked_upstream=False, vendor=label)
     try:
         provider.revoke(old.username)
     except UpstreamError as exc:
@@ -119,4 +129,18 @@ def status(service: IceService, user: str | None = None) -> Status:
         snapshot, error, reading, failure = None, str(exc), None, None
     limit = service.egress.limit_bytes if service.egress is not None else None
     providers = tuple(p.label for p in service.providers)
-    return Status(providers, service.store.shared, error, snapshot, service.per_user, limit, reading, failure)
+    outcomes = _provider_outcomes(service) if error is None else ()
+    return Status(providers, service.store.shared, error, snapshot, service.per_user, limit, reading, failure, outcomes)
+
+
+def _provider_outcomes(service: IceService) -> tuple[tuple[str, float, str], ...]:
+    """Read each remote provider's last outcome the fleet keeps (app/core/refill.py), when there is more than one."""
+    remote = [provider for provider in service.providers if provider.remote]
+    outcomes = []
+    for provider in remote if len(remote) > 1 else ():
+        try:
+            data = json.loads(service.policy.shared.read(f"provider:{provider.source}:last") or "null")
+            outcomes.append((provider.label, float(data["at"]), str(data["outcome"])))
+        except (StoreUnavailable, TypeError, ValueError, KeyError):
+            continue
+    return tuple(outcomes)

@@ -11,7 +11,15 @@ from typing import Protocol
 
 from app.core.ice import Credential, Revoked
 
-__all__ = ["NullRecorder", "Provider", "Recorder", "Revoked", "Snapshot"]
+__all__ = ["Issued", "NullRecorder", "Provider", "Recorder", "Revoked", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A remote provider's answer with the life its vendor granted: the credential lives ``ttl`` seconds, not what was asked."""
+
+    ice_servers: list[dict]
+    ttl: int
 
 
 class Provider(Protocol):
@@ -26,8 +34,11 @@ class Provider(Protocol):
     label: str  # the name in log lines
     remote: bool
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
-        """Return ICE servers whose credential lives ``ttl`` seconds, for ``user`` if given; raise UpstreamError (remote)."""
+    def issue(self, ttl: int, user: str | None = None) -> list[dict] | Issued:
+        """Return ICE servers whose credential lives ``ttl`` seconds (or an Issued with the life granted); raise UpstreamError.
+
+        Remote providers may also take ``timeout`` (connect, read): what is left of a cold request's budget.
+        """
 
     def mint(self, expires_at: int, user: str | None = None) -> list[dict]:
         """Return ICE servers whose credential expires at ``expires_at`` (local)."""
@@ -56,8 +67,8 @@ class Recorder(Protocol):
         ICE_MAX_USER_RECORDS): the shared one answered.
         """
 
-    def upstream(self, outcome: str, seconds: float) -> None:
-        """Count one upstream call by outcome (success, rejected, rate_limited, invalid, unavailable) and time it."""
+    def upstream(self, outcome: str, seconds: float, provider: str = "") -> None:
+        """Count one upstream call by outcome (success, rejected, rate_limited, invalid, unavailable) and provider; time it."""
 
     def credential(self, refresh_at: float, expires_at: float) -> None:
         """Say when a credential this process now holds reaches its refresh point and expires."""

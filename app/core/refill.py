@@ -9,13 +9,14 @@ It answers only with a fresh credential, or None: what to serve meanwhile is the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from app.core.errors import MintDeferred, RefreshError, StoreUnavailable, UpstreamError, UpstreamInvalid, UpstreamUnavailable
 from app.core.ice import Credential, new_credential, rfc3339
-from app.core.ports import Provider, Recorder
+from app.core.ports import Issued, Provider, Recorder
 from app.core.store_policy import StorePolicy
 
 log = logging.getLogger("ice_servers")
@@ -24,6 +25,10 @@ LOCK_TTL = 10.0  # seconds; outlives a whole upstream call (connect + read timeo
 POLL_INTERVAL = 0.01  # seconds between looks at the shared cache while another worker refills
 BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, doubled each time
 BACKOFF_CAP = 300.0
+CHAIN_BUDGET = 5.5  # seconds a refill asks the providers in all: within a cold request's 6 s (cache.WAIT_BUDGET)
+CONNECT_BUDGET, READ_BUDGET = 2.0, 3.5  # at most, per provider: what a single provider's own timeouts are
+MIN_ATTEMPT = 0.5  # seconds a provider is worth asking with
+PROVIDER_MEMORY = 3600  # seconds a provider's failures in a row, and its last outcome, are remembered
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
 BOUND_LOG_INTERVAL = 60.0  # seconds between warnings that ICE_MAX_USER_RECORDS is reached
 BOUND_RECHECK = 10.0  # seconds a process, once past ICE_MAX_USER_RECORDS, defers user mints without asking Redis
@@ -102,12 +107,13 @@ class Refill:
                 raise MintDeferred()  # past ICE_MAX_USER_RECORDS: this user gets the shared credential meanwhile
             if self._budget is not None and not self._budget():
                 raise MintDeferred()
-            for provider in self.remote:
+            if len(self.remote) == 1:
                 try:
-                    return self.obtain(provider, store)
+                    return self.obtain(self.remote[0], store)
                 except UpstreamError as exc:
-                    self._cool_down(store, provider, exc)
-            return None
+                    self._cool_down(store, self.remote[0], exc)
+                return None
+            return self._chain(store)
         except StoreUnavailable as exc:
             self.failed_over(exc)
             return None
@@ -137,24 +143,60 @@ class Refill:
         self._recorder.cache_event("bounded")
         return False
 
-    def obtain(self, provider: Provider, store) -> Credential:
-        """Get a credential from ``provider`` and store it, ending the cool-down; raise UpstreamError."""
+    def _chain(self, store) -> Credential | None:
+        """Ask the remote providers in order, skipping those in their own cool-down, within one cold request's budget.
+
+        The first that answers wins: another vendor's full-life credential beats the failed one's stale one.
+        Each failing provider cools down on its own (a success clears only its own); the fleet-wide
+        cool-down starts only when none answered, and ends when the first of them may be asked again.
+        """
+        deadline, waits = self._clock() + CHAIN_BUDGET, []
+        for provider in self.remote:
+            resting = self._resting(store, provider)
+            if resting > 0:
+                waits.append(resting)
+                continue
+            left = deadline - self._clock()
+            if left < MIN_ATTEMPT:
+                break  # the rest waits for the next refill; this request gets what is left valid, or the fallback
+            connect = min(CONNECT_BUDGET, left / 2)
+            try:
+                return self.obtain(provider, store, timeout=(connect, max(MIN_ATTEMPT / 2, min(READ_BUDGET, left - connect))))
+            except UpstreamError as exc:
+                waits.append(self._provider_cool_down(store, provider, exc))
+        if waits:
+            self._start_cooldown(store, min(waits))
+        return None
+
+    def obtain(self, provider: Provider, store, timeout: tuple[float, float] | None = None) -> Credential:
+        """Get a credential from ``provider`` and store it, ending the cool-down; raise UpstreamError.
+
+        The vendor's answer sets the credential's life (Twilio's ttl, Metered's expiryInSeconds), and the
+        window keeps ICE_CACHE_TTL's share of it: a shorter grant brings the refresh earlier.
+        """
         issued_at = self._clock()  # before the call: the expiry errs early, never late
         log.info("Generating new %s TURN credentials%s", provider.label, self._for)
         started, outcome = time.perf_counter(), "success"
         try:
-            servers = provider.issue(self.credential_ttl, user=self.user)
+            answer = provider.issue(self.credential_ttl, user=self.user, **({"timeout": timeout} if timeout else {}))
         except UpstreamError as exc:
             outcome = _outcome(exc)
+            self._last_outcome(store, provider, f"{outcome}: {exc}")
             raise
         finally:
-            self._recorder.upstream(outcome, time.perf_counter() - started)
-        credential = new_credential(servers, provider.source, issued_at, self.credential_ttl, self.cache_ttl)
+            self._recorder.upstream(outcome, time.perf_counter() - started, provider.source)
+        servers, granted = (answer.ice_servers, answer.ttl) if isinstance(answer, Issued) else (answer, self.credential_ttl)
+        window = min(self.cache_ttl, max(1, int(granted * self.cache_ttl / self.credential_ttl)))
+        credential = new_credential(servers, provider.source, issued_at, granted, window)
         if self.put(store, credential):
             try:
                 store.clear_failures()
+                if len(self.remote) > 1:  # its own cool-down ends; the others' stand
+                    store.write(_named(provider, "cooldown"), "", 0.001)
+                    store.write(_named(provider, "failures"), "0", 0.001)
             except StoreUnavailable as exc:
                 self.failed_over(exc)
+        self._last_outcome(store, provider, "success")
         expiry, refresh = rfc3339(credential.expires_at), rfc3339(credential.refresh_at)
         log.info("Generated new %s TURN credentials%s, valid until %s (refresh at %s)", provider.label, self._for, expiry, refresh)
         return credential
@@ -201,6 +243,55 @@ class Refill:
             self.failed_over(failure).start_cooldown(seconds)
         log.warning("Failed to fetch TURN credentials from %s: %s; next try in %.1f s", provider.label, exc, seconds)
 
+    def _resting(self, store, provider: Provider) -> float:
+        """Return the seconds left of ``provider``'s own cool-down (0: none)."""
+        try:
+            until = store.read(_named(provider, "cooldown"))
+        except StoreUnavailable as exc:
+            until = self.failed_over(exc).read(_named(provider, "cooldown"))
+        try:
+            return max(0.0, float(until) - self._clock()) if until else 0.0
+        except ValueError:
+            return 0.0
+
+    def _provider_cool_down(self, store, provider: Provider, exc: UpstreamError) -> float:
+        """Start ``provider``'s own cool-down: exponential with jitter, at least its 429's Retry-After; return its seconds."""
+        try:
+            raw = store.read(_named(provider, "failures"))
+        except StoreUnavailable as failure:
+            store = self.failed_over(failure)
+            raw = store.read(_named(provider, "failures"))
+        failures = (int(raw) if raw and raw.isdigit() else 0) + 1
+        seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
+        if exc.retry_after is not None:
+            seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
+        until = self._clock() + seconds
+        for name, value, ttl in (
+            (_named(provider, "failures"), str(failures), PROVIDER_MEMORY),
+            (_named(provider, "cooldown"), repr(until), seconds),
+        ):
+            try:
+                store.write(name, value, ttl)
+            except StoreUnavailable as failure:
+                self.failed_over(failure).write(name, value, ttl)
+        log.warning("Failed to fetch TURN credentials from %s: %s; it is asked again in %.1f s", provider.label, exc, seconds)
+        return seconds
+
+    def _start_cooldown(self, store, seconds: float) -> None:
+        """Start the fleet-wide cool-down (no provider answered) of ``seconds``."""
+        try:
+            store.start_cooldown(seconds)
+        except StoreUnavailable as failure:
+            self.failed_over(failure).start_cooldown(seconds)
+
+    def _last_outcome(self, store, provider: Provider, outcome: str) -> None:
+        """Keep ``provider``'s last outcome, with its time, for ice-status (one line, no secret: the providers' own messages)."""
+        value = json.dumps({"at": self._clock(), "outcome": outcome[:200]})
+        try:
+            store.write(_named(provider, "last"), value, PROVIDER_MEMORY)
+        except StoreUnavailable as exc:
+            self.failed_over(exc).write(_named(provider, "last"), value, PROVIDER_MEMORY)
+
     def failed_over(self, exc: StoreUnavailable):
         """Report the shared store's failure to the policy; return the scope's in-process store, which answers from now on."""
         self.policy.failed(exc)
@@ -223,6 +314,11 @@ class Refill:
             store.release_lock(token)
         except StoreUnavailable as exc:
             self.failed_over(exc)
+
+
+def _named(provider: Provider, what: str) -> str:
+    """Name a value the fleet keeps of one provider: its cool-down, its failures in a row, its last outcome."""
+    return f"provider:{provider.source}:{what}"
 
 
 def _outcome(exc: UpstreamError) -> str:

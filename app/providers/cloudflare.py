@@ -48,17 +48,18 @@ class CloudflareClient:
         """Show the endpoint, never the token."""
         return f"CloudflareClient({self._generate_url!r})"
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
+    def issue(self, ttl: int, user: str | None = None, timeout: tuple[float, float] | None = None) -> list[dict]:
         """POST generate-ice-servers for a credential living ``ttl`` s; return its ICE servers, port 53 dropped.
 
         ``user`` (an opaque identifier) goes as ``customIdentifier``: Cloudflare's TURN analytics
         then show usage per user.
         """
         body = {"ttl": ttl} if user is None else {"ttl": ttl, "customIdentifier": user}
+        timeout = timeout or self._timeout
         try:
-            response = self._session.post(self._generate_url, json=body, headers=self._headers, timeout=self._timeout)
+            response = self._session.post(self._generate_url, json=body, headers=self._headers, timeout=timeout)
         except requests.Timeout:
-            raise UpstreamUnavailable(f"Cloudflare did not answer within {sum(self._timeout):g} s") from None
+            raise UpstreamUnavailable(f"Cloudflare did not answer within {sum(timeout):g} s") from None
         except requests.RequestException as exc:
             # The exception text can hold the URL (with the key id) and resolver noise: keep the class only.
             raise UpstreamUnavailable(f"could not reach Cloudflare ({type(exc).__name__})") from None
@@ -66,7 +67,7 @@ class CloudflareClient:
             raise UpstreamRejected(
                 f"Cloudflare answered {response.status_code}: {_error_message(response)}",
                 status=response.status_code,
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after(response.headers.get("Retry-After")),
             )
         try:
             payload = response.json() if len(response.content) <= MAX_ANSWER_BYTES else None
@@ -103,7 +104,7 @@ def _error_message(response: requests.Response) -> str:
     return response.reason or "no error message"
 
 
-def _retry_after(value: str | None, now: float | None = None) -> float | None:
+def retry_after(value: str | None, now: float | None = None) -> float | None:
     """Parse Retry-After, in seconds or as an HTTP date, into seconds from now."""
     if not value:
         return None

@@ -54,6 +54,17 @@ def revoke_turn(subject: str | None) -> None:
     except RefreshError as exc:
         raise click.ClickException(str(exc)) from None
     whose = "" if user is None else f" of user {user}"
+    if not done.revoked_upstream:
+        now = (
+            f"new credential from {done.new.source} expires at {rfc3339(done.new.expires_at)}"
+            if done.new
+            else f"callers get {done.serving}"
+        )
+        click.echo(
+            f"Replaced TURN credential {done.old.username}{whose} everywhere ({now}), but {done.vendor} cannot revoke "
+            f"credentials: it stays valid at {done.vendor} until {rfc3339(done.old.expires_at)}."
+        )
+        return
     if done.new is not None:
         expiry = rfc3339(done.new.expires_at)
         click.echo(
@@ -76,6 +87,8 @@ def ice_status(subject: str | None) -> None:
     status = operations.status(current_app.extensions["ice_service"], user)
     now = time.time()
     click.echo(f"Providers:    {', '.join(status.providers) or 'none configured: STUN only'}")
+    for label, at, outcome in status.provider_outcomes:
+        click.echo(f"              {label}, last asked {int(now - at)} s ago: {outcome}")
     if status.per_user:
         which = f"user {user}" if user else "use --user SUB for one"
         click.echo(f"Scope:        one credential per user (ICE_CREDENTIAL_SCOPE=user); {which}")

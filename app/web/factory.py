@@ -18,7 +18,9 @@ from app.core.store_policy import StorePolicy
 from app.core.urls import UrlPolicy
 from app.limits.rate_limit import RateLimit
 from app.providers.cloudflare import CloudflareClient
+from app.providers.metered import MeteredProvider
 from app.providers.turn_secret import TurnSecretProvider
+from app.providers.twilio import TwilioProvider
 from app.spend.analytics import AnalyticsClient
 from app.spend.ceiling import EgressGuard
 from app.store.connect import Connection
@@ -136,6 +138,10 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
         )
     builders = {
         "cloudflare": lambda: CloudflareClient(settings.turn_key_id, settings.api_token, settings.api_base),
+        "twilio": lambda: TwilioProvider(
+            settings.twilio.account_sid, settings.twilio.user, settings.twilio.secret, settings.twilio.api_base
+        ),
+        "metered": lambda: MeteredProvider(settings.metered.api_base, settings.metered.secret_key, settings.metered.api_key),
         "turn-secret": lambda: TurnSecretProvider(settings.turn_shared_secret, settings.turn_urls),
     }
     providers = [builders[name]() for name in settings.providers]

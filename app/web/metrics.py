@@ -27,14 +27,17 @@ from prometheus_client import (
     values,
 )
 
-SOURCES = ("cloudflare", "turn-secret", "static", "stun-only")
+SOURCES = ("cloudflare", "twilio", "metered", "turn-secret", "static", "stun-only")
+PROVIDERS = ("cloudflare", "twilio", "metered")  # the remote ones, whose calls are counted
 OUTCOMES = ("success", "rejected", "rate_limited", "invalid", "unavailable")
 EVENTS = ("hit", "miss", "stale", "lock_wait", "refresh", "deferred", "bounded")
 REFUSALS = (401, 403, 429)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 REQUESTS = Counter("ice_requests", "ICE server answers served, by source (static and stun-only: no TURN credential).", ["source"])
-UPSTREAM_REQUESTS = Counter("ice_upstream_requests", f"Upstream credential requests, by outcome ({', '.join(OUTCOMES)}).", ["outcome"])
+UPSTREAM_REQUESTS = Counter(
+    "ice_upstream_requests", f"Upstream credential requests, by outcome ({', '.join(OUTCOMES)}) and provider.", ["outcome", "provider"]
+)
 UPSTREAM_DURATION = Histogram(
     "ice_upstream_request_duration_seconds",
     "Time the upstream took to answer a credential request (or to fail).",
@@ -129,7 +132,7 @@ class PrometheusRecorder:
     def __init__(self):
         """Bind every label value there is; in multiprocess mode each value notices the fork and starts its worker's file."""
         self._sources = {source: REQUESTS.labels(source) for source in SOURCES}
-        self._outcomes = {outcome: UPSTREAM_REQUESTS.labels(outcome) for outcome in OUTCOMES}
+        self._outcomes = {(o, p): UPSTREAM_REQUESTS.labels(o, p) for o in OUTCOMES for p in PROVIDERS}
         self._events = {event: CACHE_EVENTS.labels(event) for event in EVENTS}
         self._refused = {status: REFUSED.labels(str(status)) for status in REFUSALS}
         self._newest = float("-inf")  # the refresh point of the newest credential this worker has held
@@ -143,9 +146,9 @@ class PrometheusRecorder:
         """Count one cache event."""
         self._events[event].inc()
 
-    def upstream(self, outcome: str, seconds: float) -> None:
+    def upstream(self, outcome: str, seconds: float, provider: str = "cloudflare") -> None:
         """Count and time one upstream call."""
-        self._outcomes[outcome].inc()
+        self._outcomes[(outcome, provider if provider in PROVIDERS else "cloudflare")].inc()
         UPSTREAM_DURATION.observe(seconds)
 
     def credential(self, refresh_at: float, expires_at: float) -> None:

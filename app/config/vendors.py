@@ -1,0 +1,79 @@
+"""The TURN vendors' settings beside Cloudflare's: Twilio and Metered, each parsed on its own, each secret declared here.
+
+A vendor is configured when its settings are there; an incomplete one stops the start with one line
+naming what is missing. Its secrets are declared once (VENDOR_SECRETS): the ``_FILE`` form, the
+redaction of ``python -m app.settings_check`` and the settings check all read that declaration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+TWILIO_SID = re.compile(r"^(AC|SK)[0-9A-Za-z]{32}$")  # an account SID (AC...) or an API key SID (SK...): 34 characters
+METERED_APP = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a subdomain of metered.live
+
+# Secrets of the vendors, each with a NAME_FILE form, never printed.
+VENDOR_SECRETS = ("TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SECRET", "METERED_SECRET_KEY", "METERED_API_KEY")
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    """Twilio's Network Traversal Service: the account, and who signs the requests (the account, or an API key)."""
+
+    account_sid: str
+    user: str  # the account SID, or an API key SID
+    secret: str = field(repr=False)  # the auth token, or the API key's secret
+    api_base: str = DEFAULT_TWILIO_API_BASE
+
+
+@dataclass(frozen=True)
+class MeteredSettings:
+    """Metered's TURN REST API of one app: the secret key (a credential per window) or only its API key."""
+
+    app: str
+    api_base: str
+    secret_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+
+def twilio_settings(env: Mapping[str, str], url: Callable[[Mapping[str, str], str, str], str], error) -> TwilioSettings | None:
+    """Parse the TWILIO_ settings; None when none is set. ``url`` checks an API base; ``error`` is ConfigError."""
+    names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET")
+    if not any(env.get(name) for name in names):
+        return None
+    account_sid = env.get("TWILIO_ACCOUNT_SID")
+    if not account_sid:
+        raise error("TWILIO_ACCOUNT_SID is not set: the twilio provider needs it with TWILIO_AUTH_TOKEN or an API key")
+    if not TWILIO_SID.fullmatch(account_sid) or not account_sid.startswith("AC"):
+        raise error("TWILIO_ACCOUNT_SID must be an account SID: AC and 32 letters or digits")
+    key_sid, key_secret, token = env.get("TWILIO_API_KEY_SID"), env.get("TWILIO_API_KEY_SECRET"), env.get("TWILIO_AUTH_TOKEN")
+    if bool(key_sid) != bool(key_secret):
+        missing = "TWILIO_API_KEY_SECRET" if key_sid else "TWILIO_API_KEY_SID"
+        raise error(f"{missing} is not set: an API key needs TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET")
+    if key_sid and not (TWILIO_SID.fullmatch(key_sid) and key_sid.startswith("SK")):
+        raise error("TWILIO_API_KEY_SID must be an API key SID: SK and 32 letters or digits")
+    if not key_sid and not token:
+        raise error("TWILIO_AUTH_TOKEN is not set: the twilio provider needs it, or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET")
+    user, secret = (key_sid, key_secret) if key_sid else (account_sid, token)
+    base = url(env, "TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE).rstrip("/")
+    return TwilioSettings(account_sid, user, secret, base)
+
+
+def metered_settings(env: Mapping[str, str], url: Callable[[Mapping[str, str], str, str], str], error) -> MeteredSettings | None:
+    """Parse the METERED_ settings; None when none is set."""
+    names = ("METERED_APP", "METERED_SECRET_KEY", "METERED_API_KEY", "METERED_API_BASE")
+    if not any(env.get(name) for name in names):
+        return None
+    app = env.get("METERED_APP")
+    if not app:
+        raise error("METERED_APP is not set: the metered provider needs the app's name (https://APP.metered.live)")
+    if not METERED_APP.fullmatch(app):
+        raise error("METERED_APP must be the app's subdomain of metered.live: lowercase letters, digits and hyphens")
+    secret_key, api_key = env.get("METERED_SECRET_KEY"), env.get("METERED_API_KEY")
+    if not secret_key and not api_key:
+        raise error("METERED_SECRET_KEY is not set: the metered provider needs it (or METERED_API_KEY for the app's standing credential)")
+    base = url(env, "METERED_API_BASE", f"https://{app}.metered.live").rstrip("/")
+    return MeteredSettings(app, base, secret_key, None if secret_key else api_key)

@@ -1,0 +1,269 @@
+"""Twilio and Metered as providers, against stand-ins that follow their published contracts: answers, failures, secrets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
+from app.core.ports import Issued
+from app.providers.metered import MeteredProvider
+from app.providers.twilio import TwilioProvider
+from tests.vendor_stubs import (
+    METERED_API_KEY,
+    METERED_SECRET_KEY,
+    TWILIO_ACCOUNT_SID,
+    TWILIO_API_KEY_SECRET,
+    TWILIO_API_KEY_SID,
+    TWILIO_AUTH_TOKEN,
+    MeteredStub,
+    TwilioStub,
+)
+
+pytestmark = pytest.mark.unit
+
+SECRETS = (TWILIO_AUTH_TOKEN, TWILIO_API_KEY_SECRET, METERED_SECRET_KEY, METERED_API_KEY, "test-metered-credential-api-key")
+
+
+@pytest.fixture
+def twilio():
+    with TwilioStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def metered():
+    with MeteredStub() as stub:
+        yield stub
+
+
+def twilio_provider(stub, user=TWILIO_ACCOUNT_SID, secret=TWILIO_AUTH_TOKEN):
+    return TwilioProvider(TWILIO_ACCOUNT_SID, user, secret, stub.base_url, timeout=(1.0, 1.0))
+
+
+def metered_provider(stub, secret_key=METERED_SECRET_KEY, api_key=None):
+    return MeteredProvider(stub.base_url, secret_key=secret_key, api_key=api_key, timeout=(1.0, 1.0))
+
+
+def assert_no_secret(text: str):
+    assert not any(secret in text for secret in SECRETS), text
+
+
+@pytest.mark.parametrize("signer", ["account", "api-key"])
+def test_twilio_answers_standard_ice_servers_with_the_life_it_granted(twilio, signer):
+    user, secret = (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN) if signer == "account" else (TWILIO_API_KEY_SID, TWILIO_API_KEY_SECRET)
+    issued = twilio_provider(twilio, user, secret).issue(172_800)
+    assert isinstance(issued, Issued) and issued.ttl == 86_400  # asked for at most 24 h
+    assert twilio.calls[0]["ttl"] == 86_400 and twilio.calls[0]["user"] == user
+    assert all("url" not in server and isinstance(server["urls"], list) for server in issued.ice_servers)  # never the deprecated url
+    turn = [server for server in issued.ice_servers if "username" in server]
+    assert turn and turn[0]["username"] == "twilio-user-1" and turn[0]["credential"] == "twilio-password-1"
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("unauthorized", UpstreamRejected, "Twilio answered 401: Authenticate (code 20003)"),
+        ("error500", UpstreamRejected, "Twilio answered 500: internal error"),
+        ("html", UpstreamRejected, "Twilio answered 200"),
+        ("no-turn", UpstreamInvalid, "Twilio answered 201 without usable ICE servers"),
+        ("hang", UpstreamUnavailable, "Twilio did not answer within 2 s"),
+    ],
+)
+def test_twilio_failures_are_one_line_without_a_secret(twilio, mode, error, message):
+    twilio.mode = mode
+    with pytest.raises(error) as failure:
+        twilio_provider(twilio).issue(3600)
+    assert str(failure.value).startswith(message)
+    assert_no_secret(str(failure.value))
+
+
+def test_twilio_refuses_a_wrong_secret(twilio):
+    with pytest.raises(UpstreamRejected, match="code 20003"):
+        twilio_provider(twilio, secret="a-wrong-test-token").issue(3600)
+
+
+def test_metered_makes_a_credential_per_call_and_answers_its_servers(metered):
+    issued = metered_provider(metered).issue(3600, user="0123abcd" * 4)
+    assert isinstance(issued, Issued) and issued.ttl == 3600
+    created = next(iter(metered.credentials.values()))
+    assert created["label"] == "0123abcd" * 4 and created["expiryInSeconds"] == 3600  # the user's opaque id labels it
+    turn = [server for server in issued.ice_servers if "username" in server]
+    assert turn and turn[0]["username"] == created["username"]
+    assert [call["path"] for call in metered.calls] == ["/api/v1/turn/credential", "/api/v1/turn/credentials"]
+
+
+def test_metered_with_only_an_api_key_serves_the_apps_standing_credential(metered):
+    issued = metered_provider(metered, secret_key=None, api_key=METERED_API_KEY).issue(3600)
+    assert any(server.get("username") == "metered-standing-user" for server in issued.ice_servers)
+    assert [call["path"] for call in metered.calls] == ["/api/v1/turn/credentials"]
+
+
+def test_metered_revokes_by_username_and_a_users_credentials_by_label(metered):
+    provider = metered_provider(metered)
+    first = provider.issue(3600, user="user-a")
+    provider.issue(3600, user="user-b")
+    username = next(server["username"] for server in first.ice_servers if "username" in server)
+    provider.revoke(username)
+    assert metered.revoked == [username]
+    with pytest.raises(UpstreamRejected, match="Metered answered 400 to DELETE /api/v1/turn/credential: credential not found"):
+        provider.revoke(username)
+    provider.revoke_label("user-b")
+    assert len(metered.revoked) == 2 and not metered.credentials
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("unauthorized", UpstreamRejected, "Metered answered 401 to POST /api/v1/turn/credential: Invalid secret key"),
+        ("error500", UpstreamRejected, "Metered answered 500 to POST /api/v1/turn/credential: internal error"),
+        ("html", UpstreamInvalid, "Metered answered POST /api/v1/turn/credential with something that is not JSON"),
+        ("no-turn", UpstreamInvalid, "Metered answered without usable ICE servers"),
+        ("hang", UpstreamUnavailable, "Metered did not answer within 2 s"),
+    ],
+)
+def test_metered_failures_are_one_line_without_a_key(metered, mode, error, message):
+    metered.mode = mode
+    started = time.monotonic()
+    with pytest.raises(error) as failure:
+        metered_provider(metered).issue(3600)
+    assert str(failure.value).startswith(message) and time.monotonic() - started < 5
+    assert_no_secret(str(failure.value))
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+def settings(**env):
+    from app.config import load_settings
+
+    return load_settings({"ICE_ENV_FILE": "", **env})
+
+
+TWILIO = {"TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN}
+METERED = {"METERED_APP": "ice-test", "METERED_SECRET_KEY": METERED_SECRET_KEY}
+CLOUDFLARE = {"CLOUDFLARE_TURN_TOKEN_ID": "test-key-id", "CLOUDFLARE_API_TOKEN": "test-api-token-not-a-secret"}
+
+
+def test_every_configured_vendor_is_in_the_chain_in_the_documented_order():
+    assert settings(**CLOUDFLARE, **TWILIO, **METERED).providers == ("cloudflare", "twilio", "metered")
+    assert settings(**TWILIO).providers == ("twilio",)
+    assert settings(**CLOUDFLARE, **METERED, ICE_PROVIDERS="metered,cloudflare").providers == ("metered", "cloudflare")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ICE_PROVIDERS": "cloudflare,xirsys", **CLOUDFLARE},
+            "ICE_PROVIDERS entry 'xirsys' is not one of cloudflare, twilio, metered, turn-secret",
+        ),
+        ({"ICE_PROVIDERS": "twilio"}, "ICE_PROVIDERS lists twilio but TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"),
+        ({"ICE_PROVIDERS": "metered"}, "ICE_PROVIDERS lists metered but METERED_APP and METERED_SECRET_KEY"),
+        ({"TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT_SID}, "TWILIO_AUTH_TOKEN is not set"),
+        ({**TWILIO, "TWILIO_ACCOUNT_SID": "not-a-sid"}, "TWILIO_ACCOUNT_SID must be an account SID"),
+        ({"TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN}, "TWILIO_ACCOUNT_SID is not set"),
+        ({"METERED_SECRET_KEY": METERED_SECRET_KEY}, "METERED_APP is not set"),
+        ({**TWILIO, "TWILIO_API_BASE": "http://api.twilio.example/"}, "TWILIO_API_BASE must be https://"),
+        ({**METERED, "METERED_API_BASE": "http://ice-test.metered.example"}, "METERED_API_BASE must be https://"),
+    ],
+)
+def test_a_vendor_setting_that_cannot_work_stops_the_start_naming_it(env, message):
+    from app.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        settings(**env)
+    assert str(refused.value).startswith(message) or message in str(refused.value)
+    assert_no_secret(str(refused.value))
+
+
+def test_the_settings_check_never_prints_a_vendors_secret(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT, clean_environ
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in {**TWILIO, **METERED, "METERED_API_KEY": METERED_API_KEY}.items()))
+    env_file.chmod(0o600)
+    out = subprocess.run(
+        [sys.executable, "-m", "app.settings_check"],
+        cwd=ROOT,
+        env={**clean_environ(), "ICE_ENV_FILE": str(env_file), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert_no_secret(out.stdout + out.stderr)
+    assert "TWILIO_ACCOUNT_SID" in out.stdout and out.stdout.count("(secret, not shown)") >= 3
+
+
+# -- the chain, on a fake clock -----------------------------------------------------------------------
+
+
+class Vendor:
+    """A remote provider of a test: counts calls, fails on demand, grants a life of its own."""
+
+    remote = True
+
+    def __init__(self, source, grant=None):
+        self.source, self.label, self.grant = source, source.title(), grant
+        self.calls, self.failure = 0, None
+
+    def issue(self, ttl, user=None, timeout=None):
+        self.calls += 1
+        if self.failure is not None:
+            raise self.failure
+        servers = [{"urls": [f"turn:{self.source}.example.test:3478"], "username": f"{self.source}-{self.calls}", "credential": "p"}]
+        return Issued(servers, self.grant or ttl)
+
+
+def test_the_first_vendor_that_answers_wins_and_another_ones_success_keeps_the_first_ones_retry_after(make_service, clock):
+    cloudflare, twilio = Vendor("cloudflare"), Vendor("twilio")
+    cloudflare.failure = UpstreamRejected("Cloudflare answered 429: Too many requests", status=429, retry_after=60)
+    service = make_service(providers=[cloudflare, twilio])
+    assert service.answer().source == "twilio" and (cloudflare.calls, twilio.calls) == (1, 1)
+    cloudflare.failure = None
+    clock.advance(13)  # Twilio's window is over: a refill, and Cloudflare is still in its 60 s
+    assert service.answer().source == "twilio" and (cloudflare.calls, twilio.calls) == (1, 2)
+    clock.advance(50)  # past Cloudflare's Retry-After: the next window is Cloudflare's again
+    assert service.answer().source == "cloudflare" and cloudflare.calls == 2
+
+
+def test_a_shorter_grant_brings_the_refresh_earlier(make_service, clock):
+    short = Vendor("metered", grant=8)  # asked for 24 s, granted 8
+    service = make_service(providers=[short])
+    answer = service.answer()
+    assert answer.body()["ttl"] == 8
+    cache = service.shared_cache.copy.credential
+    assert cache.expires_at - cache.issued_at == 8 and cache.refresh_at - cache.issued_at == 4  # the window keeps its share
+    clock.advance(5)
+    assert service.answer().body()["ttl"] >= 7 and short.calls == 2  # refreshed past its window: never served near expiry
+
+
+def test_every_vendor_failing_serves_the_last_credential_then_the_fallback(make_service, clock):
+    cloudflare, twilio = Vendor("cloudflare"), Vendor("twilio")
+    service = make_service(providers=[cloudflare, twilio])
+    assert service.answer().source == "cloudflare"
+    cloudflare.failure = twilio.failure = UpstreamRejected("answered 500", status=500)
+    clock.advance(13)
+    assert service.answer().source == "cloudflare"  # stale, still valid
+    clock.advance(12)
+    assert service.answer().source == "stun-only"  # never past its expiry
+
+
+def test_revoke_turn_replaces_a_twilio_credential_everywhere_and_says_twilio_cannot_revoke_it(make_service, clock):
+    import fakeredis
+
+    from app.core.operations import revoke
+    from app.store.redis import RedisStore
+
+    twilio = Vendor("twilio")  # no revoke(): Twilio has no revocation API
+    service = make_service(store=RedisStore(fakeredis.FakeRedis(), clock=clock), providers=[twilio])
+    old = service.answer()
+    done = revoke(service)
+    assert not done.revoked_upstream and done.vendor == "Twilio"
+    assert done.new is not None and done.new.username != done.old.username == "twilio-1"
+    assert old.ice_servers[0]["username"] == "twilio-1" and service.answer().ice_servers[0]["username"] != "twilio-1"
