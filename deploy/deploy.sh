@@ -10,6 +10,7 @@
 #   SERVICE_MANAGER  pm2 | systemd | none (default: systemd if its unit is installed, else pm2 if
 #                    pm2 is on the PATH, else none)
 #   HEALTH_URL       checked after the reload or start (default http://127.0.0.1:8000/healthz)
+#   HEALTH_TIMEOUT   seconds the new release has to answer from there (default 30)
 #   SYSTEMD_UNIT_DIR where the units go (default /etc/systemd/system)
 #   KEEP_RELEASES    releases kept besides the current and the previous one (default 2)
 #   PULL             1 (default): git pull --ff-only this checkout first, when it has a remote
@@ -32,6 +33,7 @@ APP_DIR=${APP_DIR:-/opt/ice-servers}
 APP_USER=${APP_USER:-ice-servers}
 SERVICE_MANAGER=${SERVICE_MANAGER:-}
 HEALTH_URL=${HEALTH_URL:-http://127.0.0.1:8000/healthz}
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-30}
 # The system's interpreter: every user can run it (a python3 under root's home, pyenv's, cannot be run by APP_USER).
 PYTHON=${PYTHON:-$([ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)}
 KEEP_RELEASES=${KEEP_RELEASES:-2}
@@ -68,6 +70,9 @@ case "$SERVICE_MANAGER" in
     *) die "SERVICE_MANAGER must be pm2, systemd or none, not '$SERVICE_MANAGER'" ;;
 esac
 [ "$SERVICE_MANAGER" != systemd ] || [ "$(id -u)" = 0 ] || die "SERVICE_MANAGER=systemd needs root (sudo)"
+case "$HEALTH_TIMEOUT" in
+    ''|*[!0-9]*) die "HEALTH_TIMEOUT must be a whole number of seconds, not '$HEALTH_TIMEOUT'" ;;
+esac
 case "$KEEP_RELEASES" in
     ''|*[!0-9]*) die "KEEP_RELEASES must be a whole number (releases kept besides the current and the previous one), not '$KEEP_RELEASES'" ;;
 esac
@@ -263,7 +268,7 @@ esac
 # 20 times in a row on new connections (a pool half old answers 20 in a row about once in a million).
 expected=${new#releases/}
 served="" streak=0 answered=0 named=0
-for _ in $(seq 1 150); do
+for _ in $(seq 1 $((HEALTH_TIMEOUT * 5))); do
     if body=$(curl -fsS --max-time 2 "$HEALTH_URL" 2>/dev/null); then
         answered=1
         served=$(printf '%s' "$body" | sed -n 's/.*"release": *"\([^"]*\)".*/\1/p')

@@ -460,9 +460,8 @@ def test_a_reload_that_does_not_take_is_reported_not_hidden(deployed, tmp_path):
     (fake_bin / "pm2").write_text('#!/bin/sh\n[ "$1" = pid ] && echo 4242\nexit 0\n')  # a running service that ignores SIGHUP
     (fake_bin / "pm2").chmod(0o755)
     try:
-        result = deploy(
-            source, app_dir, "pm2", path=f"{fake_bin}:{os.environ['PATH']}", HEALTH_URL=f"http://127.0.0.1:{server.server_port}/healthz"
-        )
+        health = f"http://127.0.0.1:{server.server_port}/healthz"
+        result = deploy(source, app_dir, "pm2", path=f"{fake_bin}:{os.environ['PATH']}", HEALTH_URL=health, HEALTH_TIMEOUT="3")
     finally:
         server.shutdown()
     new = os.readlink(app_dir / "current").split("/")[-1]
