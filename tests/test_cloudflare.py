@@ -67,14 +67,14 @@ def test_error_envelope_becomes_one_line_with_status_and_message(client, status,
 
 
 @responses.activate
-def test_rate_limit_carriesretry_after(client):
+def test_rate_limit_carries_retry_after(client):
     responses.post(URL, json=envelope("Too many requests"), status=429, headers={"Retry-After": "42"})
     with pytest.raises(UpstreamRejected) as excinfo:
         client.issue(86400)
     assert excinfo.value.retry_after == 42
 
 
-def testretry_after_accepts_an_http_date():
+def test_retry_after_accepts_an_http_date():
     assert retry_after("Wed, 21 Oct 2026 07:28:30 GMT", now=1792567700.0) == pytest.approx(10, abs=1)
     assert retry_after("soon") is None and retry_after(None) is None
 
@@ -120,5 +120,5 @@ def test_token_appears_in_no_error(client):
 
 
 @pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0660", "1e3", "-5"])
-def test_aretry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
+def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
     assert retry_after(value) is None
