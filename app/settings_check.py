@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,9 +32,26 @@ def dotenv_file() -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def shown(name: str, value: str) -> str:
-    """Return ``value`` as an operator may see it: a secret (or a setting that may hold one) only as "(secret, not shown)"."""
-    return "(secret, not shown)" if name in SECRET_VARS else value
+def known_names() -> frozenset[str]:
+    """Return the names the service reads: the configuration reference's, and every secret's ``_FILE`` form."""
+    from app.config import reference
+
+    return frozenset(variable.name for _, variables in reference.SECTIONS for variable in variables) | {
+        f"{name}_FILE" for name in SECRET_VARS
+    }
+
+
+def shown(name: str, value: str, known: frozenset[str] = frozenset()) -> str:
+    """Return ``value`` as an operator may see it: a secret (or a setting that may hold one) only as "(secret, not shown)".
+
+    A name the service does not read (a typo, another program's) is named, its value never shown: it may be a
+    misspelt secret. A URL's user and password are never shown either.
+    """
+    if name in SECRET_VARS:
+        return "(secret, not shown)"
+    if name not in known:
+        return "(not read by ice-servers: a typo? value not shown)"
+    return re.sub(r"://[^/@\s]*@", "://(not shown)@", value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(args.handover_fd, "w") as handover:
             json.dump({"file": path, "values": values, "warnings": warnings}, handover)
         return 0
+    known = known_names()
     print(f"ice-servers: the settings are valid ({len(values)} from {path or 'no .env file'}; secrets not shown)")
     for name, value in sorted(values.items()):
-        print(f"{name}={shown(name, value)}")
+        print(f"{name}={shown(name, value, known)}")
     for warning in warnings:
         print(f"warning: {warning}")
     return 0

@@ -66,7 +66,7 @@ class FakeProvider:
         self.users: list[str | None] = []  # the user each call was for
         self.failure: Exception | None = None
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict]:
+    def issue(self, ttl: int, user: str | None = None, timeout: tuple[float, float] | None = None) -> list[dict]:
         """Return a new credential, or raise the failure set."""
         self.calls += 1
         self.users.append(user)

@@ -61,3 +61,12 @@ def test_a_bad_setting_is_one_line_naming_it_and_no_secret(tmp_path):
         "ice-servers: configuration error: ICE_CACHE_TTL (90000) must be less than TURN_CREDENTIAL_TTL (86400), "
         "so that every credential served has validity left"
     ]
+
+
+def test_a_urls_user_and_password_are_never_shown():
+    from app.settings_check import known_names, shown
+
+    assert shown("CLOUDFLARE_API_BASE", "https://proxy-user:test-proxy-password@proxy.example.test", known_names()) == (
+        "https://(not shown)@proxy.example.test"
+    )
+    assert shown("CLOUDFLARE_API_TOKEN_FILE", "/run/secrets/cloudflare", known_names()) == "/run/secrets/cloudflare"

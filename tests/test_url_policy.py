@@ -88,7 +88,7 @@ def test_invalid_policy_settings_stop_the_start_naming_the_variable(env, message
 
 
 def test_every_answer_of_the_service_follows_the_policy(make_service, provider):
-    provider.issue = lambda ttl, user=None: parse_ice_servers(CLOUDFLARE)
+    provider.issue = lambda ttl, user=None, timeout=None: parse_ice_servers(CLOUDFLARE)
     client = create_app(Settings(), service=make_service()).test_client()
     assert urls(client.get("/api/ice-servers").get_json()["iceServers"]) == [STUN, UDP, TCP_80, TLS_443]
     legacy = client.post("/api/turn-credentials").get_json()["iceServers"]

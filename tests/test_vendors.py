@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import responses
 
 from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
 from app.core.ports import Issued
@@ -100,6 +101,33 @@ def test_metered_with_only_an_api_key_serves_the_apps_standing_credential(metere
     assert [call["path"] for call in metered.calls] == ["/api/v1/turn/credentials"]
 
 
+def test_metereds_two_calls_share_one_timeout(metered, monkeypatch):
+    import requests
+
+    from app.providers import metered as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+
+    class Recording(requests.Session):
+        def request(self, method, url, **kwargs):
+            timeouts.append((method, kwargs["timeout"]))
+            now[0] += 1.0  # each call takes a second
+            return super().request(method, url, **kwargs)
+
+    timeouts = []
+    provider = MeteredProvider(metered.base_url, secret_key=METERED_SECRET_KEY, session=Recording())
+    provider.issue(3600, timeout=(0.5, 1.5))
+    (post, first), (get, second) = timeouts
+    assert (post, get, first) == ("POST", "GET", (0.5, 1.5))
+    assert sum(second) == pytest.approx(1.0)  # the GET gets what the POST left, not a second budget
+    timeouts.clear()
+    slow = MeteredProvider(metered.base_url, secret_key=METERED_SECRET_KEY, session=Recording())
+    with pytest.raises(UpstreamUnavailable, match="created a credential but no time was left"):
+        slow.issue(3600, timeout=(0.3, 0.7))  # the POST took the whole second
+    assert [method for method, _ in timeouts] == ["POST"]
+
+
 def test_metered_revokes_by_username_and_a_users_credentials_by_label(metered):
     provider = metered_provider(metered)
     first = provider.issue(3600, user="user-a")
@@ -111,6 +139,11 @@ def test_metered_revokes_by_username_and_a_users_credentials_by_label(metered):
         provider.revoke(username)
     provider.revoke_label("user-b")
     assert len(metered.revoked) == 2 and not metered.credentials
+    standing = metered_provider(metered, secret_key=None, api_key=METERED_API_KEY)
+    assert not standing.can_revoke and provider.can_revoke
+    with pytest.raises(UpstreamRejected, match="only with METERED_SECRET_KEY"):
+        standing.revoke_label("user-a")
+    assert len(metered.revoked) == 2
 
 
 @pytest.mark.parametrize(
@@ -186,7 +219,9 @@ def test_the_settings_check_never_prints_a_vendors_secret(tmp_path):
     from tests.servers import ROOT, clean_environ
 
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{name}={value}\n" for name, value in {**TWILIO, **METERED, "METERED_API_KEY": METERED_API_KEY}.items()))
+    foreign = {"TWILLIO_AUTH_TOKEN": "test-misspelt-token-value", "OTHER_APP_API_KEY": "test-other-app-key-value"}  # not ours
+    values = {**TWILIO, **METERED, "METERED_API_KEY": METERED_API_KEY, **foreign}
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     env_file.chmod(0o600)
     out = subprocess.run(
         [sys.executable, "-m", "app.settings_check"],
@@ -197,7 +232,9 @@ def test_the_settings_check_never_prints_a_vendors_secret(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert_no_secret(out.stdout + out.stderr)
-    assert "TWILIO_ACCOUNT_SID" in out.stdout and out.stdout.count("(secret, not shown)") >= 3
+    assert f"TWILIO_ACCOUNT_SID={TWILIO_ACCOUNT_SID}" in out.stdout and out.stdout.count("(secret, not shown)") >= 3
+    assert not any(value in out.stdout for value in foreign.values())
+    assert "TWILLIO_AUTH_TOKEN=(not read by ice-servers: a typo? value not shown)" in out.stdout
 
 
 # -- the chain, on a fake clock -----------------------------------------------------------------------
@@ -210,10 +247,14 @@ class Vendor:
 
     def __init__(self, source, grant=None):
         self.source, self.label, self.grant = source, source.title(), grant
-        self.calls, self.failure = 0, None
+        self.calls, self.failure, self.timeouts, self.hangs_on = 0, None, [], None
 
     def issue(self, ttl, user=None, timeout=None):
         self.calls += 1
+        self.timeouts.append(timeout)
+        if self.hangs_on is not None:  # a vendor that never answers: its whole timeout passes
+            self.hangs_on.advance(sum(timeout))
+            raise UpstreamUnavailable(f"{self.label} did not answer")
         if self.failure is not None:
             raise self.failure
         servers = [{"urls": [f"turn:{self.source}.example.test:3478"], "username": f"{self.source}-{self.calls}", "credential": "p"}]
@@ -267,3 +308,86 @@ def test_revoke_turn_replaces_a_twilio_credential_everywhere_and_says_twilio_can
     assert not done.revoked_upstream and done.vendor == "Twilio"
     assert done.new is not None and done.new.username != done.old.username == "twilio-1"
     assert old.ice_servers[0]["username"] == "twilio-1" and service.answer().ice_servers[0]["username"] != "twilio-1"
+
+
+def test_a_hanging_vendor_leaves_the_next_ones_their_time_and_a_healthy_first_one_most_of_it(make_service, clock):
+    from app.core.refill import CHAIN_BUDGET, RESERVE
+
+    vendors = [Vendor("cloudflare"), Vendor("twilio"), Vendor("metered")]
+    vendors[0].hangs_on = vendors[1].hangs_on = clock
+    assert make_service(providers=vendors).answer().source == "metered"
+    budgets = [sum(vendor.timeouts[0]) for vendor in vendors]
+    assert budgets == pytest.approx([CHAIN_BUDGET - 2 * RESERVE, RESERVE, RESERVE])  # the first gets 2.5 s of 5.5
+    assert sum(budgets) <= CHAIN_BUDGET + 1e-6  # (the fake clock counts in float seconds)
+
+
+def test_a_chain_out_of_time_leaves_the_rest_unasked_and_unblamed_and_pauses_briefly(make_service, clock):
+    from app.core.refill import BACKOFF_BASE
+
+    class Trickling(Vendor):  # past its timeouts (a DNS lookup, a trickled answer): the budget is gone
+        def issue(self, ttl, user=None, timeout=None):
+            clock.advance(6)
+            return super().issue(ttl, user, timeout)
+
+    first, second = Trickling("cloudflare"), Vendor("twilio")
+    first.failure = UpstreamUnavailable("Cloudflare did not answer")
+    service = make_service(providers=[first, second])
+    assert service.answer().source == "stun-only" and second.calls == 0
+    snapshot = service.shared_cache.store.snapshot()
+    assert 0 < snapshot.cooldown <= BACKOFF_BASE  # waiters stop waiting; the next refill comes within a second
+    assert service.shared_cache.store.read("provider:twilio:cooldown") is None  # Twilio, never asked, is not cooled down
+
+
+def test_an_operators_refresh_asks_every_vendor_within_the_lock_it_holds(make_service, clock):
+    import fakeredis
+
+    from app.core.errors import RefreshError
+    from app.core.operations import refresh
+    from app.core.refill import LOCK_TTL
+    from app.store.redis import RedisStore
+
+    vendors = [Vendor("cloudflare"), Vendor("twilio"), Vendor("metered")]
+    service = make_service(store=RedisStore(fakeredis.FakeRedis(), clock=clock), providers=vendors)
+    for vendor in vendors:
+        vendor.hangs_on = clock
+    asked = clock()
+    with pytest.raises(RefreshError, match="Cloudflare: Cloudflare did not answer; Twilio: Twilio did not answer; Metered: Metered"):
+        refresh(service)
+    assert [vendor.calls for vendor in vendors] == [1, 1, 1] and clock() - asked < LOCK_TTL  # the lock was ours throughout
+
+
+def test_revoke_turn_refuses_metereds_standing_credential_and_keeps_serving_it(make_service, clock):
+    import fakeredis
+
+    from app.core.errors import RefreshError
+    from app.core.operations import revoke
+    from app.store.redis import RedisStore
+
+    standing = Vendor("metered")
+    standing.standing = True  # only METERED_API_KEY: every refresh hands back the same credential
+    service = make_service(store=RedisStore(fakeredis.FakeRedis(), clock=clock), providers=[standing])
+    served = service.answer().ice_servers[0]["username"]
+    with pytest.raises(RefreshError, match="standing credential of the app .* rotate it in Metered's dashboard"):
+        revoke(service)
+    assert service.answer().ice_servers[0]["username"] == served and standing.calls == 1
+
+
+@responses.activate
+def test_a_vendors_error_that_quotes_our_key_is_told_without_it():
+    responses.post(
+        "https://app.metered.test/api/v1/turn/credential",
+        json={"message": f"Invalid secretKey {METERED_SECRET_KEY}"},
+        status=401,
+    )
+    responses.post(
+        f"https://api.twilio.test/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Tokens.json",
+        json={"code": 20003, "message": f"Authenticate with {TWILIO_AUTH_TOKEN}"},
+        status=401,
+    )
+    metered = MeteredProvider("https://app.metered.test", secret_key=METERED_SECRET_KEY)
+    twilio = TwilioProvider(TWILIO_ACCOUNT_SID, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, "https://api.twilio.test")
+    for provider in (metered, twilio):
+        with pytest.raises(UpstreamRejected) as refused:
+            provider.issue(3600)
+        assert "[redacted]" in str(refused.value)
+        assert_no_secret(str(refused.value))

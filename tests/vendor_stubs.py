@@ -136,9 +136,14 @@ class TwilioStub(_Stub):
             return failure
         serial = next(self._serial)
         username, password = f"twilio-user-{serial}", f"twilio-password-{serial}"
-        servers = [{"url": "stun:global.stun.twilio.com:3478", "urls": "stun:global.stun.twilio.com:3478"}]
+        stun = "stun:global.stun.twilio.com:3478?transport=udp"
+        servers = [{"url": stun, "urls": stun}]
         if self.mode != "no-turn":
-            for url in ("turn:global.turn.twilio.com:3478?transport=udp", "turns:global.turn.twilio.com:443?transport=tcp"):
+            for url in (  # Twilio's published example answer: UDP and TCP on 3478, TCP on 443
+                "turn:global.turn.twilio.com:3478?transport=udp",
+                "turn:global.turn.twilio.com:3478?transport=tcp",
+                "turn:global.turn.twilio.com:443?transport=tcp",
+            ):
                 servers.append({"url": url, "urls": url, "username": username, "credential": password})
         now = formatdate(usegmt=True)
         return 201, {

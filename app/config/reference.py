@@ -92,7 +92,12 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
             Variable("METERED_APP", "unset", "Metered's app name (`https://APP.metered.live`): the `metered` provider", "yourapp"),
             Variable("METERED_SECRET_KEY", "unset", "the app's secret key: a credential per window, revocable; a secret"),
             Variable("METERED_API_KEY", "unset", "without a secret key: the app's standing credential; a secret"),
-            Variable("METERED_API_BASE", "`https://{METERED_APP}.metered.live`", "Metered's API base (tests, proxies)"),
+            Variable(
+                "METERED_API_BASE",
+                "`https://<METERED_APP>.metered.live`",
+                "Metered's API base (tests, proxies)",
+                "https://yourapp.metered.live",
+            ),
         ),
     ),
     (
@@ -250,7 +255,8 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
             Variable(
                 "ICE_EGRESS_LIMIT_GB",
                 "unset",
-                "month-to-date TURN egress ceiling in decimal GB; past it no Cloudflare credential is handed out",
+                "month-to-date Cloudflare TURN egress ceiling in decimal GB; past it no Cloudflare credential is handed out "
+                "(the next provider serves: Twilio's and Metered's egress is not counted)",
                 "1500",
             ),
             Variable(

@@ -67,12 +67,13 @@ def refresh(service: IceService, user: str | None = None) -> Credential:
 
 
 def revoke(service: IceService, user: str | None = None) -> Revocation:
-    """Revoke a credential at Cloudflare, and make sure it is never served again, whatever else fails.
+    """Revoke a credential at its vendor (Cloudflare, Metered), and make sure it is never served again, whatever else fails.
 
     In order: a tombstone takes the credential's place in the shared cache (no worker's copy can put
     it back, and it cannot come back when the egress reading drops under the ceiling); a new
     credential is had if one can be (not past the ceiling); every worker re-reads the shared cache
-    within LOCAL_STALENESS, so the revocation waits that long; then Cloudflare revokes it. Without a
+    within LOCAL_STALENESS, so the revocation waits that long; then the vendor revokes it (Twilio cannot:
+    it is replaced everywhere and stays valid there until it expires). Without a
     new credential, callers get the next provider or the fallback until one can be had. Raises
     RefreshError when nothing is cached, or when the revocation itself fails (the old one is no
     longer served, but stays valid until it expires).
@@ -86,7 +87,13 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
     if old is None or old.username is None:
         raise RefreshError(f"no TURN credential is cached{whose}: nothing to revoke")
     provider = next((p for p in service.providers if p.source == old.source), None)
-    revocable = provider is not None and hasattr(provider, "revoke")
+    if getattr(provider, "standing", False):
+        raise RefreshError(
+            f"{old.username} is {provider.label}'s standing credential of the app (only METERED_API_KEY is set): it can be "
+            "neither revoked nor replaced here; rotate it in Metered's dashboard, or set METERED_SECRET_KEY"
+        )
+    revocable = provider is not None and getattr(provider, "can_revoke", hasattr(provider, "revoke"))
+    label = provider.label if provider is not None else old.source
     try:
         cache.store.revoke(old)
     except StoreUnavailable as exc:
@@ -100,7 +107,6 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
     serving = new.source if new is not None else service.fallback_source()
     if not revocable:
         # Twilio has no revocation API: the credential is replaced everywhere, and stays valid there until it expires.
-        label = provider.label if provider is not None else old.source
         log.warning(
             "Replaced TURN credential %s%s; %s cannot revoke it: valid there until %s", old.username, whose, label, rfc3339(old.expires_at)
         )
@@ -109,7 +115,7 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
         provider.revoke(old.username)
     except UpstreamError as exc:
         raise RefreshError(
-            f"{old.username} is no longer served (callers get {serving}), but revoking it at Cloudflare failed: {exc}; "
+            f"{old.username} is no longer served (callers get {serving}), but revoking it at {label} failed: {exc}; "
             f"it stays valid until {rfc3339(old.expires_at)}"
         ) from None
     if new is not None:

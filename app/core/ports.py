@@ -34,10 +34,10 @@ class Provider(Protocol):
     label: str  # the name in log lines
     remote: bool
 
-    def issue(self, ttl: int, user: str | None = None) -> list[dict] | Issued:
+    def issue(self, ttl: int, user: str | None = None, timeout: tuple[float, float] | None = None) -> list[dict] | Issued:
         """Return ICE servers whose credential lives ``ttl`` seconds (or an Issued with the life granted); raise UpstreamError.
 
-        Remote providers may also take ``timeout`` (connect, read): what is left of a cold request's budget.
+        ``timeout`` (connect, read): this call's share of the refill's budget (None: the provider's own timeouts).
         """
 
     def mint(self, expires_at: int, user: str | None = None) -> list[dict]:

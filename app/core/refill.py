@@ -27,6 +27,8 @@ BACKOFF_BASE = 1.0  # seconds of the first cool-down after an upstream failure, 
 BACKOFF_CAP = 300.0
 CHAIN_BUDGET = 5.5  # seconds a refill asks the providers in all: within a cold request's 6 s (cache.WAIT_BUDGET)
 CONNECT_BUDGET, READ_BUDGET = 2.0, 3.5  # at most, per provider: what a single provider's own timeouts are
+REPLACE_BUDGET = LOCK_TTL - 1.0  # seconds an operator's refresh asks the providers in all: within the lock it holds
+RESERVE = 1.5  # seconds kept, while a provider is asked, for each one after it
 MIN_ATTEMPT = 0.5  # seconds a provider is worth asking with
 PROVIDER_MEMORY = 3600  # seconds a provider's failures in a row, and its last outcome, are remembered
 RETRY_AFTER_CAP = 300.0  # a 429's Retry-After is honoured up to this
@@ -150,23 +152,35 @@ class Refill:
         Each failing provider cools down on its own (a success clears only its own); the fleet-wide
         cool-down starts only when none answered, and ends when the first of them may be asked again.
         """
-        deadline, waits = self._clock() + CHAIN_BUDGET, []
+        deadline, waits, askable = self._clock() + CHAIN_BUDGET, [], []
         for provider in self.remote:
             resting = self._resting(store, provider)
             if resting > 0:
                 waits.append(resting)
-                continue
-            left = deadline - self._clock()
-            if left < MIN_ATTEMPT:
-                break  # the rest waits for the next refill; this request gets what is left valid, or the fallback
-            connect = min(CONNECT_BUDGET, left / 2)
+            else:
+                askable.append(provider)
+        for index, provider in enumerate(askable):
+            share = self._share(deadline, len(askable) - index)
+            if share < MIN_ATTEMPT:  # the vendors took longer than their timeouts (DNS, a trickle): not theirs to blame
+                waits.append(BACKOFF_BASE)  # a short fleet-wide pause: the waiters serve what is valid meanwhile
+                break
+            connect = min(CONNECT_BUDGET, share / 3)  # a black hole fails the connect, a silent vendor the read
             try:
-                return self.obtain(provider, store, timeout=(connect, max(MIN_ATTEMPT / 2, min(READ_BUDGET, left - connect))))
+                return self.obtain(provider, store, timeout=(connect, min(READ_BUDGET, share - connect)))
             except UpstreamError as exc:
                 waits.append(self._provider_cool_down(store, provider, exc))
         if waits:
             self._start_cooldown(store, min(waits))
         return None
+
+    def _share(self, deadline: float, remaining: int) -> float:
+        """Return the seconds the next of ``remaining`` providers is asked with: all that is left but a reserve for each after it.
+
+        A healthy first vendor gets most of the budget (a slow answer is still an answer); a hanging one leaves the
+        next ones RESERVE seconds each.
+        """
+        left = deadline - self._clock()
+        return max(left / remaining, left - RESERVE * (remaining - 1))
 
     def obtain(self, provider: Provider, store, timeout: tuple[float, float] | None = None) -> Credential:
         """Get a credential from ``provider`` and store it, ending the cool-down; raise UpstreamError.
@@ -178,7 +192,7 @@ class Refill:
         log.info("Generating new %s TURN credentials%s", provider.label, self._for)
         started, outcome = time.perf_counter(), "success"
         try:
-            answer = provider.issue(self.credential_ttl, user=self.user, **({"timeout": timeout} if timeout else {}))
+            answer = provider.issue(self.credential_ttl, user=self.user, timeout=timeout)
         except UpstreamError as exc:
             outcome = _outcome(exc)
             self._last_outcome(store, provider, f"{outcome}: {exc}")
@@ -186,7 +200,7 @@ class Refill:
         finally:
             self._recorder.upstream(outcome, time.perf_counter() - started, provider.source)
         servers, granted = (answer.ice_servers, answer.ttl) if isinstance(answer, Issued) else (answer, self.credential_ttl)
-        window = min(self.cache_ttl, max(1, int(granted * self.cache_ttl / self.credential_ttl)))
+        window = min(self.cache_ttl, max(1, int(granted * self.cache_ttl / self.credential_ttl)), max(1, granted - 1))
         credential = new_credential(servers, provider.source, issued_at, granted, window)
         if self.put(store, credential):
             try:
@@ -215,10 +229,15 @@ class Refill:
                     raise RefreshError("another refresh still holds the lock; try again in a few seconds")
                 self._sleep(POLL_INTERVAL)
             try:
-                failures = []
-                for provider in self.remote:
+                failures, ends = [], self._clock() + REPLACE_BUDGET  # every call ends while the lock is ours
+                for index, provider in enumerate(self.remote):
+                    share = self._share(ends, len(self.remote) - index)
+                    if share < MIN_ATTEMPT:
+                        failures.append(f"{provider.label} and any after it: not asked, no time left")
+                        break
+                    connect = min(CONNECT_BUDGET, share / 3)
                     try:
-                        return self.obtain(provider, store)
+                        return self.obtain(provider, store, timeout=(connect, min(READ_BUDGET, share - connect)))
                     except UpstreamError as exc:
                         failures.append(f"{provider.label}: {exc}")
                 raise RefreshError("; ".join(failures))

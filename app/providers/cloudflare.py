@@ -28,6 +28,7 @@ class CloudflareClient:
     source = "cloudflare"
     label = "Cloudflare"
     remote = True
+    can_revoke = True
 
     def __init__(
         self,
@@ -102,6 +103,15 @@ def _error_message(response: requests.Response) -> str:
     if messages:
         return "; ".join(messages)[:200].replace("\n", " ")
     return response.reason or "no error message"
+
+
+def redact(text: str, secrets) -> str:
+    """Blank out each of ``secrets`` (and its URL-encoded form) in a vendor's own message: an error may quote the request."""
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe="")}:
+                text = text.replace(form, "[redacted]")
+    return text
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -11,14 +11,17 @@ request URL is a secret: no message here ever formats one (requests' exception t
 
 from __future__ import annotations
 
+import time
+
 import requests
 
 from app.config.ice_servers import parse_ice_servers
 from app.core.errors import UpstreamError, UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
 from app.core.ports import Issued
-from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, retry_after
+from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, redact, retry_after
 
 MAX_ANSWER_BYTES = 64 * 1024
+MIN_CALL = 0.2  # seconds the second call (the ICE servers) is worth making with
 SHARED_LABEL = "ice-servers"  # the label of the shared credential; a user's is their opaque id
 
 
@@ -55,6 +58,7 @@ class MeteredProvider:
         timeout = timeout or self._timeout
         if self._secret_key is None:
             return Issued(self._servers(self._api_key, timeout), ttl)
+        deadline = time.monotonic() + sum(timeout)  # both calls together within the one budget
         body = {"expiryInSeconds": ttl, "label": user or SHARED_LABEL}
         created = self._call("POST", "/api/v1/turn/credential", {"secretKey": self._secret_key}, body, (200, 201), timeout)
         try:
@@ -65,18 +69,42 @@ class MeteredProvider:
                 raise ValueError("the answer has no positive expiryInSeconds")
         except ValueError as exc:
             raise UpstreamInvalid(f"Metered created a credential without what it needs: {exc}") from None
-        return Issued(self._servers(created["apiKey"], timeout), min(granted, ttl))
+        left = deadline - time.monotonic()
+        if left < MIN_CALL:
+            raise UpstreamUnavailable(
+                f"Metered created a credential but no time was left within {sum(timeout):g} s to fetch its ICE servers"
+            )
+        return Issued(self._servers(created["apiKey"], (min(timeout[0], left / 3), left - min(timeout[0], left / 3))), min(granted, ttl))
+
+    @property
+    def can_revoke(self) -> bool:
+        """Tell whether a credential of ours can be revoked: only one created with the secret key."""
+        return self._secret_key is not None
+
+    @property
+    def standing(self) -> bool:
+        """Tell whether every credential is the app's standing one (only an API key): the same after any refresh."""
+        return self._secret_key is None
 
     def revoke(self, username: str) -> None:
         """Delete the credential of ``username`` (the secret key is needed); raise UpstreamError."""
-        if self._secret_key is None:
-            raise UpstreamRejected("Metered revokes only with METERED_SECRET_KEY; the app's standing API key cannot be revoked here")
+        self._need_secret_key()
         self._call("DELETE", "/api/v1/turn/credential", {"secretKey": self._secret_key}, {"username": username}, (200,), self._timeout)
 
     def revoke_label(self, label: str) -> None:
         """Delete every credential labelled ``label`` (one user's); raise UpstreamError."""
+        self._need_secret_key()
         params = {"secretKey": self._secret_key, "label": label}
         self._call("DELETE", "/api/v2/turn/credential/by_label", params, None, (200,), self._timeout)
+
+    def _secrets(self, params: dict) -> tuple[str, ...]:
+        """Return the keys a request of ours carried: Metered's own message may quote them."""
+        return tuple(secret for secret in (self._secret_key, self._api_key, params.get("apiKey")) if secret)
+
+    def _need_secret_key(self) -> None:
+        """Refuse a revocation without the secret key."""
+        if self._secret_key is None:
+            raise UpstreamRejected("Metered revokes only with METERED_SECRET_KEY; the app's standing API key cannot be revoked here")
 
     def _servers(self, api_key: str, timeout: tuple[float, float]) -> list[dict]:
         """GET the ICE servers of the credential ``api_key`` names."""
@@ -98,7 +126,7 @@ class MeteredProvider:
             raise UpstreamUnavailable(f"could not reach Metered ({type(exc).__name__})") from None
         if response.status_code not in ok:
             raise UpstreamRejected(
-                f"Metered answered {response.status_code} to {method} {path}: {_error_message(response)}",
+                f"Metered answered {response.status_code} to {method} {path}: {_error_message(response, self._secrets(params))}",
                 status=response.status_code,
                 retry_after=retry_after(response.headers.get("Retry-After")),
             )
@@ -108,13 +136,13 @@ class MeteredProvider:
             raise UpstreamInvalid(f"Metered answered {method} {path} with something that is not JSON") from None
 
 
-def _error_message(response: requests.Response) -> str:
-    """Pull Metered's message out of its error body, or say what came instead."""
+def _error_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """Pull Metered's message out of its error body, or say what came instead; any of ``secrets`` in it is blanked first."""
     try:
         message = response.json().get("message")
     except (ValueError, AttributeError):
         message = None
-    return str(message)[:200].replace("\n", " ") if message else (response.reason or "no error message")
+    return redact(str(message), secrets)[:200].replace("\n", " ") if message else (response.reason or "no error message")
 
 
 __all__ = ["MeteredProvider", "UpstreamError"]

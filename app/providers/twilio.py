@@ -16,7 +16,7 @@ from app.config.ice_servers import parse_ice_servers
 from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
 from app.core.numbers import parse_digits
 from app.core.ports import Issued
-from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, retry_after
+from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, redact, retry_after
 
 MAX_TTL = 86_400  # Twilio's tokens live "up to 24 hours"
 MAX_ANSWER_BYTES = 64 * 1024
@@ -62,7 +62,7 @@ class TwilioProvider:
             raise UpstreamUnavailable(f"could not reach Twilio ({type(exc).__name__})") from None
         if response.status_code != 201:
             raise UpstreamRejected(
-                f"Twilio answered {response.status_code}: {_error_message(response)}",
+                f"Twilio answered {response.status_code}: {_error_message(response, self._auth)}",
                 status=response.status_code,
                 retry_after=retry_after(response.headers.get("Retry-After")),
             )
@@ -91,13 +91,14 @@ def _standard(entry: object) -> dict:
     return server
 
 
-def _error_message(response: requests.Response) -> str:
-    """Pull Twilio's message (and code) out of its error body, or say what came instead."""
+def _error_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """Pull Twilio's message (and code) out of its error body, or say what came instead; any of ``secrets`` in it is blanked first."""
     try:
         body = response.json()
         message, code = body.get("message"), body.get("code")
     except (ValueError, AttributeError):
         message, code = None, None
     if message:
-        return f"{str(message)[:200]} (code {code})".replace("\n", " ") if code else str(message)[:200].replace("\n", " ")
+        text = redact(str(message), secrets)[:200]
+        return (f"{text} (code {code})" if code else text).replace("\n", " ")
     return response.reason or "no error message"

@@ -47,7 +47,7 @@ def refresh_turn(subject: str | None) -> None:
 @click.option("--user", "subject", metavar="SUB", help=USER_HELP)
 @with_appcontext
 def revoke_turn(subject: str | None) -> None:
-    """Replace a TURN credential in the shared cache and revoke the old one at Cloudflare."""
+    """Replace a TURN credential in the shared cache and revoke the old one at its vendor (Twilio cannot: replaced only)."""
     user = _user(subject)
     try:
         done = operations.revoke(current_app.extensions["ice_service"], user)
