@@ -25,9 +25,25 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+# Two peers in one page (offerer, answerer), relay only, negotiated in-page on every negotiationneeded.
+RELAY_PAIR = """
+  const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
+  const offerer = new RTCPeerConnection(config);
+  const answerer = new RTCPeerConnection(config);
+  offerer.onicecandidate = ({ candidate }) => candidate && answerer.addIceCandidate(candidate);
+  answerer.onicecandidate = ({ candidate }) => candidate && offerer.addIceCandidate(candidate);
+  offerer.onnegotiationneeded = async () => {
+    await offerer.setLocalDescription();
+    await answerer.setRemoteDescription(offerer.localDescription);
+    await answerer.setLocalDescription();
+    await offerer.setRemoteDescription(answerer.localDescription);
+  };
+"""
+
 # Two peers in one page, relay only, negotiated in-page; keepFresh on both. The offerer restarts ICE
 # after each swap (its negotiationneeded handler renegotiates), so both sides allocate anew.
-KEEP_FRESH_PAGE = """
+KEEP_FRESH_PAGE = (
+    """
 async () => {
   const { getIceServers, keepFresh } = await import("/static/ice-servers.js");
   // Real time, whatever the page does to Date (a test may set the page's clock wrong).
@@ -40,18 +56,9 @@ async () => {
     log.swaps.push({ at: now(), from: before && before.username, to: after && after.username });
     return setConfiguration.call(this, config);
   };
-  const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
-  const offerer = new RTCPeerConnection(config);
-  const answerer = new RTCPeerConnection(config);
-  offerer.onicecandidate = ({ candidate }) => candidate && answerer.addIceCandidate(candidate);
-  answerer.onicecandidate = ({ candidate }) => candidate && offerer.addIceCandidate(candidate);
-  offerer.onnegotiationneeded = async () => {
-    await offerer.setLocalDescription();
-    await answerer.setRemoteDescription(offerer.localDescription);
-    await answerer.setLocalDescription();
-    await offerer.setRemoteDescription(answerer.localDescription);
-  };
-  answerer.ondatachannel = ({ channel }) => {
+"""
+    + RELAY_PAIR
+    + """  answerer.ondatachannel = ({ channel }) => {
     channel.onmessage = ({ data }) => log.received.push({ at: now(), data });
   };
   const channel = offerer.createDataChannel("chat");
@@ -66,6 +73,7 @@ async () => {
   log.firstUsername = config.iceServers.find((s) => s.username).username;
 }
 """
+)
 
 # The default answer in a peer connection: how many URLs it has (the browser warns at five).
 ANSWER_IN_A_PEER_CONNECTION = """

@@ -226,3 +226,21 @@ def pytest_collection_modifyitems(items):
             raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(kinds)}: one kind per test")
         if not kinds:
             item.add_marker("integration" if REAL_FIXTURES & set(item.fixturenames) else "unit")
+
+
+@pytest.fixture
+def twilio():
+    """Run the Twilio stand-in."""
+    from tests.vendor_stubs import TwilioStub
+
+    with TwilioStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def metered():
+    """Run the Metered stand-in."""
+    from tests.vendor_stubs import MeteredStub
+
+    with MeteredStub() as stub:
+        yield stub

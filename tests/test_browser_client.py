@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.browsers import browser_profile
+from tests.browsers import RELAY_PAIR, browser_profile
 from tests.graphql_stub import ACCOUNT_ID, ANALYTICS_TOKEN, GraphqlStub
 from tests.servers import TURN_SECRET, app_env, wait_until
 
@@ -26,7 +26,8 @@ BROWSERS = ["chromium", "firefox"]
 GB = 1_000_000_000
 
 # Two peers in one page, relay only, keepFresh on both; every answer's source is logged as the page sees it.
-RELAYED_CALL = """
+RELAYED_CALL = (
+    """
 async () => {
   const realFetch = window.fetch;
   const log = (window.iceLog = { sources: [], received: [] });
@@ -36,18 +37,9 @@ async () => {
     return response;
   };
   const { getIceServers, keepFresh } = await import("/static/ice-servers.js");
-  const config = { iceServers: await getIceServers(), iceTransportPolicy: "relay" };
-  const offerer = new RTCPeerConnection(config);
-  const answerer = new RTCPeerConnection(config);
-  offerer.onicecandidate = ({ candidate }) => candidate && answerer.addIceCandidate(candidate);
-  answerer.onicecandidate = ({ candidate }) => candidate && offerer.addIceCandidate(candidate);
-  offerer.onnegotiationneeded = async () => {
-    await offerer.setLocalDescription();
-    await answerer.setRemoteDescription(offerer.localDescription);
-    await answerer.setLocalDescription();
-    await offerer.setRemoteDescription(answerer.localDescription);
-  };
-  answerer.ondatachannel = ({ channel }) => (channel.onmessage = () => log.received.push(performance.now()));
+"""
+    + RELAY_PAIR
+    + """  answerer.ondatachannel = ({ channel }) => (channel.onmessage = () => log.received.push(performance.now()));
   const channel = offerer.createDataChannel("chat");
   setInterval(() => channel.readyState === "open" && channel.send("hello"), 200);
   window.peers = [offerer, answerer];
@@ -57,6 +49,7 @@ async () => {
   return config.iceServers.find((server) => server.username).username;
 }
 """
+)
 
 TURN_USERNAMES = """
 () => window.peers.map((pc) => (pc.getConfiguration().iceServers.find((server) => server.username) || {}).username || null)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from tests.cloudflare_stub import API_TOKEN
 from tests.servers import app_env, run_cli, wait_until
 from tests.vendor_stubs import (
@@ -14,24 +12,10 @@ from tests.vendor_stubs import (
     METERED_SECRET_KEY,
     TWILIO_ACCOUNT_SID,
     TWILIO_AUTH_TOKEN,
-    MeteredStub,
-    TwilioStub,
 )
 
 SECRETS = (API_TOKEN, TWILIO_AUTH_TOKEN, METERED_SECRET_KEY, "test-metered-credential-api-key")
 STATIC = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
-
-
-@pytest.fixture
-def twilio():
-    with TwilioStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def metered():
-    with MeteredStub() as stub:
-        yield stub
 
 
 def chain_env(cloudflare, twilio, metered, redis_url, **extra):
