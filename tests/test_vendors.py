@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -18,25 +19,11 @@ from tests.vendor_stubs import (
     TWILIO_API_KEY_SECRET,
     TWILIO_API_KEY_SID,
     TWILIO_AUTH_TOKEN,
-    MeteredStub,
-    TwilioStub,
 )
 
 pytestmark = pytest.mark.unit
 
 SECRETS = (TWILIO_AUTH_TOKEN, TWILIO_API_KEY_SECRET, METERED_SECRET_KEY, METERED_API_KEY, "test-metered-credential-api-key")
-
-
-@pytest.fixture
-def twilio():
-    with TwilioStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def metered():
-    with MeteredStub() as stub:
-        yield stub
 
 
 def twilio_provider(stub, user=TWILIO_ACCOUNT_SID, secret=TWILIO_AUTH_TOKEN):
@@ -391,3 +378,15 @@ def test_a_vendors_error_that_quotes_our_key_is_told_without_it():
             provider.issue(3600)
         assert "[redacted]" in str(refused.value)
         assert_no_secret(str(refused.value))
+
+
+@responses.activate
+def test_a_metered_credential_whose_ice_servers_cannot_be_had_is_deleted():
+    base = "https://app.metered.test"
+    created = {"username": "test-orphan-user", "password": "p", "expiryInSeconds": 3600, "label": "ice-servers", "apiKey": "k" * 20}
+    responses.post(f"{base}/api/v1/turn/credential", json=created, status=200)
+    responses.get(f"{base}/api/v1/turn/credentials", json={"message": "internal error"}, status=500)
+    deleted = responses.delete(f"{base}/api/v1/turn/credential", json={"success": True}, status=200)
+    with pytest.raises(UpstreamRejected, match="Metered answered 500 to GET"):
+        MeteredProvider(base, secret_key=METERED_SECRET_KEY).issue(3600)
+    assert deleted.call_count == 1 and json.loads(deleted.calls[0].request.body) == {"username": "test-orphan-user"}

@@ -69,12 +69,29 @@ class MeteredProvider:
                 raise ValueError("the answer has no positive expiryInSeconds")
         except ValueError as exc:
             raise UpstreamInvalid(f"Metered created a credential without what it needs: {exc}") from None
+        try:
+            left = deadline - time.monotonic()
+            if left < MIN_CALL:
+                raise UpstreamUnavailable(
+                    f"Metered created a credential but no time was left within {sum(timeout):g} s to fetch its ICE servers"
+                )
+            connect = min(timeout[0], left / 3)
+            servers = self._servers(created["apiKey"], (connect, left - connect))
+        except UpstreamError:
+            self._forget(created.get("username"), deadline)
+            raise
+        return Issued(servers, min(granted, ttl))
+
+    def _forget(self, username: object, deadline: float) -> None:
+        """Delete a credential created for nothing (its ICE servers could not be had) if time is left; best effort."""
         left = deadline - time.monotonic()
-        if left < MIN_CALL:
-            raise UpstreamUnavailable(
-                f"Metered created a credential but no time was left within {sum(timeout):g} s to fetch its ICE servers"
-            )
-        return Issued(self._servers(created["apiKey"], (min(timeout[0], left / 3), left - min(timeout[0], left / 3))), min(granted, ttl))
+        if not isinstance(username, str) or not username or left < MIN_CALL:
+            return  # it expires on its own; nobody was given it
+        try:
+            body = {"username": username}
+            self._call("DELETE", "/api/v1/turn/credential", {"secretKey": self._secret_key}, body, (200,), (left / 3, left * 2 / 3))
+        except UpstreamError:
+            pass
 
     @property
     def can_revoke(self) -> bool:
