@@ -390,3 +390,35 @@ def test_a_metered_credential_whose_ice_servers_cannot_be_had_is_deleted():
     with pytest.raises(UpstreamRejected, match="Metered answered 500 to GET"):
         MeteredProvider(base, secret_key=METERED_SECRET_KEY).issue(3600)
     assert deleted.call_count == 1 and json.loads(deleted.calls[0].request.body) == {"username": "test-orphan-user"}
+
+
+def test_revoke_turn_for_a_user_revokes_all_their_metered_credentials_before_minting_the_new_one(make_service, clock):
+    from app.core.operations import revoke
+    from app.store.memory import MemoryStore
+
+    events = []
+
+    class Labelled(Vendor):  # Metered with its secret key: labels a user's credentials, revokes by label
+        can_revoke = True
+
+        def issue(self, ttl, user=None, timeout=None):
+            events.append(("issue", user))
+            return super().issue(ttl, user, timeout)
+
+        def revoke(self, username):
+            events.append(("revoke", username))
+
+        def revoke_label(self, label):
+            events.append(("revoke_label", label))
+
+    metered = Labelled("metered")
+    store = MemoryStore(clock)
+    store.shared = True  # as Redis: the operator's command reaches it
+    service = make_service(store=store, providers=[metered], per_user=True)
+    old = service.answer("user-a").ice_servers[0]["username"]
+    clock.advance(13)  # a window later: user-a's second credential; the first still valid at Metered
+    assert service.answer("user-a").ice_servers[0]["username"] != old
+    done = revoke(service, "user-a")
+    assert events[-2:] == [("revoke_label", "user-a"), ("issue", "user-a")]  # all of them, then a new one
+    assert done.revoked_upstream and done.new is not None
+    assert service.answer("user-a").ice_servers[0]["username"] == done.new.username

@@ -98,6 +98,8 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
         cache.store.revoke(old)
     except StoreUnavailable as exc:
         raise RefreshError(f"shared cache: {exc}; {old.username} was not revoked") from None
+    if user is not None and revocable and hasattr(provider, "revoke_label"):
+        return _revoke_users(service, cache, provider, old, user)
     new, why_none = None, None
     try:
         new = refresh(service, user)
@@ -122,6 +124,31 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
         log.warning("Revoked TURN credential %s%s; serving a new one valid until %s", old.username, whose, rfc3339(new.expires_at))
     else:
         log.warning("Revoked TURN credential %s%s; no new one could be had (%s): serving %s", old.username, whose, why_none, serving)
+    return Revocation(old, new, why_none, serving)
+
+
+def _revoke_users(service: IceService, cache, provider, old: Credential, user: str) -> Revocation:
+    """Revoke every credential of ``user`` at a vendor that labels them (Metered), then mint the user a new one.
+
+    In order: (the tombstone is in place) every worker lets go of the old one within LOCAL_STALENESS;
+    the vendor revokes all the user's credentials by label, those of earlier windows too (and any a
+    worker minted meanwhile); then a new one, issued after the revocation, replaces whatever is held.
+    """
+    service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
+    try:
+        provider.revoke_label(user)
+    except UpstreamError as exc:
+        raise RefreshError(
+            f"{old.username} is no longer served, but revoking that user's credentials at {provider.label} failed: {exc}; "
+            f"it stays valid until {rfc3339(old.expires_at)}"
+        ) from None
+    new, why_none = None, None
+    try:
+        new = refresh(service, user)
+    except RefreshError as exc:
+        why_none = str(exc)
+    serving = new.source if new is not None else service.fallback_source()
+    log.warning("Revoked every TURN credential of that user at %s (%s among them); serving %s", provider.label, old.username, serving)
     return Revocation(old, new, why_none, serving)
 
 
