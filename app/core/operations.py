@@ -19,6 +19,7 @@ from app.core.service import IceService
 
 log = logging.getLogger("ice_servers")
 
+LABEL_REVOCATION_BUDGET = 20.0  # seconds a user's scope waits, cooled down, for the revocation by label and the new mint
 # Beyond LOCAL_STALENESS, for the time a request already past its look at the cache takes to answer.
 HANDOVER_MARGIN = 0.5
 
@@ -130,10 +131,16 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
 def _revoke_users(service: IceService, cache, provider, old: Credential, user: str) -> Revocation:
     """Revoke every credential of ``user`` at a vendor that labels them (Metered), then mint the user a new one.
 
-    In order: (the tombstone is in place) every worker lets go of the old one within LOCAL_STALENESS;
-    the vendor revokes all the user's credentials by label, those of earlier windows too (and any a
-    worker minted meanwhile); then a new one, issued after the revocation, replaces whatever is held.
+    In order: (the tombstone is in place) the user's scope cools down, so that no worker mints the
+    user a credential the revocation would kill (the user gets the shared credential meanwhile);
+    every worker lets go of the old one within LOCAL_STALENESS; the vendor revokes all the user's
+    credentials by label, those of earlier windows too; whatever a worker stored before the cool-down
+    took is tombstoned; then a new one, issued after the revocation, replaces it (and ends the cool-down).
     """
+    try:
+        cache.store.start_cooldown(LOCAL_STALENESS + HANDOVER_MARGIN + LABEL_REVOCATION_BUDGET)
+    except StoreUnavailable as exc:
+        raise RefreshError(f"shared cache: {exc}; {old.username} is no longer served, but nothing was revoked at the vendor") from None
     service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
     try:
         provider.revoke_label(user)
@@ -142,6 +149,12 @@ def _revoke_users(service: IceService, cache, provider, old: Credential, user: s
             f"{old.username} is no longer served, but revoking that user's credentials at {provider.label} failed: {exc}; "
             f"it stays valid until {rfc3339(old.expires_at)}"
         ) from None
+    try:
+        meanwhile = cache.store.snapshot().credential
+        if meanwhile is not None and meanwhile.username is not None:
+            cache.store.revoke(meanwhile)  # minted in the instant before the cool-down: dead at the vendor now
+    except StoreUnavailable as exc:
+        raise RefreshError(f"shared cache: {exc}; that user's credentials were revoked at {provider.label}") from None
     new, why_none = None, None
     try:
         new = refresh(service, user)

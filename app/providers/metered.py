@@ -68,6 +68,7 @@ class MeteredProvider:
             if isinstance(granted, bool) or not isinstance(granted, int) or granted <= 0:
                 raise ValueError("the answer has no positive expiryInSeconds")
         except ValueError as exc:
+            self._forget(created.get("username") if isinstance(created, dict) else None, deadline)
             raise UpstreamInvalid(f"Metered created a credential without what it needs: {exc}") from None
         try:
             left = deadline - time.monotonic()
@@ -76,7 +77,7 @@ class MeteredProvider:
                     f"Metered created a credential but no time was left within {sum(timeout):g} s to fetch its ICE servers"
                 )
             connect = min(timeout[0], left / 3)
-            servers = self._servers(created["apiKey"], (connect, left - connect))
+            servers = self._servers(created["apiKey"], (connect, max(MIN_CALL, left - connect - MIN_CALL)))  # time kept to delete it
         except UpstreamError:
             self._forget(created.get("username"), deadline)
             raise
