@@ -426,3 +426,12 @@ def test_revoke_turn_for_a_user_revokes_all_their_metered_credentials_before_min
     assert events[-2:] == [("revoke_label", "user-a"), ("issue", "user-a")]  # all of them, then a new one
     assert done.revoked_upstream and done.new is not None
     assert service.answer("user-a").ice_servers[0]["username"] == done.new.username
+
+
+def test_an_answer_with_a_url_that_is_not_ice_is_refused_without_quoting_it():
+    from app.config.ice_servers import parse_ice_servers
+
+    leaky = f"https://app.metered.test/api?secretKey={METERED_SECRET_KEY}"
+    with pytest.raises(ValueError, match="URL 2 of an ICE server's 'urls' is not a stun:") as refused:
+        parse_ice_servers([{"urls": ["turn:a.example.test:3478", leaky], "username": "u", "credential": "c"}])
+    assert_no_secret(str(refused.value))

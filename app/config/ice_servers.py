@@ -45,8 +45,8 @@ def parse_ice_servers(payload: object, require_credential: bool = True) -> list[
         if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
             raise ValueError("every ICE server needs 'urls': a URL or a non-empty list of URLs")
         bad = [u for u in urls if not u.lower().startswith(ICE_SCHEMES)]
-        if bad:
-            raise ValueError(f"not a stun:, stuns:, turn: or turns: URL: {bad[0][:80]!r}")
+        if bad:  # never quoted: a vendor's garbage, or TURN_SERVERS (a secret), may carry a key in it
+            raise ValueError(f"URL {urls.index(bad[0]) + 1} of an ICE server's 'urls' is not a stun:, stuns:, turn: or turns: URL")
         server: dict = {"urls": [u for u in urls if not is_blocked_url(u)]}
         for name in ("username", "credential"):
             if name in entry:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from app.core.errors import MintDeferred, RefreshError, StoreUnavailable, UpstreamError, UpstreamInvalid, UpstreamUnavailable
 from app.core.ice import Credential, new_credential, rfc3339
+from app.core.numbers import parse_digits
 from app.core.ports import Issued, Provider, Recorder
 from app.core.store_policy import StorePolicy
 
@@ -280,7 +281,7 @@ class Refill:
         except StoreUnavailable as failure:
             store = self.failed_over(failure)
             raw = store.read(_named(provider, "failures"))
-        failures = (int(raw) if raw and raw.isdigit() else 0) + 1
+        failures = (parse_digits(raw, max_digits=6) or 0) + 1
         seconds = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)) * (0.5 + self._jitter() / 2)
         if exc.retry_after is not None:
             seconds = max(seconds, min(exc.retry_after, RETRY_AFTER_CAP))
