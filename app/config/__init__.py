@@ -19,10 +19,18 @@ from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
-from app.config.ice_servers import is_blocked_url, parse_ice_servers
+from app.config.ice_servers import parse_ice_servers
 from app.config.rates import parse_rates
 from app.config.redis_url import RedisTarget, parse_redis_url
-from app.config.vendors import VENDOR_SECRETS, MeteredSettings, TwilioSettings, metered_settings, twilio_settings
+from app.config.vendors import (
+    VENDOR_SECRETS,
+    MeteredSettings,
+    TwilioSettings,
+    metered_settings,
+    provider_order,
+    turn_secret_settings,
+    twilio_settings,
+)
 
 MAX_CREDENTIAL_TTL = 172_800  # Cloudflare's documented maximum (48 h)
 DEFAULT_CREDENTIAL_TTL = 86_400
@@ -37,7 +45,6 @@ DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 # (primary name, alias): the second guide's names first, the first guide's as aliases.
 KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
 API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
-PROVIDERS = ("cloudflare", "twilio", "metered", "turn-secret")  # the default order of those configured
 # Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
 # so 200 people behind one NAT address starting a meeting at once stay well under it.
 DEFAULT_RATE_LIMIT = "600 per minute"
@@ -164,25 +171,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "so that every credential served has validity left"
         )
 
-    shared_secret = env.get("TURN_SHARED_SECRET")
-    turn_urls = _turn_urls(env)
-    if bool(shared_secret) != bool(turn_urls):
-        missing = "TURN_URLS" if shared_secret else "TURN_SHARED_SECRET"
-        raise ConfigError(f"{missing} is not set: the TURN shared-secret provider needs TURN_SHARED_SECRET and TURN_URLS")
+    shared_secret, turn_urls = turn_secret_settings(env, ConfigError)
     twilio, metered = twilio_settings(env, _url, ConfigError), metered_settings(env, _url, ConfigError)
-    configured = {
-        "cloudflare": bool(key_id),
-        "twilio": twilio is not None,
-        "metered": metered is not None,
-        "turn-secret": bool(shared_secret),
-    }
+    configured = {"cloudflare": bool(key_id), "twilio": bool(twilio), "metered": bool(metered), "turn-secret": bool(shared_secret)}
 
     return Settings(
         turn_key_id=key_id,
         api_token=api_token,
         turn_shared_secret=shared_secret,
         turn_urls=turn_urls,
-        providers=_providers(env, configured),
+        providers=provider_order(env, configured, ConfigError),
         twilio=twilio,
         metered=metered,
         api_base=_url(env, "CLOUDFLARE_API_BASE", DEFAULT_API_BASE).rstrip("/"),
@@ -320,40 +318,6 @@ def _read_secret_files(env: dict[str, str]) -> None:
         if not secret:
             raise ConfigError(f"{name}_FILE names an empty file")
         env[name] = secret
-
-
-def _turn_urls(env: Mapping[str, str]) -> tuple[str, ...]:
-    """Parse TURN_URLS: a comma list of turn:/turns: (and stun:) URLs of your own TURN server."""
-    urls = tuple(item.strip() for item in env.get("TURN_URLS", "").split(",") if item.strip())
-    for url in urls:
-        if not url.lower().startswith(("turn:", "turns:", "stun:", "stuns:")):
-            raise ConfigError(f"TURN_URLS entry {url[:80]!r} must start with turn:, turns:, stun: or stuns:")
-    kept = tuple(url for url in urls if not is_blocked_url(url))
-    if urls and not any(url.lower().startswith(("turn:", "turns:")) for url in kept):
-        raise ConfigError("TURN_URLS has no turn: or turns: URL (port 53 is dropped: browsers block it)")
-    return kept
-
-
-def _providers(env: Mapping[str, str], configured: Mapping[str, bool]) -> tuple[str, ...]:
-    """Parse ICE_PROVIDERS (the order providers are tried); default: every configured one."""
-    raw = env.get("ICE_PROVIDERS")
-    if raw is None:
-        return tuple(name for name in PROVIDERS if configured[name])
-    names = tuple(item.strip() for item in raw.split(",") if item.strip())
-    for name in names:
-        if name not in PROVIDERS:
-            raise ConfigError(f"ICE_PROVIDERS entry {name!r} is not one of {', '.join(PROVIDERS)}")
-        if not configured[name]:
-            needed = {
-                "cloudflare": "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN are",
-                "twilio": "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET) are",
-                "metered": "METERED_APP and METERED_SECRET_KEY (or METERED_API_KEY) are",
-                "turn-secret": "TURN_SHARED_SECRET and TURN_URLS are",
-            }[name]
-            raise ConfigError(f"ICE_PROVIDERS lists {name} but {needed} not set")
-    if len(set(names)) != len(names):
-        raise ConfigError("ICE_PROVIDERS lists a provider twice")
-    return names
 
 
 def _rate_limit(env: Mapping[str, str], name: str = "ICE_RATE_LIMIT", default: str = DEFAULT_RATE_LIMIT) -> str | None:

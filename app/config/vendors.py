@@ -1,4 +1,4 @@
-"""The TURN vendors' settings beside Cloudflare's: Twilio and Metered, each parsed on its own, each secret declared here.
+"""The TURN providers' settings beside Cloudflare's key: Twilio, Metered, a TURN server's shared secret; the chain's order.
 
 A vendor is configured when its settings are there; an incomplete one stops the start with one line
 naming what is missing. Its secrets are declared once (VENDOR_SECRETS): the ``_FILE`` form, the
@@ -11,9 +11,19 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from app.config.ice_servers import is_blocked_url
+
 DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 TWILIO_SID = re.compile(r"^(AC|SK)[0-9A-Za-z]{32}$")  # an account SID (AC...) or an API key SID (SK...): 34 characters
 METERED_APP = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a subdomain of metered.live
+
+PROVIDERS = ("cloudflare", "twilio", "metered", "turn-secret")  # the default order of those configured
+NEEDED = {  # what each provider needs, as a refusal names it
+    "cloudflare": "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN are",
+    "twilio": "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET) are",
+    "metered": "METERED_APP and METERED_SECRET_KEY (or METERED_API_KEY) are",
+    "turn-secret": "TURN_SHARED_SECRET and TURN_URLS are",
+}
 
 # Secrets of the vendors, each with a NAME_FILE form, never printed.
 VENDOR_SECRETS = ("TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SECRET", "METERED_SECRET_KEY", "METERED_API_KEY")
@@ -77,3 +87,35 @@ def metered_settings(env: Mapping[str, str], url: Callable[[Mapping[str, str], s
         raise error("METERED_SECRET_KEY is not set: the metered provider needs it (or METERED_API_KEY for the app's standing credential)")
     base = url(env, "METERED_API_BASE", f"https://{app}.metered.live").rstrip("/")
     return MeteredSettings(app, base, secret_key, None if secret_key else api_key)
+
+
+def turn_secret_settings(env: Mapping[str, str], error) -> tuple[str | None, tuple[str, ...]]:
+    """Parse TURN_SHARED_SECRET and TURN_URLS (your own TURN server): both or neither; ``error`` is ConfigError."""
+    urls = tuple(item.strip() for item in env.get("TURN_URLS", "").split(",") if item.strip())
+    for url in urls:
+        if not url.lower().startswith(("turn:", "turns:", "stun:", "stuns:")):
+            raise error(f"TURN_URLS entry {url[:80]!r} must start with turn:, turns:, stun: or stuns:")
+    kept = tuple(url for url in urls if not is_blocked_url(url))
+    if urls and not any(url.lower().startswith(("turn:", "turns:")) for url in kept):
+        raise error("TURN_URLS has no turn: or turns: URL (port 53 is dropped: browsers block it)")
+    shared_secret = env.get("TURN_SHARED_SECRET")
+    if bool(shared_secret) != bool(kept):
+        missing = "TURN_URLS" if shared_secret else "TURN_SHARED_SECRET"
+        raise error(f"{missing} is not set: the TURN shared-secret provider needs TURN_SHARED_SECRET and TURN_URLS")
+    return shared_secret, kept
+
+
+def provider_order(env: Mapping[str, str], configured: Mapping[str, bool], error) -> tuple[str, ...]:
+    """Parse ICE_PROVIDERS (the order providers are tried); default: every configured one."""
+    raw = env.get("ICE_PROVIDERS")
+    if raw is None:
+        return tuple(name for name in PROVIDERS if configured[name])
+    names = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for name in names:
+        if name not in PROVIDERS:
+            raise error(f"ICE_PROVIDERS entry {name!r} is not one of {', '.join(PROVIDERS)}")
+        if not configured[name]:
+            raise error(f"ICE_PROVIDERS lists {name} but {NEEDED[name]} not set")
+    if len(set(names)) != len(names):
+        raise error("ICE_PROVIDERS lists a provider twice")
+    return names
