@@ -435,3 +435,11 @@ def test_an_answer_with_a_url_that_is_not_ice_is_refused_without_quoting_it():
     with pytest.raises(ValueError, match="URL 2 of an ICE server's 'urls' is not a stun:") as refused:
         parse_ice_servers([{"urls": ["turn:a.example.test:3478", leaky], "username": "u", "credential": "c"}])
     assert_no_secret(str(refused.value))
+
+
+def test_the_metered_stand_in_refuses_a_field_the_contract_lacks(metered):
+    import requests
+
+    url = f"{metered.base_url}/api/v1/turn/credential"
+    answer = requests.post(url, params={"secretKey": METERED_SECRET_KEY}, json={"expiryInSeconds": 60, "ttl": 60}, timeout=5)
+    assert answer.status_code == 400 and not metered.credentials

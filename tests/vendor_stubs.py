@@ -178,6 +178,10 @@ class MeteredStub(_Stub):
                 return 401, {"message": "Invalid secret key"}
             try:
                 request = json.loads(body or b"{}")
+                if not isinstance(request, dict) or set(request) - {"expiryInSeconds", "label"}:
+                    return 400, {"message": "unknown field: the body takes expiryInSeconds and label"}
+                if request.get("label") is not None and not isinstance(request["label"], str):
+                    return 400, {"message": "label must be a string"}
                 expiry = request.get("expiryInSeconds")
                 if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, int) or expiry <= 0):
                     raise ValueError
