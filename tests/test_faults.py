@@ -21,6 +21,13 @@ from app.store.redis import store_key
 from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
 
 SHORT = {"TURN_CREDENTIAL_TTL": "24", "ICE_CACHE_TTL": "12"}
+
+
+def metric(text: str, line_start: str) -> float:
+    """Sum the samples of a metric line prefix in Prometheus text (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
 STATIC = '[{"urls": ["turn:static.example.test:3478"], "username": "static-user", "credential": "static-password"}]'
 
 
@@ -41,15 +48,21 @@ def gaps(calls: list[dict]) -> list[float]:
 
 
 def test_steady_load_never_waits_on_the_upstream_and_calls_it_once_per_window(start_host, cloudflare, redis_url):
-    cloudflare.delay = 1.0
+    cloudflare.delay = 2.5  # a request that waited on it takes longer; a busy 2-core box's stall does not
     host = start_host(app_env(cloudflare.base_url, redis_url, **SHORT))
     assert host.get().json()["source"] == "cloudflare"  # warm-up: the only request that waits
+    before = host.get("/metrics").text
+    assert metric(before, 'ice_cache_events_total{event="miss"}') >= 1  # the warm-up's: the counter is live
 
     samples = run_load(host, 30)
 
     assert {s.status for s in samples} == {200}
     assert {s.body["source"] for s in samples} == {"cloudflare"}
     assert max(s.latency for s in samples) < cloudflare.delay
+    after = host.get("/metrics").text
+    for event in ("miss", "lock_wait"):  # no request found the cache empty or waited for a refill: refreshes ran behind
+        line = f'ice_cache_events_total{{event="{event}"}}'
+        assert metric(after, line) == metric(before, line), event
     assert min(s.body["ttl"] for s in samples) >= 10
     # One call per window: refreshed ahead (3/4 through the 12 s window), never twice for one window.
     assert 3 <= cloudflare.call_count <= 5
