@@ -1,5 +1,7 @@
-"""WSGI entry point: ``gunicorn -c gunicorn.conf.py wsgi:app`` or ``flask --app wsgi ...``."""
+"""Entry points: ``app`` for WSGI servers (``gunicorn -c gunicorn.conf.py wsgi:app``, Vercel) and ``lambda_handler`` for AWS Lambda."""
 
 from app import create_app
+from app.web.aws_lambda import lambda_handler_for
 
 app = create_app()
+lambda_handler = lambda_handler_for(app)

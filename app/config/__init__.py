@@ -13,7 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -133,6 +133,7 @@ class Settings:
     turn_transports: tuple[str, ...] = ("udp", "tcp", "tls")  # TURN transports served (tls: turns:)
     max_urls: int = 4  # the most URLs in one answer, STUN included
     metrics_allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # networks that may read /metrics
+    serverless: str | None = None  # the platform (vercel, aws-lambda, ICE_SERVERLESS): no thread outlives a request
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +156,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ
     env = {name: value.strip() for name, value in environ.items() if value.strip()}
     _read_secret_files(env)
+    _flag(env, "ICE_SERVERLESS")  # refuse a value that is neither on nor off
+    serverless = serverless_platform(env)
 
     key_id = _aliased(env, *KEY_ID_VARS)
     api_token = _aliased(env, *API_TOKEN_VARS)
@@ -187,7 +190,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         credential_ttl=credential_ttl,
         cache_ttl=cache_ttl,
         redis_url=env.get("REDIS_URL"),
-        redis=_redis(env),
+        redis=_redis(env, serverless is not None),
         cors_origins=_origins(env),
         turn_servers=_turn_servers(env),
         stun_urls=_stun_urls(env),
@@ -206,7 +209,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         turn_transports=_transports(env),
         max_urls=_integer(env, "ICE_MAX_URLS", 4, 1, 32, unit="URLs"),
         env_file=env_file,
+        serverless=serverless,
     )
+
+
+def serverless_platform(environ: Mapping[str, str] | None = None) -> str | None:
+    """Name the serverless platform this process runs on, from its own variables or ICE_SERVERLESS; None: a server.
+
+    Readable before the other settings are (a bad setting is then reported the platform's way).
+    """
+    environ = os.environ if environ is None else environ
+    forced = (environ.get("ICE_SERVERLESS") or "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return None
+    if (environ.get("VERCEL") or "").strip():
+        return "vercel"
+    if (environ.get("AWS_LAMBDA_FUNCTION_NAME") or "").strip():
+        return "aws-lambda"
+    return "ICE_SERVERLESS" if forced in ("1", "true", "yes", "on") else None
 
 
 def env_file_problem(path: str | None) -> str | None:
@@ -431,8 +451,11 @@ def _transports(env: Mapping[str, str]) -> tuple[str, ...]:
     return transports
 
 
-def _redis(env: Mapping[str, str]) -> RedisTarget | None:
-    """Parse REDIS_URL with REDIS_CA_FILE and REDIS_SENTINEL_PASSWORD; the message never echoes a password."""
+def _redis(env: Mapping[str, str], serverless: bool = False) -> RedisTarget | None:
+    """Parse REDIS_URL with REDIS_CA_FILE and REDIS_SENTINEL_PASSWORD; the message never echoes a password.
+
+    ``serverless``: every instance opens its connection cold, over TLS to a managed Redis, on a request.
+    """
     url, ca_file = env.get("REDIS_URL"), env.get("REDIS_CA_FILE")
     if url is None:
         for name in ("REDIS_CA_FILE", "REDIS_SENTINEL_PASSWORD"):
@@ -447,7 +470,7 @@ def _redis(env: Mapping[str, str]) -> RedisTarget | None:
         raise ConfigError(str(exc)) from None
     if env.get("REDIS_SENTINEL_PASSWORD") and target.topology != "sentinel":
         raise ConfigError("REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not redis+sentinel:// or rediss+sentinel://")
-    return target
+    return replace(target, cold_connections=True) if serverless else target
 
 
 def _egress(env: Mapping[str, str], key_id: str | None) -> dict:

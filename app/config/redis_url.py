@@ -45,6 +45,7 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # PEM of the CA that signed the servers' certificates (TLS)
     sentinel_password: str | None = field(default=None, repr=False)
+    cold_connections: bool = False  # serverless: each instance connects on a request, cold (longer timeouts)
 
     def describe(self) -> str:
         """Name the target for logs and status lines, without the password."""

@@ -296,6 +296,14 @@ SECTIONS: tuple[tuple[str, tuple[Variable, ...]], ...] = (
             ),
             Variable("ICE_DEMO", "`0`", "`1` serves the `/demo` diagnostic page", "0"),
             Variable(
+                "ICE_SERVERLESS",
+                "on when `VERCEL` or `AWS_LAMBDA_FUNCTION_NAME` is set",
+                "`1` on another serverless platform: no thread outlives a request (the refresh ahead, the usage reading "
+                "and the JWKS fetch run on the request that needs them), longer Redis connect timeouts, `/metrics` says "
+                "how to count instead; `0` turns it off (docs/serverless.md)",
+                "0",
+            ),
+            Variable(
                 "ICE_ENV_FILE",
                 "the project's `.env`",
                 "another dotenv file to read (set in the environment); empty: none",

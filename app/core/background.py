@@ -1,4 +1,4 @@
-"""Work off the request path: daemon threads, so a hanging upstream never blocks a shutdown."""
+"""Work off the request path: daemon threads, so a hanging upstream never blocks a shutdown; or, serverless, inline."""
 
 from __future__ import annotations
 
@@ -13,3 +13,8 @@ def daemon_spawner(name: str) -> Callable[[Callable[[], None]], None]:
         threading.Thread(target=target, name=name, daemon=True).start()
 
     return spawn
+
+
+def run_inline(target: Callable[[], None]) -> None:
+    """Run ``target`` now, on the request that asked (serverless: a thread would be frozen with the instance)."""
+    target()

@@ -21,6 +21,19 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 from app.config.redis_url import RedisTarget
 
 SOCKET_TIMEOUT = 0.5  # seconds, on the connect and on every command: a Redis that hangs costs one of these, never more
+# Serverless (REDIS_URL's target has cold_connections): every instance connects on a request, from a cold start, often to
+# a managed Redis in another zone over TLS (Upstash, ElastiCache Serverless). The connect takes DNS and a TCP handshake,
+# then TLS and AUTH each wait a round trip on a CPU that is still warming up: 0.5 s fails the first request of too many
+# instances. A hung Redis still costs one of these per instance, and then its breaker holds the rest back.
+COLD_CONNECT_TIMEOUT = 2.0
+COLD_SOCKET_TIMEOUT = 1.0
+
+
+def timeouts(target: RedisTarget) -> tuple[float, float]:
+    """Return the connect and the command timeouts for ``target``'s connections."""
+    return (COLD_CONNECT_TIMEOUT, COLD_SOCKET_TIMEOUT) if target.cold_connections else (SOCKET_TIMEOUT, SOCKET_TIMEOUT)
+
+
 CLUSTER_RETRIES = 3  # a refused connection and CLUSTERDOWN retried a few times, a few ms apart: within a request's budget
 
 
@@ -50,7 +63,8 @@ RECONNECT_ONCE = ReconnectOnce()
 
 def connection_options(target: RedisTarget) -> dict:
     """Return what every connection to a Redis node takes: timeouts, the ACL user, TLS."""
-    options = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": SOCKET_TIMEOUT}
+    connect, command = timeouts(target)
+    options = {"socket_timeout": command, "socket_connect_timeout": connect}
     if target.username:
         options["username"] = target.username
     if target.password:
@@ -65,9 +79,10 @@ def connection_options(target: RedisTarget) -> dict:
 def sentinel_options(target: RedisTarget) -> dict:
     """Return what connections to the sentinels take: their own password (never Redis's), timeouts, TLS."""
     # No retry at all: a lookup asks each sentinel in turn already, and a silent one costs one timeout, not redis-py's ten.
+    connect, command = timeouts(target)
     options = {
-        "socket_timeout": SOCKET_TIMEOUT,
-        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_timeout": command,
+        "socket_connect_timeout": connect,
         "password": target.sentinel_password,
         "retry": Retry(NoBackoff(), 0),
     }

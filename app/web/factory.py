@@ -9,8 +9,9 @@ from flask import Flask
 from app.access.addresses import parse_networks
 from app.access.gates import Gate, jwt_gate, open_gate, origin_gate, token_gate
 from app.access.identity import UserIds
-from app.config import ConfigError, Settings, env_file_problem, load_settings
+from app.config import ConfigError, Settings, env_file_problem, load_settings, serverless_platform
 from app.config.rates import parse_rates
+from app.core.background import run_inline
 from app.core.breaker import CircuitBreaker
 from app.core.errors import StoreUnavailable
 from app.core.service import IceService
@@ -41,19 +42,24 @@ log = logging.getLogger("ice_servers")
 def create_app(settings: Settings | None = None, service: IceService | None = None) -> Flask:
     """Build the app: settings, logging, store, providers, service, blueprint, CLI, errors.
 
-    A bad setting stops the start with one line naming the variable (``SystemExit``).
+    A bad setting stops the start with one line naming the variable: ``SystemExit`` on a server, and
+    serverless an ``Exception`` (ConfigError), the one thing the platforms report as an init error.
     """
     if settings is None:
         try:
             settings = load_settings()
         except ConfigError as exc:
-            raise SystemExit(f"ice-servers: configuration error: {exc}") from None
-    configure_logging(settings.log_level, settings.log_format)
+            message = f"ice-servers: configuration error: {exc}"
+            if serverless_platform():
+                raise ConfigError(message) from None
+            raise SystemExit(message) from None
+    configure_logging(settings.log_level, settings.log_format, alone=settings.serverless is not None)
     warn_if_env_file_is_readable(settings.env_file)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["ICE_DEMO"] = settings.demo
+    app.config["ICE_SERVERLESS"] = settings.serverless
     service = service or build_service(settings, PrometheusRecorder())
     app.extensions["ice_service"] = service
     breaker = service.policy.breaker  # one per process, in front of Redis for the store and the rate limits alike
@@ -98,7 +104,7 @@ def build_verifier(settings: Settings):
     from app.access.jwks import JwksCache
     from app.access.jwt_tokens import JwtVerifier
 
-    jwks = JwksCache(settings.jwks_url) if settings.jwks_url else None
+    jwks = JwksCache(settings.jwks_url, spawn=_spawner(settings)) if settings.jwks_url else None
     if settings.jwt_no_audience:
         log.warning(
             "ICE_JWT_NO_AUDIENCE=1: any token of ICE_JWT_ISSUER without an aud claim is accepted, whichever app it was "
@@ -130,6 +136,13 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
                 settings.redis.describe(),
                 exc,
             )
+    elif settings.serverless:
+        store = MemoryStore()
+        log.warning(
+            "REDIS_URL is not set (%s): every serverless instance asks the TURN provider for its own credential on its "
+            "cold start, and counts the rate limit alone. Set REDIS_URL to a shared Redis (docs/serverless.md).",
+            settings.serverless,
+        )
     else:
         store = MemoryStore()
         log.warning(
@@ -166,7 +179,13 @@ def build_service(settings: Settings, recorder: PrometheusRecorder | None = None
         recorder=recorder,
         mint_budget=build_mint_budget(settings, breaker),
         max_user_records=settings.max_user_records,
+        spawn=_spawner(settings),
     )
+
+
+def _spawner(settings: Settings):
+    """Return how work off the request path runs: a daemon thread on a server; serverless, inline (None: the default)."""
+    return run_inline if settings.serverless else None
 
 
 def build_mint_budget(settings: Settings, breaker: CircuitBreaker | None = None):
@@ -188,7 +207,7 @@ def build_egress_guard(settings: Settings, policy: StorePolicy, recorder: Promet
         return None
     analytics = AnalyticsClient(settings.graphql_url, settings.analytics_token, settings.account_id, settings.turn_key_id)
     limit, interval, closed = settings.egress_limit_bytes, settings.usage_interval, settings.usage_unknown_closed
-    return EgressGuard(analytics, policy, limit, interval, closed, recorder=recorder)
+    return EgressGuard(analytics, policy, limit, interval, closed, recorder=recorder, spawn=_spawner(settings))
 
 
 def build_rate_limit(settings: Settings, breaker: CircuitBreaker | None = None) -> RateLimit | None:

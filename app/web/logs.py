@@ -44,10 +44,15 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Send the app's log to stderr as text lines, or to stdout as JSON lines; once per process."""
+def configure_logging(level: str, log_format: str = "text", alone: bool = False) -> None:
+    """Send the app's log to stderr as text lines, or to stdout as JSON lines; once per process.
+
+    ``alone`` (serverless): not also to the root logger, where the platform's runtime (awslambdaric,
+    Vercel's) has a handler of its own that would write every line a second time.
+    """
     logger = logging.getLogger("ice_servers")
     logger.setLevel(level)
+    logger.propagate = not alone
     if not any(getattr(handler, "ice_servers", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stdout if log_format == "json" else sys.stderr)
         handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))

@@ -33,6 +33,17 @@ OUTCOMES = ("success", "rejected", "rate_limited", "invalid", "unavailable")
 EVENTS = ("hit", "miss", "stale", "lock_wait", "refresh", "deferred", "bounded")
 REFUSALS = (401, 403, 429)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Serverless, /metrics serves this instead of numbers: an instance lives for a few requests, and its counters are not the
+# fleet's (a scrape would reach one instance at random, and sum nothing). Comments only: a scrape succeeds with no sample.
+SERVERLESS_NOTE = """\
+# ice-servers runs serverless: every instance keeps its own counters for a few requests, so this endpoint serves none.
+# Count the fleet from its logs instead (ICE_LOG_FORMAT=json: one JSON object per line, with "level" and "message"):
+#   upstream calls: messages starting "Generated new" (a credential) and "Failed to fetch TURN credentials" (a failure);
+#   stale or fallback answers: messages starting "Serving the last TURN credential" and "No TURN credential from";
+#   answers by status, 429 included: the platform's request log (Vercel's Logs or a log drain; API Gateway or
+#   function URL access logs in CloudWatch).
+# The rate limit itself is counted in Redis, per source address. See docs/serverless.md.
+"""
 
 REQUESTS = Counter("ice_requests", "ICE server answers served, by source (static and stun-only: no TURN credential).", ["source"])
 UPSTREAM_REQUESTS = Counter(

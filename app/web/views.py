@@ -57,7 +57,9 @@ def create_blueprint(service: IceService, settings: Settings) -> Blueprint:
 
     @bp.get("/metrics")
     def prometheus_metrics():
-        """Return Prometheus text summed over all workers, to the addresses in ICE_METRICS_ALLOW only."""
+        """Return Prometheus text summed over all workers, to the addresses in ICE_METRICS_ALLOW only; serverless, how to count."""
+        if settings.serverless:
+            return metrics.SERVERLESS_NOTE, 200, {"Content-Type": metrics.CONTENT_TYPE}
         if not address_allowed(request.remote_addr, settings.metrics_allow):
             abort(403, description="metrics are only for the addresses in ICE_METRICS_ALLOW")
         return metrics.render(), 200, {"Content-Type": metrics.CONTENT_TYPE}
