@@ -14,6 +14,9 @@ BROWSER_TOOLS := .tools/.browser-tools-$(PUPPETEER_VERSION)-$(TYPESCRIPT_VERSION
 # The Node peer `make bench` runs beside the app (bench/peer/server.js), pinned in .tools/ as well.
 EXPRESS_VERSION := 5.3.0
 EXPRESS := .tools/.express-$(EXPRESS_VERSION)
+# Vercel's CLI for the serverless tests (`vercel build`, offline, no account): 58.10.0 is the newest that installs here.
+VERCEL_VERSION := 58.10.0
+VERCEL := .tools/.vercel-$(VERCEL_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -28,16 +31,17 @@ run: $(STAMP)
 TEST_WORKERS ?= 4
 
 ## test: install what the tests need (redis-server, the venv) and run them all, in parallel
-test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS)
+test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS) $(VERCEL)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-fast: the unit tests only (in process, fakes and stand-ins: no servers, no browsers), in seconds
 test-fast: $(STAMP)
 	FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -m unit
 
-## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory
-bench: system-deps $(STAMP) $(EXPRESS)
+## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory; then the serverless cold start
+bench: system-deps $(STAMP) $(EXPRESS) $(VERCEL)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/cold_start.py
 
 ## lint: ruff's checks and format check, and the direction of imports (import-linter); settings in pyproject.toml
 lint: $(STAMP)
@@ -67,6 +71,10 @@ $(BROWSER_TOOLS): $(PM2)
 
 $(EXPRESS): $(PM2)
 	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools express@$(EXPRESS_VERSION)
+	touch $@
+
+$(VERCEL): $(PM2)
+	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools vercel@$(VERCEL_VERSION)
 	touch $@
 
 $(STAMP): requirements.txt requirements-dev.txt
