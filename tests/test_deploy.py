@@ -379,17 +379,50 @@ def test_no_nginx_server_on_a_stock_debian_box_answers_any_file_of_the_deploymen
     _, app_dir, _ = deployed
     files = [path for path in app_dir.rglob("*") if path.is_file() and ".venv" not in path.parts and "__pycache__" not in path.parts]
     assert (app_dir / ".env") in files and len(files) > 50
-    for path in files:
-        secret = path.read_bytes()
-        relative = path.relative_to(app_dir).as_posix()
-        for url in (f"/{relative}", f"/{app_dir.name}/{relative}", str(path), f"/../../..{path}", f"/%2e%2e/%2e%2e{path}"):
-            for port, scheme in ((nginx["default"], "http"), (nginx["http"], "http"), (nginx["https"], "https")):
-                if scheme == "https":
-                    status, _, body = _tls_request(port, "GET", url)
-                else:
-                    answer = requests.get(f"http://127.0.0.1:{port}{url}", allow_redirects=False, timeout=5)
-                    status, body = answer.status_code, answer.content
-                assert status != 200 or (secret[:200] not in body), (url, port, status)
+    # One kept-alive connection per server (a new TLS handshake per request made this the suite's slowest test).
+    servers = [_KeptAlive(nginx["default"]), _KeptAlive(nginx["http"]), _KeptAlive(nginx["https"], tls=True)]
+    try:
+        for path in files:
+            secret = path.read_bytes()
+            relative = path.relative_to(app_dir).as_posix()
+            for url in (f"/{relative}", f"/{app_dir.name}/{relative}", str(path), f"/../../..{path}", f"/%2e%2e/%2e%2e{path}"):
+                for server in servers:
+                    status, body = server.get(url)
+                    assert status != 200 or (secret[:200] not in body), (url, server.port, status)
+    finally:
+        for server in servers:
+            server.close()
+
+
+class _KeptAlive:
+    """GET requests to one nginx server over one kept-alive connection, opened again whenever nginx closes it."""
+
+    def __init__(self, port: int, tls: bool = False):
+        """Connect lazily to ``port`` (HTTPS with the test's self-signed certificate when ``tls``)."""
+        self.port = port
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self.connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        else:
+            self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, url: str) -> tuple[int, bytes]:
+        """Return the status and body of GET ``url``; a connection nginx closed is opened again once."""
+        for attempt in (1, 2):
+            try:
+                self.connection.request("GET", url)
+                response = self.connection.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
+                self.connection.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
 
 
 def test_the_site_denies_dot_files_itself(nginx):
