@@ -11,6 +11,7 @@ import tomllib
 import pytest
 
 from app.config import ConfigError, load_settings
+from app.core.refill import BACKOFF_CAP
 from app.store.connect import connection_options
 from app.web.aws_lambda import lambda_handler_for
 from app.web.factory import create_app
@@ -202,3 +203,15 @@ def test_serverless_work_off_the_request_path_runs_inline_on_the_request_that_ne
         assert client.get("/api/ice-servers", headers=headers).status_code == 200
         assert cloudflare.call_count == 2
     assert app_threads == []
+
+
+def test_the_request_that_retries_a_recovered_upstream_inline_answers_with_what_it_got(make_service, provider, clock):
+    """After a failure and its cool-down, the retry runs on a request (serverless): its new credential is the answer."""
+    service = make_service()  # background work runs inline, as serverless
+    provider.fail(500)
+    assert service.answer().source == "stun-only"  # a cold start on a failing upstream: the fallback
+    provider.failure = None
+    clock.advance(BACKOFF_CAP + 1)  # past any cool-down: the next request retries, on itself
+    answer = service.answer()
+    assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == "user-2"
+    assert provider.calls == 2

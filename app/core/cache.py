@@ -137,7 +137,10 @@ class CredentialCache:
         if copy.credential is not None:
             if not copy.credential.is_valid(now):
                 return None
-            self._refresh_ahead_if_due(copy.credential, now)
+            fresher = self._refresh_ahead_if_due(copy.credential, now)
+            latest = self.copy
+            if fresher is not None and latest is not None and latest.credential is fresher:
+                return latest  # refreshed on this request (serverless: inline): the new credential
         return copy
 
     def credential(self) -> Credential | None:
@@ -174,10 +177,10 @@ class CredentialCache:
         self._recorder.cache_event("miss")
         stale = credential if credential is not None and credential.is_valid(now) else None
         if snapshot.failures or snapshot.cooldown:
-            # The upstream is known to fail: nobody waits on it; one worker retries off the request path.
-            if not snapshot.cooldown:
-                self._refresh_in_background(stale)
-            return self._serve_stale(stale, now)
+            # The upstream is known to fail: nobody waits on it; one worker retries off the request path (serverless: on
+            # this request, and what it got is served).
+            fresher = self._refresh_in_background(stale) if not snapshot.cooldown else None
+            return fresher if fresher is not None else self._serve_stale(stale, now)
         return self._refill(store, stale, now + WAIT_BUDGET)
 
     def _newest(self, store, snapshot: Snapshot, now: float) -> Credential | None:
@@ -249,8 +252,8 @@ class CredentialCache:
     def _keep(self, credential: Credential, now: float) -> Credential:
         """Make ``credential`` the copy, trusted for LOCAL_STALENESS (never past its window); refresh ahead if due."""
         self._hold(credential, min(now + LOCAL_STALENESS, credential.refresh_at))
-        self._refresh_ahead_if_due(credential, now)
-        return credential
+        fresher = self._refresh_ahead_if_due(credential, now)
+        return fresher if fresher is not None else credential
 
     def _hold(self, credential: Credential | None, until: float) -> Credential | None:
         """Make ``credential`` (or None: the fallback) the copy until ``until``."""
@@ -262,25 +265,38 @@ class CredentialCache:
 
     # -- refresh ahead -------------------------------------------------------------------
 
-    def _refresh_ahead_if_due(self, credential: Credential, now: float) -> None:
-        """In the last quarter of a remote credential's window (its last 10 min at most), refresh it in the background."""
+    def _refresh_ahead_if_due(self, credential: Credential, now: float) -> Credential | None:
+        """In the last quarter of a remote credential's window (its last 10 min at most), refresh it in the background.
+
+        Return the newer credential the copy holds already (the refresh ran inline), else None.
+        """
         if credential.source not in self._remote_sources:
-            return  # a local mint: the next window mints anew
+            return None  # a local mint: the next window mints anew
         window = credential.refresh_at - credential.issued_at
         if now >= credential.refresh_at - min(window * REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_MAX):
-            self._refresh_in_background(credential)
+            return self._refresh_in_background(credential)
+        return None
 
-    def _refresh_in_background(self, seen: Credential | None) -> None:
-        """Start one background refresh in this process; the store's lock makes it one per fleet."""
+    def _refresh_in_background(self, seen: Credential | None) -> Credential | None:
+        """Start one background refresh in this process; the store's lock makes it one per fleet.
+
+        Serverless, the spawner runs it inline: return the valid credential newer than ``seen`` the copy then holds, else None.
+        """
         now = self._clock()
         if now < self._refresh_not_before or not self._refreshing.acquire(blocking=False):
-            return
+            return None
         self._refresh_not_before = now + REFRESH_RETRY_INTERVAL
         self._recorder.cache_event("refresh")
         try:
             self._spawn(lambda: self._refresh(seen))
         except RuntimeError:  # no thread could be started (interpreter shutting down)
             self._refreshing.release()
+            return None
+        copy = self.copy
+        held = copy.credential if copy is not None else None
+        if held is None or held.source not in self._remote_sources or not held.is_valid(self._clock()):
+            return None
+        return held if seen is None or held.issued_at > seen.issued_at else None
 
     def _refresh(self, seen: Credential | None) -> None:
         """Replace ``seen`` unless another worker already did or the upstream is cooling down."""
