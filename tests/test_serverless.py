@@ -215,3 +215,25 @@ def test_the_request_that_retries_a_recovered_upstream_inline_answers_with_what_
     answer = service.answer()
     assert answer.source == "cloudflare" and answer.ice_servers[1]["username"] == "user-2"
     assert provider.calls == 2
+
+
+def test_a_serverless_jwks_refetch_holds_no_lock_other_requests_wait_on():
+    """The request that refetches old keys inline waits for it; a request whose key is held meanwhile does not."""
+    from app.access.jwks import MAX_AGE, JwksCache
+    from app.core.background import run_inline
+
+    key = SigningKey("ES256", "held")
+    now = [1000.0]
+    with JwksServer(key) as jwks:
+        cache = JwksCache(jwks.url, clock=lambda: now[0], spawn=run_inline)
+        assert cache.key("held") is not None  # the first fetch
+        now[0] += MAX_AGE + 1  # the keys are old: the next lookup refetches them, on its own request
+        jwks.hang = True
+        refetching = threading.Thread(target=cache.key, args=("held",), daemon=True)
+        refetching.start()
+        threading.Event().wait(0.3)  # it is in the fetch now (the provider hangs)
+        other = threading.Thread(target=cache.key, args=("held",), daemon=True)
+        other.start()
+        other.join(2)  # well under the fetch's 3 s read timeout
+        assert not other.is_alive(), "a request whose key is held waited on another request's refetch"
+        assert refetching.is_alive() and jwks.fetches == 2

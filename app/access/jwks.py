@@ -5,7 +5,8 @@ hanging endpoint queues every request behind a full timeout) and forgets its key
 fails after their lifespan:
 
 - nothing is fetched at start: the service starts even while the URL hangs;
-- one fetch at a time, in a thread of its own with explicit timeouts, and at most one per
+- one fetch at a time, in a thread of its own (serverless: on the request that finds it due,
+  holding no lock) with explicit timeouts, and at most one per
   ``REFETCH_INTERVAL`` whatever started it (an unknown ``kid``, keys older than ``MAX_AGE``), so a
   provider that fails fast is not asked once per request;
 - requests whose key is known never wait; before the first keys arrive, requests wait for the
@@ -73,12 +74,18 @@ class JwksCache:
         with self._changed:
             now = self._clock()
             key = self._keys.get(kid)
-            if now >= self._next_fetch_at and (key is None or now - self._fetched_at >= MAX_AGE):
-                self._start_fetch(now)  # for old keys in the background: this request goes on with the key held
+            due = now >= self._next_fetch_at and (key is None or now - self._fetched_at >= MAX_AGE)
+            fetch = due and self._claim_fetch(now)
+        if fetch:
+            # Holding no lock: other requests go on with the keys held. A server fetches in a thread (for old keys this
+            # request goes on with the key held); serverless, this request fetches, then reads the keys it got.
+            self._start_fetch()
+        with self._changed:
+            key = self._keys.get(kid)
             if key is not None:
                 return key
             if not self._fetching:
-                return self._keys.get(kid)  # no fetch now, or one that already ended
+                return None  # no fetch now, or one that already ended
             if self._keys and self._waiting >= UNKNOWN_KID_WAITERS:
                 return None  # a rotation's first tokens are few; a flood of made-up kids must not hold every thread
             self._waiting += 1
@@ -88,16 +95,22 @@ class JwksCache:
                 self._waiting -= 1
             return self._keys.get(kid)
 
-    def _start_fetch(self, now: float) -> None:
-        """Start one fetch in its own thread, unless one runs (call holding the condition)."""
+    def _claim_fetch(self, now: float) -> bool:
+        """Claim the next fetch unless one runs (call holding the condition); True: the caller starts it."""
         if self._fetching:
-            return
+            return False
         self._fetching, self._next_fetch_at = True, now + REFETCH_INTERVAL
         self.fetches += 1
+        return True
+
+    def _start_fetch(self) -> None:
+        """Run the claimed fetch with the spawner: its own thread, or serverless inline."""
         try:
             self._spawn(self._fetch)
         except RuntimeError:  # no thread could be started (interpreter shutting down)
-            self._fetching = False
+            with self._changed:
+                self._fetching = False
+                self._changed.notify_all()
 
     def _fetch(self) -> None:
         """Fetch and parse the key set; keep the old keys on any failure."""
