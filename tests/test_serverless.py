@@ -237,3 +237,26 @@ def test_a_serverless_jwks_refetch_holds_no_lock_other_requests_wait_on():
         other.join(2)  # well under the fetch's 3 s read timeout
         assert not other.is_alive(), "a request whose key is held waited on another request's refetch"
         assert refetching.is_alive() and jwks.fetches == 2
+
+
+def test_the_request_that_takes_the_usage_reading_inline_decides_on_it(cloudflare):
+    """ICE_USAGE_UNKNOWN=closed: the first request, which reads the usage itself, gets Cloudflare's credential when under the limit."""
+    with GraphqlStub() as graphql:
+        graphql.egress = 10**9  # 1 GB of the 100 GB limit
+        settings = load_settings(
+            {
+                "ICE_SERVERLESS": "1",
+                "CLOUDFLARE_TURN_TOKEN_ID": KEY_ID,
+                "CLOUDFLARE_API_TOKEN": API_TOKEN,
+                "CLOUDFLARE_API_BASE": cloudflare.base_url,
+                "ICE_EGRESS_LIMIT_GB": "100",
+                "ICE_USAGE_UNKNOWN": "closed",
+                "CLOUDFLARE_ACCOUNT_ID": ACCOUNT_ID,
+                "CLOUDFLARE_ANALYTICS_TOKEN": ANALYTICS_TOKEN,
+                "CLOUDFLARE_GRAPHQL_URL": graphql.url,
+                "ICE_RATE_LIMIT": "0",
+            }
+        )
+        answer = create_app(settings).test_client().get("/api/ice-servers")
+        assert graphql.count == 1
+        assert answer.get_json()["source"] == "cloudflare"

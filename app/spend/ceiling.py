@@ -93,7 +93,8 @@ class EgressGuard:
         store = self._store(now)
         reading = self._stored(store, now)
         if reading is None or reading.month != month_start(now) or reading.source != self._source or now - reading.read_at >= self.interval:
-            self._ask_in_background(store, now)
+            if self._ask_in_background(store, now):
+                reading = self._stored(store, now)  # serverless, this request just took the reading: decide on it
         this_month = reading is not None and reading.month == month_start(now) and reading.source == self._source
         fresh = this_month and now - reading.read_at < FRESH_INTERVALS * self.interval
         # A month's egress never falls: a reading past the limit stays true for the rest of the month, however old
@@ -136,8 +137,8 @@ class EgressGuard:
             local.write(key, raw, READING_MEMORY)
         return Reading.from_json(raw)
 
-    def _ask_in_background(self, store, now: float) -> None:
-        """Claim this interval's query; if this worker got it, ask the analytics API in a thread."""
+    def _ask_in_background(self, store, now: float) -> bool:
+        """Claim this interval's query; if this worker got it, ask the analytics API in a thread (serverless: now); True: asked."""
         ask = f"{ASK}:{month_start(now)}"
         try:
             claimed = store.claim(ask, self.interval)
@@ -145,11 +146,13 @@ class EgressGuard:
             self._policy.failed(exc)
             store = self._policy.local
             claimed = store.claim(ask, self.interval)
-        if claimed:
-            try:
-                self._spawn(lambda: self._ask(store, now))
-            except RuntimeError:  # no thread could be started (interpreter shutting down)
-                pass
+        if not claimed:
+            return False
+        try:
+            self._spawn(lambda: self._ask(store, now))
+        except RuntimeError:  # no thread could be started (interpreter shutting down)
+            return False
+        return True
 
     def _ask(self, store, now: float) -> None:
         """Query the analytics API once; store the reading, or log why there is none."""
