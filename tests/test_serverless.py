@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -260,3 +261,35 @@ def test_the_request_that_takes_the_usage_reading_inline_decides_on_it(cloudflar
         answer = create_app(settings).test_client().get("/api/ice-servers")
         assert graphql.count == 1
         assert answer.get_json()["source"] == "cloudflare"
+
+
+def test_serverless_reads_no_project_env_file_unless_ice_env_file_names_it(monkeypatch, tmp_path):
+    """A .env swept into a function's bundle is not read: the platform's variables are the settings."""
+    import app.config
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("ICE_MAX_URLS=5\n")
+    dotenv.chmod(0o600)
+    monkeypatch.setattr(app.config, "DEFAULT_ENV_FILE", dotenv)
+    monkeypatch.delenv("ICE_ENV_FILE")
+    monkeypatch.setenv("VERCEL", "1")
+    try:
+        assert load_settings().max_urls == 4 and "ICE_MAX_URLS" not in os.environ
+        monkeypatch.setenv("ICE_ENV_FILE", str(dotenv))
+        assert load_settings().max_urls == 5
+    finally:
+        os.environ.pop("ICE_MAX_URLS", None)
+
+
+def test_work_that_fails_inline_is_logged_and_the_request_goes_on(caplog, monkeypatch):
+    """As a thread's failure never reached the request, an inline one does not either, and its line names no value."""
+    from app.core.background import run_inline
+
+    logger = logging.getLogger("ice_servers")
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+
+    def failing():
+        raise ValueError("fake-secret-in-a-message")
+
+    run_inline(failing)
+    assert "Work off the request path failed (ValueError)" in caplog.text and "fake-secret" not in caplog.text

@@ -144,7 +144,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env_file = None
     if environ is None:
-        env_file = os.environ.get("ICE_ENV_FILE", str(DEFAULT_ENV_FILE)) or None
+        # Serverless, the platform's variables are the settings: a .env that a local `vercel build` swept into the
+        # bundle (or a deploy uploaded) is not read unless ICE_ENV_FILE names it.
+        default = "" if serverless_platform() and "ICE_ENV_FILE" not in os.environ else str(DEFAULT_ENV_FILE)
+        env_file = os.environ.get("ICE_ENV_FILE", default) or None
         if env_file and Path(env_file).is_file():
             try:
                 load_dotenv(env_file, override=False)

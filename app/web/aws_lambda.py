@@ -10,12 +10,20 @@ only through ICE_TRUSTED_PROXIES, as behind nginx.
 
 from __future__ import annotations
 
-from apig_wsgi import make_lambda_handler
-
 
 def lambda_handler_for(wsgi_app):
-    """Return a Lambda handler, ``handler(event, context)``, that serves ``wsgi_app``."""
-    return make_lambda_handler(SourceAddress(wsgi_app))
+    """Return a Lambda handler, ``handler(event, context)``, that serves ``wsgi_app``; apig-wsgi is imported on its first event."""
+    handler = None
+
+    def lambda_handler(event, context):
+        nonlocal handler
+        if handler is None:  # servers import wsgi.py too: they never load apig-wsgi
+            from apig_wsgi import make_lambda_handler
+
+            handler = make_lambda_handler(SourceAddress(wsgi_app))
+        return handler(event, context)
+
+    return lambda_handler
 
 
 class SourceAddress:
