@@ -39,7 +39,7 @@ SERVERLESS_NOTE = """\
 # ice-servers runs serverless: every instance keeps its own counters for a few requests, so this endpoint serves none.
 # Count the fleet from its logs instead (ICE_LOG_FORMAT=json: one JSON object per line, with "level" and "message"):
 #   upstream calls: messages starting "Generated new" (a credential) and "Failed to fetch TURN credentials" (a failure);
-#   stale or fallback answers: messages starting "Serving the last TURN credential" and "No TURN credential from";
+#   stale or fallback spells: "Serving the last TURN credential", "No TURN credential from" (a line a minute at most);
 #   answers by status, 429 included: the platform's request log (Vercel's Logs or a log drain; API Gateway or
 #   function URL access logs in CloudWatch).
 # The rate limit itself is counted in Redis, per source address. See docs/serverless.md.
