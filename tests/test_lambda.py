@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 
 import pytest
 
+from tests import serverless_fleet
 from tests.cloudflare_stub import API_TOKEN
 from tests.lambda_runtime import LambdaFunction, alb_event, http_api_event, rest_event
 from tests.servers import app_env
@@ -49,14 +47,6 @@ def header(result: dict, name: str) -> str | None:
     return headers.get(name.lower()) or (multi.get(name.lower()) or [None])[0]
 
 
-def expiry(result: dict) -> float:
-    """Return the answer's expiresAt as a timestamp; the answer must carry TURN."""
-    body = body_of(result)
-    assert result["statusCode"] == 200, body
-    assert any("username" in server for server in body["iceServers"]), body
-    return datetime.fromisoformat(body["expiresAt"].replace("Z", "+00:00")).timestamp()
-
-
 def test_the_handler_serves_rest_http_api_function_url_and_alb_events(redis_url, cloudflare, start_function):
     """All four event kinds reach both routes, with TURN from the one credential in Redis."""
     function = start_function(app_env(cloudflare.base_url, redis_url))
@@ -87,55 +77,37 @@ def test_a_bad_setting_is_reported_as_an_init_error_naming_it(start_function):
     assert function.process.returncode != 0
 
 
-def test_three_frozen_instances_make_one_upstream_call_per_window_and_never_serve_an_expired_credential(
+def test_a_fleet_frozen_across_the_refresh_point_calls_the_upstream_once_per_window_and_never_serves_an_expired_credential(
     redis_url, cloudflare, start_function
 ):
-    """Cold together, frozen past the refresh point, thawed: one refresh for the fleet, then stale-if-error, never expired."""
-    # A window of 8 s in a 40 s life: the refresh point is 6 s after issue (the window's last quarter).
-    env = app_env(cloudflare.base_url, redis_url, TURN_CREDENTIAL_TTL="40", ICE_CACHE_TTL="8", ICE_LOG_LEVEL="INFO")
-    fleet = [start_function(env, f"instance-{n}") for n in range(3)]
-    expiries: list[tuple[float, float]] = []  # (when the answer arrived, its expiresAt)
+    """Three cold instances, frozen and thawed past the refresh point, an outage and a recovery (tests/serverless_fleet.py)."""
+    env = app_env(cloudflare.base_url, redis_url, **serverless_fleet.FLEET_SETTINGS)
 
-    def ask(function, n: int) -> dict:
-        result = function.invoke(http_api_event("GET", "/api/ice-servers", f"203.0.113.{30 + n}"))
-        expiries.append((time.time(), expiry(result)))
-        return result
+    def start(name):
+        return _Asked(start_function(env, name))
 
-    def ask_all() -> None:
-        with ThreadPoolExecutor(len(fleet)) as pool:
-            list(pool.map(ask, fleet, range(len(fleet))))
+    serverless_fleet.run(start, cloudflare)
 
-    ask_all()  # three cold starts at once
-    issued = cloudflare.calls[0]["time"]
-    assert cloudflare.call_count == 1
-    for function in fleet:
-        function.freeze()
-    time.sleep(max(0.0, issued + 6.5 - time.time()))
-    # Past the refresh point, each instance thawed for one invocation and frozen again the moment it has answered, as
-    # Lambda does. The refresh takes the upstream a second: it must be done (and stored) before the answer, since a
-    # thread left to finish it would be frozen with the Redis lock held.
-    cloudflare.configure(delay=1.0)
-    for n, function in enumerate(fleet):
-        function.thaw()
-        ask(function, n)
-        function.freeze()
-    cloudflare.configure(delay=0.0)
-    assert cloudflare.call_count == 2
-    renewed = cloudflare.calls[1]
-    newcomer = start_function(env, "newcomer")  # a fourth instance, cold, while the three stay frozen
-    assert body_of(ask(newcomer, 9))["iceServers"][1]["username"] == renewed["username"]
-    for function in fleet:
-        function.thaw()
-    ask_all()
-    assert cloudflare.call_count == 2
 
-    cloudflare.configure(mode="error500")
-    time.sleep(max(0.0, renewed["time"] + 8.5 - time.time()))  # past the window: stale-if-error from here on
-    ask_all()
-    ask_all()
-    failed = [call for call in cloudflare.calls if call["status"] == 500]
-    assert 1 <= len(failed) <= 2  # a cool-down holds every instance back after a failure
-    assert all(expires > arrived for arrived, expires in expiries)
+class _Asked:
+    """A Lambda execution environment asked through a function URL's events."""
+
+    def __init__(self, function: LambdaFunction):
+        """Wrap ``function``."""
+        self.function = function
+
+    def ask(self, address: str) -> tuple[int, dict]:
+        """GET /api/ice-servers from ``address``; return the status and the body."""
+        result = self.function.invoke(http_api_event("GET", "/api/ice-servers", address, url=True))
+        return result["statusCode"], body_of(result)
+
+    def freeze(self) -> None:
+        """Freeze it."""
+        self.function.freeze()
+
+    def thaw(self) -> None:
+        """Thaw it."""
+        self.function.thaw()
 
 
 def test_the_rate_limit_is_counted_in_redis_per_source_address_across_instances(redis_url, cloudflare, start_function):

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from tests import serverless_fleet
 from tests.cloudflare_stub import API_TOKEN
 from tests.servers import app_env
 from tests.vercel_runtime import VercelFunction, remove_build, vercel_build
@@ -63,6 +64,35 @@ def test_two_cold_instances_serve_both_routes_from_one_credential_in_redis(redis
     username = post.json()["iceServers"]["username"]  # the seed users' single-object body, their frontend unchanged
     assert username == next(server["username"] for server in get.json()["iceServers"] if "username" in server)
     assert cloudflare.call_count == 1
+
+
+def test_a_fleet_frozen_across_the_refresh_point_calls_the_upstream_once_per_window_and_never_serves_an_expired_credential(
+    redis_url, cloudflare, start_instance
+):
+    """Three cold instances, frozen and thawed past the refresh point, an outage and a recovery (tests/serverless_fleet.py)."""
+    env = app_env(cloudflare.base_url, redis_url, **serverless_fleet.FLEET_SETTINGS)
+    serverless_fleet.run(lambda name: _Asked(start_instance(env, name)), cloudflare)
+
+
+class _Asked:
+    """An instance of the built function, asked as Vercel's edge asks it."""
+
+    def __init__(self, instance: VercelFunction):
+        """Wrap ``instance``."""
+        self.instance = instance
+
+    def ask(self, address: str) -> tuple[int, dict]:
+        """GET /api/ice-servers from ``address``; return the status and the body."""
+        answer = self.instance.request("GET", "/api/ice-servers", address)
+        return answer.status_code, answer.json()
+
+    def freeze(self) -> None:
+        """Freeze it."""
+        self.instance.freeze()
+
+    def thaw(self) -> None:
+        """Thaw it."""
+        self.instance.thaw()
 
 
 def test_the_rate_limit_counts_the_address_vercel_forwards_in_redis_across_instances(redis_url, cloudflare, start_instance):

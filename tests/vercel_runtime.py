@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -140,9 +141,18 @@ class VercelFunction:
         }
         return requests.request(method, f"http://127.0.0.1:{self.port}{path}", headers=sent, timeout=30, **kwargs)
 
+    def freeze(self) -> None:
+        """Freeze the instance between invocations (SIGSTOP), as Vercel does once the response and any waitUntil have ended."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Thaw it (SIGCONT)."""
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
-        """Kill the instance."""
+        """Kill the instance (thawed first)."""
         if self.process and self.process.poll() is None:
+            self.thaw()
             self.process.kill()
             self.process.wait(10)
         self._listener.close()
