@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import ssl
 import stat
 import subprocess
@@ -22,13 +21,13 @@ import requests
 
 from tests.cloudflare_stub import API_TOKEN
 from tests.deployments import PM2_BIN, TEST_APP_USER, app_user, deploy, deployment_dir, fresh_clone, release
+from tests.nginx_site import NGINX, NginxSite, stock_default_site, tls_request
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
 pytestmark = [pytest.mark.xdist_group("deploy"), pytest.mark.deploy]
 
 FAKE_ENV = b"# test .env: fake values only\nICE_LOG_LEVEL=INFO\nCLOUDFLARE_API_TOKEN_NOTE='not-a-real-token-value'\n"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +114,6 @@ def nginx_on_path(tmp_path, *sites: str) -> str:
     (tmp_path / "bin" / "nginx").write_text(f'#!/bin/sh\nexec {NGINX} -p {tmp_path} -c {tmp_path}/nginx.conf "$@"\n')
     (tmp_path / "bin" / "nginx").chmod(0o755)
     return f"{tmp_path}/bin:{PM2_BIN}:{os.environ['PATH']}"
-
-
-def stock_default_site() -> str:
-    """Return Debian's default nginx site as apt installs it (enabled, default_server, root /var/www/html)."""
-    return Path("/etc/nginx/sites-available/default").read_text()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="nginx -T reads its configuration as root")
@@ -260,101 +254,21 @@ def test_systemd_unit_passes_verify(tmp_path):
 
 @pytest.fixture
 def nginx(tmp_path, start_host, cloudflare, redis_url):
-    """Run Debian's nginx with the shipped site, both files (ports and certificate paths moved to the test's)."""
+    """Run Debian's nginx with the shipped site, both files, its stock default site beside it, and an operator's cache."""
     app = start_host(app_env(cloudflare.base_url, redis_url), args="--access-logfile -")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(tmp_path / "key.pem"),
-            "-out",
-            str(tmp_path / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    http_port, https_port = free_port(), free_port()
-    site = (
-        site_files()
-        .replace("listen [::]:80;", "")
-        .replace("listen [::]:443 ssl http2;", "")
-        .replace("listen 80;", f"listen 127.0.0.1:{http_port};")
-        .replace("listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;")
-        .replace("/etc/letsencrypt/live/ice.example.com/fullchain.pem", str(tmp_path / "cert.pem"))
-        .replace("/etc/letsencrypt/live/ice.example.com/privkey.pem", str(tmp_path / "key.pem"))
-        .replace("127.0.0.1:8000", f"127.0.0.1:{app.port}")
-    )
-    (tmp_path / "site.conf").write_text(site)
-    # Debian's default site as apt enables it (root /var/www/html, default_server), on a port of the test's.
-    default_port = free_port()
-    stock = (
-        stock_default_site()
-        .replace("listen [::]:80 default_server;", "")
-        .replace("listen 80 default_server;", f"listen 127.0.0.1:{default_port} default_server;")
-    )
-    (tmp_path / "default.conf").write_text(stock)
-    user = "user root;" if os.geteuid() == 0 else ""
-    # An operator's cache for every site of the box, one that ignores Cache-Control: the site must still store nothing.
-    (tmp_path / "nginx.conf").write_text(
-        f"{user}\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
-        f"  proxy_cache_path {tmp_path}/cache keys_zone=everything:1m;\n  proxy_cache everything;\n"
-        "  proxy_cache_valid 200 10m;\n  proxy_ignore_headers Cache-Control Expires;\n"
-        f"  include {tmp_path}/site.conf;\n  include {tmp_path}/default.conf;\n}}\n"
-    )
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    process = subprocess.Popen(
-        [nginx_bin, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
-    )
-    wait_until(lambda: _answers_tls(https_port), 10, what="nginx start")
-    yield {"http": http_port, "https": https_port, "default": default_port, "app": app, "cache": tmp_path / "cache"}
-    process.send_signal(signal.SIGQUIT)
-    process.wait(10)
-
-
-def site_files() -> str:
-    """Return the shipped site as an operator installs it at the end: the port-80 file, then the HTTPS one."""
-    return (ROOT / "deploy/nginx/ice-servers-http.conf").read_text() + (ROOT / "deploy/nginx/ice-servers.conf").read_text()
-
-
-def _tls_request(port: int, method: str, path: str, body: bytes | None = None, headers=None, source: str = "127.0.0.1"):
-    """Send one HTTPS request to nginx from ``source``; return (status, headers, body)."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the test's self-signed certificate
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, source_address=(source, 0), timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
-def _answers_tls(port: int) -> bool:
-    """Tell whether nginx answers HTTPS."""
-    try:
-        return _tls_request(port, "GET", "/healthz")[0] == 200
-    except OSError:
-        return False
+    site = NginxSite(tmp_path, app.port, default_site=True, operator_cache=True).start()
+    yield {"http": site.http_port, "https": site.https_port, "default": site.default_port, "app": app, "cache": site.cache}
+    site.stop()
 
 
 def test_nginx_serves_the_api_over_tls_with_hsts(nginx):
-    status, headers, body = _tls_request(nginx["https"], "GET", "/api/ice-servers")
+    status, headers, body = tls_request(nginx["https"], "GET", "/api/ice-servers")
     assert status == 200 and b'"source":"cloudflare"' in body
     assert headers["Strict-Transport-Security"].startswith("max-age=")
 
 
 def test_nginx_stores_no_answer_even_under_a_cache_for_the_whole_box(nginx):
-    answers = [_tls_request(nginx["https"], "GET", "/api/ice-servers") for _ in range(2)]
+    answers = [tls_request(nginx["https"], "GET", "/api/ice-servers") for _ in range(2)]
     assert [status for status, _, _ in answers] == [200, 200]
     assert {headers["Cache-Control"] for _, headers, _ in answers} == {"no-store"}
     assert not [path for path in nginx["cache"].rglob("*") if path.is_file()]
@@ -368,7 +282,7 @@ def test_nginx_own_answers_are_json_and_never_stored(nginx):
         ("POST", "/api/turn-credentials", {"Content-Length": str(1024 * 1024)}, 413),
         ("GET", "/api/ice-servers", oversized, 400),
     ):
-        status, answer_headers, body = _tls_request(nginx["https"], method, path, headers=headers)
+        status, answer_headers, body = tls_request(nginx["https"], method, path, headers=headers)
         assert status == expected and answer_headers["Cache-Control"] == "no-store", (path, status, answer_headers)
         assert json.loads(body)["status"] == expected
         assert answer_headers["Strict-Transport-Security"].startswith("max-age=")
@@ -427,7 +341,7 @@ class _KeptAlive:
 
 def test_the_site_denies_dot_files_itself(nginx):
     for path in ("/.env", "/.git/config", "/app/.env", "/.well-known/../.env"):
-        status, headers, body = _tls_request(nginx["https"], "GET", path)
+        status, headers, body = tls_request(nginx["https"], "GET", path)
         assert status == 404 and json.loads(body) == {"error": "Not Found", "status": 404}, path
     assert "GET /.env" not in (Path(nginx["app"].log_path)).read_text()  # nginx answered, not the app
 
@@ -438,7 +352,7 @@ def test_nginx_redirects_http_to_https(nginx):
 
 
 def test_nginx_refuses_a_large_body_before_the_app(nginx, tmp_path):
-    status, _, body = _tls_request(
+    status, _, body = tls_request(
         nginx["https"], "POST", "/api/turn-credentials", body=b"x" * (1024 * 1024), headers={"Content-Type": "application/octet-stream"}
     )
     assert status == 413 and b'"status": 413' in body
@@ -446,7 +360,7 @@ def test_nginx_refuses_a_large_body_before_the_app(nginx, tmp_path):
 
 
 def test_app_sees_the_client_address_through_nginx_not_a_spoofed_one(nginx, tmp_path):
-    status, _, _ = _tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"X-Forwarded-For": "203.0.113.7"}, source="127.0.0.2")
+    status, _, _ = tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"X-Forwarded-For": "203.0.113.7"}, source="127.0.0.2")
     assert status == 200
 
     def logged():  # the access log line is written after the response
@@ -457,12 +371,12 @@ def test_app_sees_the_client_address_through_nginx_not_a_spoofed_one(nginx, tmp_
 
 
 def test_nginx_keeps_metrics_off_the_internet(nginx):
-    assert _tls_request(nginx["https"], "GET", "/metrics")[0] == 404
+    assert tls_request(nginx["https"], "GET", "/metrics")[0] == 404
 
 
 def test_nginx_passes_a_16_kib_header_line_to_the_app(nginx):
     large = "Bearer " + "x" * (12 * 1024)  # a large JWT: over nginx's and gunicorn's 8 KiB defaults
-    status, headers, _ = _tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"Authorization": large})
+    status, headers, _ = tls_request(nginx["https"], "GET", "/api/ice-servers", headers={"Authorization": large})
     assert status == 200 and headers["Content-Type"] == "application/json"  # open mode: the app answered
 
 

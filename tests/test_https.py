@@ -122,6 +122,7 @@ class Box:
             .replace("/var/www/letsencrypt", str(self.webroot))
             .replace("/etc/letsencrypt", str(self.letsencrypt))
             .replace("127.0.0.1:8000", f"127.0.0.1:{self.app_port}")
+            .replace("/var/lib/nginx/ice-servers-micro-cache", str(self.workdir / "micro-cache"))
         )
         (self.workdir / "sites" / name).write_text(site)
 

@@ -10,7 +10,10 @@ together, so the two credential routes are a WSGI layer of their own, in front o
 4. In jwt mode, the rate limit again, by the verified user.
 5. The answer: the caller's own credential in user scope, else the shared one.
 
-Every answer is JSON and ``Cache-Control: no-store``; a failure is a JSON 500, logged once.
+Every answer is JSON and ``Cache-Control: no-store``; a failure is a JSON 500, logged once. For the
+shipped nginx site's micro-cache, every answer also says whether it may be kept (``X-Accel-Expires``,
+which nginx acts on and never passes to clients): ``1`` (one second) only for a GET whose answer is
+the same for every caller of its origin (``shareable``), ``0`` (never) for all else.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ REASONS = {
     500: "INTERNAL SERVER ERROR",
 }
 NO_STORE = ("Cache-Control", "no-store")
+SHARED_FOR_A_SECOND, NEVER_SHARED = ("X-Accel-Expires", "1"), ("X-Accel-Expires", "0")
 
 
 class Cors:
@@ -81,8 +85,12 @@ class CredentialEndpoint:
         per_user: bool = False,
         count_users: bool = False,
         refused: Callable[[int], None] = lambda status: None,
+        shareable: Callable[[dict], bool] | None = None,
     ):
-        """Wire the answer's parts; ``per_user``: answer each user their own credential; ``count_users``: limit per user too (jwt)."""
+        """Wire the answer's parts; ``per_user``: answer each user their own credential; ``count_users``: limit per user too (jwt).
+
+        ``shareable(environ)``: whether a 200 to this GET is the same for every caller with its Origin (None: never).
+        """
         self.wsgi_app = wsgi_app
         self.service = service
         self.gate = gate
@@ -91,6 +99,7 @@ class CredentialEndpoint:
         self.per_user = per_user
         self.count_users = count_users
         self.refused = refused  # a recorder's hook: how many refusals of each status
+        self.shareable = None if per_user else shareable  # a user's own credential is never shared
 
     def __call__(self, environ, start_response):
         """Answer a credential route; pass everything else on."""
@@ -102,10 +111,10 @@ class CredentialEndpoint:
         cors = self.cors.headers(environ.get("HTTP_ORIGIN")) if self.cors else []
         if method == "OPTIONS":
             headers = self.cors.preflight(environ, methods) if self.cors else []
-            return _send(start_response, 200, b"", [*headers, ("Allow", ", ".join((*methods, "OPTIONS"))), NO_STORE])
+            return _send(start_response, 200, b"", [*headers, ("Allow", ", ".join((*methods, "OPTIONS"))), NO_STORE, NEVER_SHARED])
         if method not in methods:
             body = _error(405, "Method Not Allowed")
-            return _send(start_response, 405, body, [*cors, ("Allow", ", ".join((*methods, "OPTIONS")))])
+            return _send(start_response, 405, body, [*cors, ("Allow", ", ".join((*methods, "OPTIONS"))), NEVER_SHARED])
         try:
             status, body, headers = self._answer(environ, legacy=path == LEGACY)
         except Exception:
@@ -113,7 +122,9 @@ class CredentialEndpoint:
             status, body, headers = 500, _error(500, "Internal Server Error"), []
         if status != 200:
             self.refused(status)
-        return _send(start_response, status, body, [*cors, *headers], head=method == "HEAD")
+        shared = status == 200 and path == GET and self.shareable is not None and self.shareable(environ)
+        marked = SHARED_FOR_A_SECOND if shared else NEVER_SHARED
+        return _send(start_response, status, body, [*cors, *headers, marked], head=method == "HEAD")
 
     def _answer(self, environ, legacy: bool) -> tuple[int, bytes, list[tuple[str, str]]]:
         """Count, admit, count the user, answer: (status, body, headers besides CORS and the standard ones)."""

@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, service: IceService | None = No
         per_user=settings.credential_scope == "user",
         count_users=settings.access_mode == "jwt",
         refused=service.recorder.refused,
+        shareable=build_shareable(settings),
     )
     app.wsgi_app = RequestLimits(app.wsgi_app, MAX_BODY_BYTES, cors.headers if cors else None)
     proxies = parse_networks(settings.trusted_proxies)
@@ -96,6 +97,21 @@ def build_gate(settings: Settings, user_ids: UserIds) -> Gate:
     if settings.access_mode == "origin":
         return origin_gate(settings.cors_origins)
     return open_gate
+
+
+def build_shareable(settings: Settings):
+    """Say which answers are the same for every caller with the same Origin (the nginx site's micro-cache keeps them 1 s).
+
+    Only the shared scope, without a token: open mode, and origin mode when the request names its Origin
+    (without one, the gate reads the Referer, which the site's cache key does not hold). Never in token or jwt mode.
+    """
+    if settings.credential_scope != "shared":
+        return None
+    if settings.access_mode == "open":
+        return lambda environ: True
+    if settings.access_mode == "origin":
+        return lambda environ: bool(environ.get("HTTP_ORIGIN"))
+    return None
 
 
 def build_verifier(settings: Settings):

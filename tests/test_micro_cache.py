@@ -1,0 +1,196 @@
+"""The shipped nginx site's one-second micro-cache and its limit in front, for real: Debian's nginx over TLS, gunicorn, Redis.
+
+The app marks what may be shared (X-Accel-Expires: 1, only for an answer that is the same for every
+caller of an origin) and everything else never (0); the site keeps a marked answer one second per
+method and Origin, counts each client address before the cache, and refuses with the app's JSON 429.
+An operator's cache for the whole box (ignoring Cache-Control) runs beside it: nothing else is stored.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+
+import pytest
+
+from app.web.endpoint import CredentialEndpoint
+from tests.jwt_tools import HS_SECRET, bearer, hs_token
+from tests.nginx_site import NginxSite
+from tests.servers import app_env, run_cli
+
+APP_A, APP_B, STRANGER = "https://a.example.test", "https://b.example.test", "https://stranger.example.test"
+
+
+@pytest.fixture
+def site(tmp_path, start_host, cloudflare, redis_url):
+    """Start the app with the given settings behind the shipped site; return (site, app, env)."""
+    started = []
+
+    def start(**settings):
+        env = app_env(cloudflare.base_url, redis_url, ICE_LOG_LEVEL="INFO", **settings)
+        app = start_host(env, args="--access-logfile -", workers=2)
+        workdir = tmp_path / f"nginx-{len(started)}"
+        workdir.mkdir()
+        nginx = NginxSite(workdir, app.port, operator_cache=True).start()
+        started.append(nginx)
+        return nginx, app, env
+
+    yield start
+    for nginx in started:
+        nginx.stop()
+
+
+def app_hits(tmp_path, path="/api/ice-servers") -> int:
+    """Count the requests for ``path`` that reached the app (gunicorn's access log)."""
+    return (tmp_path / "host.log").read_text().count(f'"GET {path}')
+
+
+def username(body: bytes) -> str:
+    """Return the TURN username of an answer."""
+    return next(server["username"] for server in json.loads(body)["iceServers"] if "username" in server)
+
+
+class KeptAlive:
+    """HTTPS requests to the site over one kept-alive connection from ``source`` (a flood, as a client sends it)."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1"):
+        """Connect lazily."""
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        self.connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, source_address=(source, 0), timeout=10)
+
+    def get(self, path: str = "/api/ice-servers", headers=None) -> tuple[int, dict, bytes]:
+        """GET ``path``; return (status, headers, body)."""
+        self.connection.request("GET", path, headers=headers or {})
+        response = self.connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+
+
+@pytest.mark.deploy
+def test_a_shared_answer_is_kept_a_second_and_clients_are_still_told_no_store(site, tmp_path):
+    nginx, _, _ = site()
+    client = KeptAlive(nginx.https_port)
+    answers = [client.get() for _ in range(50)]
+    assert {status for status, _, _ in answers} == {200}
+    assert {headers["Cache-Control"] for _, headers, _ in answers} == {"no-store"}
+    assert not any("X-Accel-Expires" in headers for _, headers, _ in answers)  # the site acts on it and strips it
+    assert app_hits(tmp_path) <= 3  # 50 answers within about a second: one trip to the app per second (and a boundary)
+    time.sleep(1.5)
+    client.get()
+    assert app_hits(tmp_path) <= 4
+    assert not [path for path in nginx.cache.rglob("*") if path.is_file()]  # the operator's cache stored nothing
+    assert [path for path in nginx.micro.rglob("*") if path.is_file()]
+
+
+@pytest.mark.deploy
+def test_each_origin_gets_its_own_cors_answer_and_a_stranger_none(site):
+    nginx, _, _ = site(CORS_ORIGINS=f"{APP_A},{APP_B}")
+    client = KeptAlive(nginx.https_port)
+    for _ in range(3):  # interleaved, within the cache's second
+        seen = {origin: client.get(headers={"Origin": origin})[1] for origin in (APP_A, APP_B, STRANGER)}
+        assert seen[APP_A]["Access-Control-Allow-Origin"] == APP_A
+        assert seen[APP_B]["Access-Control-Allow-Origin"] == APP_B
+        assert "Access-Control-Allow-Origin" not in seen[STRANGER]
+        assert "Access-Control-Allow-Origin" not in client.get()[1]
+
+
+@pytest.mark.deploy
+def test_origin_mode_never_shares_an_answer_admitted_by_its_referer(site):
+    """Without an Origin the gate reads the Referer, which the cache key does not hold: such answers are never kept."""
+    nginx, _, _ = site(CORS_ORIGINS=APP_A, ICE_ACCESS_MODE="origin")
+    client = KeptAlive(nginx.https_port)
+    assert client.get(headers={"Referer": f"{APP_A}/call"})[0] == 200
+    assert client.get(headers={"Referer": f"{STRANGER}/call"})[0] == 403
+    assert client.get()[0] == 403
+    assert client.get(headers={"Origin": APP_A})[0] == 200
+    assert client.get(headers={"Origin": STRANGER})[0] == 403
+
+
+@pytest.mark.deploy
+def test_per_user_credentials_through_the_site_never_reach_another_user_and_no_token_is_still_401(site, tmp_path):
+    nginx, _, _ = site(
+        ICE_ACCESS_MODE="jwt",
+        ICE_JWT_SECRET=HS_SECRET,
+        ICE_CREDENTIAL_SCOPE="user",
+        ICE_USER_ID_SECRET="test-user-id-secret-0123456789-abcdef",
+    )
+    client = KeptAlive(nginx.https_port)
+    tokens = {user: hs_token(user) for user in ("alice", "bob", "carol")}
+    seen: dict[str, set[str]] = {user: set() for user in tokens}
+    for _ in range(3):
+        for user, token in tokens.items():
+            status, headers, body = client.get(headers=bearer(token))
+            assert status == 200 and headers["Cache-Control"] == "no-store"
+            seen[user].add(username(body))
+        assert client.get()[0] == 401  # right after a user's answer: nothing of it was kept for the next caller
+    assert all(len(names) == 1 for names in seen.values())
+    assert len(set().union(*seen.values())) == 3
+    assert app_hits(tmp_path) == 12  # every request reached the app: none was answered from a cache
+    assert not [path for path in nginx.micro.rglob("*") if path.is_file()]
+    assert not [path for path in nginx.cache.rglob("*") if path.is_file()]
+
+
+@pytest.mark.deploy
+def test_revoke_turn_reaches_clients_through_the_site_within_the_caches_second(site, cloudflare):
+    nginx, _, env = site()
+    client = KeptAlive(nginx.https_port)
+    before = username(client.get()[2])
+    revoked = run_cli(env, "revoke-turn")
+    assert revoked.returncode == 0, revoked.stderr
+    assert cloudflare.revoked == [before]
+    time.sleep(1.1)  # the micro-cache's second, on top of the app's own
+    after = {username(client.get()[2]) for _ in range(20)}
+    assert before not in after and len(after) == 1
+
+
+@pytest.mark.deploy
+def test_a_flood_from_one_address_is_refused_by_the_site_with_the_apps_json_429(site, tmp_path):
+    nginx, _, _ = site()
+    flood = KeptAlive(nginx.https_port, source="127.0.0.2")  # not a trusted proxy: its X-Forwarded-For names nobody
+    statuses, refusals = [], []
+    for n in range(650):
+        status, headers, body = flood.get(headers={"X-Forwarded-For": f"198.51.100.{n % 250}"})
+        statuses.append(status)
+        if status == 429:
+            refusals.append((headers, body))
+    assert statuses[:600] == [200] * 600  # the app's limit: 600 at once from idle...
+    assert statuses.count(429) >= 40  # ...then one every 100 ms
+    headers, body = refusals[0]
+    assert json.loads(body) == {"error": "too many requests from this address", "status": 429}
+    assert headers["Content-Type"] == "application/json" and headers["Retry-After"] == "1" and headers["Cache-Control"] == "no-store"
+    # Another address, and clients a trusted proxy (loopback) names in X-Forwarded-For, each have their own count.
+    assert KeptAlive(nginx.https_port, source="127.0.0.3").get()[0] == 200
+    proxy = KeptAlive(nginx.https_port)
+    assert {proxy.get(headers={"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(1, 5)} == {200}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("shareable", "per_user", "method", "path", "limited", "expected"),
+    [
+        (lambda environ: True, False, "GET", "/api/ice-servers", False, "1"),
+        (lambda environ: True, False, "HEAD", "/api/ice-servers", False, "1"),
+        (lambda environ: True, False, "POST", "/api/turn-credentials", False, "0"),
+        (lambda environ: True, False, "GET", "/api/ice-servers", True, "0"),  # a 429
+        (lambda environ: True, True, "GET", "/api/ice-servers", False, "0"),  # a user's own credential
+        (None, False, "GET", "/api/ice-servers", False, "0"),  # token and jwt modes
+        (lambda environ: False, False, "GET", "/api/ice-servers", False, "0"),  # origin mode without an Origin
+    ],
+)
+def test_the_app_marks_only_an_answer_that_is_the_same_for_every_caller(make_service, shareable, per_user, method, path, limited, expected):
+    from app.config.rates import parse_rates
+    from app.limits.rate_limit import RateLimit
+
+    limit = RateLimit(parse_rates("1 per minute")) if limited else None
+    endpoint = CredentialEndpoint(
+        lambda e, s: [], make_service(), lambda environ: None, rate_limit=limit, per_user=per_user, shareable=shareable
+    )
+    if limited:
+        limit.hit("203.0.113.1")
+    seen = {}
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": method, "REMOTE_ADDR": "203.0.113.1", "wsgi.input": None}
+    endpoint(environ, lambda status, headers: seen.update(status=status, headers=dict(headers)))
+    assert seen["headers"]["X-Accel-Expires"] == expected
+    assert seen["headers"]["Cache-Control"] == "no-store"
