@@ -38,9 +38,10 @@ test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS) $(VERCEL)
 test-fast: $(STAMP)
 	FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -m unit
 
-## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory; then the serverless cold start
+## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory; the box (the nginx site) against the peer; the serverless cold start
 bench: system-deps $(STAMP) $(EXPRESS) $(VERCEL)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/box.py
 	$(BIN)/python bench/cold_start.py
 
 ## lint: ruff's checks and format check, and the direction of imports (import-linter); settings in pyproject.toml
