@@ -9,8 +9,10 @@ An operator's cache for the whole box (ignoring Cache-Control) runs beside it: n
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import ssl
+import threading
 import time
 
 import pytest
@@ -76,6 +78,7 @@ def test_a_shared_answer_is_kept_a_second_and_clients_are_still_told_no_store(si
     assert {status for status, _, _ in answers} == {200}
     assert {headers["Cache-Control"] for _, headers, _ in answers} == {"no-store"}
     assert not any("X-Accel-Expires" in headers for _, headers, _ in answers)  # the site acts on it and strips it
+    assert len({headers["X-Request-ID"] for _, headers, _ in answers}) == 50  # each its own id, kept answers too
     assert app_hits(tmp_path) <= 3  # 50 answers within about a second: one trip to the app per second (and a boundary)
     time.sleep(1.5)
     client.get()
@@ -133,37 +136,85 @@ def test_per_user_credentials_through_the_site_never_reach_another_user_and_no_t
 
 
 @pytest.mark.deploy
-def test_revoke_turn_reaches_clients_through_the_site_within_the_caches_second(site, cloudflare):
+def test_revoke_turn_revokes_at_the_vendor_only_once_no_kept_answer_hands_out_the_old_credential(site, cloudflare):
     nginx, _, env = site()
-    client = KeptAlive(nginx.https_port)
-    before = username(client.get()[2])
-    revoked = run_cli(env, "revoke-turn")
+    before = username(KeptAlive(nginx.https_port).get()[2])
+    seen: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def poll(index: int):
+        client = KeptAlive(nginx.https_port)
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            status, _, body = client.get(headers={"X-Forwarded-For": f"203.0.113.{index * 80 + n % 80}"})  # under the limit
+            assert status == 200, body
+            seen.append((time.time(), username(body)))
+            time.sleep(0.005)
+
+    pollers = [threading.Thread(target=poll, args=(index,), daemon=True) for index in range(3)]
+    for poller in pollers:
+        poller.start()
+    try:
+        revoked = run_cli(env, "revoke-turn")
+        done = time.time()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for poller in pollers:
+            poller.join(10)
     assert revoked.returncode == 0, revoked.stderr
     assert cloudflare.revoked == [before]
-    time.sleep(1.1)  # the micro-cache's second, on top of the app's own
-    after = {username(client.get()[2]) for _ in range(20)}
-    assert before not in after and len(after) == 1
+    # The command returns right after the vendor revoked it: from then on, no caller got it, from the app or the cache.
+    assert [name for at, name in seen if at >= done and name == before] == []
+    assert {name for at, name in seen if at >= done} and before in {name for _, name in seen}
 
 
 @pytest.mark.deploy
-def test_a_flood_from_one_address_is_refused_by_the_site_with_the_apps_json_429(site, tmp_path):
+def test_no_kept_answer_outlives_its_second_even_with_the_app_down(site, start_host):
+    """No stale entry: with the app stopped, concurrent callers get the JSON 503, never the last kept 200."""
+    nginx, app, _ = site()
+    assert KeptAlive(nginx.https_port).get()[0] == 200
+    app.stop()
+    time.sleep(1.1)
+    statuses: list[int] = []
+
+    def hammer():
+        client = KeptAlive(nginx.https_port)
+        for _ in range(30):
+            statuses.append(client.get()[0])
+            client.connection.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(statuses) == 240 and set(statuses) == {503}
+
+
+@pytest.mark.deploy
+def test_a_flood_from_one_address_is_refused_by_the_site_with_the_apps_json_429(site):
     nginx, _, _ = site()
     flood = KeptAlive(nginx.https_port, source="127.0.0.2")  # not a trusted proxy: its X-Forwarded-For names nobody
     statuses, refusals = [], []
     for n in range(650):
-        status, headers, body = flood.get(headers={"X-Forwarded-For": f"198.51.100.{n % 250}"})
+        status, headers, body = flood.get(headers={"X-Forwarded-For": f"198.51.100.{n % 250}", "Origin": APP_A})
         statuses.append(status)
         if status == 429:
             refusals.append((headers, body))
-    assert statuses[:600] == [200] * 600  # the app's limit: 600 at once from idle...
-    assert statuses.count(429) >= 40  # ...then one every 100 ms
+    assert statuses[:600] == [200] * 600  # the app's limit: 600 at once from idle, then one every 100 ms
+    assert set(statuses[600:]) <= {200, 429} and refusals
     headers, body = refusals[0]
     assert json.loads(body) == {"error": "too many requests from this address", "status": 429}
     assert headers["Content-Type"] == "application/json" and headers["Retry-After"] == "1" and headers["Cache-Control"] == "no-store"
-    # Another address, and clients a trusted proxy (loopback) names in X-Forwarded-For, each have their own count.
-    assert KeptAlive(nginx.https_port, source="127.0.0.3").get()[0] == 200
+    assert headers["Access-Control-Allow-Origin"] == APP_A  # a page reads the refusal's Retry-After
+    assert KeptAlive(nginx.https_port, source="127.0.0.3").get()[0] == 200  # another address has its own count
+    # Behind a trusted proxy (loopback), the client it names in X-Forwarded-For is counted, not the proxy.
     proxy = KeptAlive(nginx.https_port)
-    assert {proxy.get(headers={"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(1, 5)} == {200}
+    proxied = [proxy.get(headers={"X-Forwarded-For": "203.0.113.50"})[0] for _ in range(620)]
+    assert proxied[:600] == [200] * 600 and 429 in proxied[600:]
+    assert proxy.get(headers={"X-Forwarded-For": "203.0.113.51"})[0] == 200
 
 
 @pytest.mark.unit
@@ -194,3 +245,24 @@ def test_the_app_marks_only_an_answer_that_is_the_same_for_every_caller(make_ser
     endpoint(environ, lambda status, headers: seen.update(status=status, headers=dict(headers)))
     assert seen["headers"]["X-Accel-Expires"] == expected
     assert seen["headers"]["Cache-Control"] == "no-store"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("settings", "origin", "shared"),
+    [
+        ({}, None, True),
+        ({"ICE_ACCESS_MODE": "origin", "CORS_ORIGINS": APP_A}, APP_A, True),
+        ({"ICE_ACCESS_MODE": "origin", "CORS_ORIGINS": APP_A}, None, False),  # the gate reads the Referer
+        ({"ICE_ACCESS_MODE": "origin", "CORS_ORIGINS": APP_A}, "null", False),  # the gate reads the Referer
+        ({"ICE_ACCESS_MODE": "token", "ICE_ACCESS_SECRET": "test-access-secret-0123456789abcdef"}, None, None),
+        ({"ICE_ACCESS_MODE": "jwt", "ICE_JWT_SECRET": HS_SECRET}, None, None),
+    ],
+)
+def test_only_answers_alike_for_every_caller_of_an_origin_are_shareable(settings, origin, shared):
+    from app.config import load_settings
+    from app.web.factory import build_shareable
+
+    shareable = build_shareable(load_settings(settings))
+    environ = {"HTTP_ORIGIN": origin} if origin is not None else {}
+    assert (None if shareable is None else shareable(environ)) == shared

@@ -22,6 +22,9 @@ log = logging.getLogger("ice_servers")
 LABEL_REVOCATION_BUDGET = 20.0  # seconds a user's scope waits, cooled down, for the revocation by label and the new mint
 # Beyond LOCAL_STALENESS, for the time a request already past its look at the cache takes to answer.
 HANDOVER_MARGIN = 0.5
+# The shipped nginx site keeps a shared answer within its second (deploy/nginx/ice-servers.conf): a revoked shared
+# credential is revoked at the vendor only once no kept answer can still hand it out.
+MICRO_CACHE = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def revoke(service: IceService, user: str | None = None) -> Revocation:
         new = refresh(service, user)
     except RefreshError as exc:
         why_none = str(exc)
-    service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN)
+    service.sleep(LOCAL_STALENESS + HANDOVER_MARGIN + (MICRO_CACHE if user is None else 0.0))
     serving = new.source if new is not None else service.fallback_source()
     if not revocable:
         # Twilio has no revocation API: the credential is replaced everywhere, and stays valid there until it expires.
