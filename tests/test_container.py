@@ -9,6 +9,7 @@ rules loaded.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -302,3 +303,75 @@ def test_a_bad_port_stops_the_container_with_one_line(image):
         assert "Traceback" not in done.stdout + done.stderr
     finally:
         podman("rm", "--force", name, check=False)
+
+
+def test_the_kubernetes_pod_template_plays_under_podman_ready_serving_turn_non_root_read_only(fleet, tmp_path):
+    """deploy/kubernetes/deployment.yaml's pod template, as `podman kube play` runs it: its own securityContext and volumes.
+
+    Only what a cluster would fill in is filled in here: the image, and the environment its ConfigMap and Secret give
+    (podman 4.3 keeps no Kubernetes Secret), pointing at the test's Redis and Cloudflare stand-in; the port, which
+    a cluster resolves by its name, since the pod runs on the host's network as every container test here does.
+    """
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    settings = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())["data"]
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    port = free_port()
+    container["image"] = fleet["image"]
+    assert container.pop("envFrom") == [{"configMapRef": {"name": "ice-servers-settings"}}, {"secretRef": {"name": "ice-servers-secrets"}}]
+    env = {
+        **settings,
+        "ICE_TRUSTED_PROXIES": "127.0.0.1",
+        "ICE_METRICS_ALLOW": "127.0.0.1",
+        "PORT": str(port),
+        "CLOUDFLARE_TURN_TOKEN_ID": KEY_ID,
+        "CLOUDFLARE_API_TOKEN": API_TOKEN,
+        "CLOUDFLARE_API_BASE": fleet["stub"].base_url,
+        "REDIS_URL": fleet["redis"].url_file.read_text().strip(),
+    }
+    container["env"] = [{"name": name, "value": value} for name, value in env.items()]
+    # On the host's network podman publishes nothing (it refuses port mappings there): the probes name the port itself.
+    assert container.pop("ports") == [{"name": "http", "containerPort": 8000}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+        container[probe]["httpGet"]["port"] = port
+    name = f"ice-servers-kube-{uuid.uuid4().hex[:6]}"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": deployment["spec"]["template"]["metadata"]["labels"]}}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump({**pod, "spec": spec}))
+    # This sandbox's rlimits are below what podman asks by default: the same ulimits as RUN_OPTIONS, in containers.conf.
+    (tmp_path / "containers.conf").write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n')
+    env_conf = {"CONTAINERS_CONF": str(tmp_path / "containers.conf")}
+    played = subprocess.run(
+        ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "kube", "play", "--network", "host", str(tmp_path / "pod.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env_conf},
+    )
+    try:
+        assert played.returncode == 0, played.stderr[-2000:]
+        base = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, 60, interval=0.3, what="the pod ready on /readyz")
+        answer = requests.get(f"{base}/api/ice-servers", timeout=10)
+        assert answer.status_code == 200 and answer.json()["source"] == "cloudflare"
+        assert any(server.get("username") == "stub-user-1" for server in answer.json()["iceServers"])  # the fleet's one credential
+        inside = f"{name}-{container['name']}"
+        assert podman("exec", inside, "id", "-u").stdout.strip() == "10001"
+        refused = podman("exec", inside, "touch", "/opt/ice-servers/new-file", check=False)
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr
+        assert podman("exec", inside, "touch", "/tmp/scratch", check=False).returncode == 0  # the emptyDir
+        assert "CapEff:\t0000000000000000" in podman("exec", inside, "cat", "/proc/1/status").stdout
+        assert "NoNewPrivs:\t1" in podman("exec", inside, "cat", "/proc/1/status").stdout
+        for _ in range(200):
+            requests.get(f"{base}/api/ice-servers", timeout=10)
+        stats = json.loads(podman("stats", "--no-stream", "--format", "json", inside).stdout)[0]
+        print(f"pod memory after 200 requests: {stats.get('mem_usage') or stats}")
+    finally:
+        podman("pod", "rm", "--force", "--time", "0", name, check=False)
