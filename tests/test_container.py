@@ -318,7 +318,7 @@ def test_the_kubernetes_pod_template_plays_under_podman_ready_serving_turn_non_r
     container = spec["containers"][0]
     port = free_port()
     container["image"] = fleet["image"]
-    assert container.pop("envFrom") == [{"configMapRef": {"name": "ice-servers-settings"}}, {"secretRef": {"name": "ice-servers-secrets"}}]
+    assert container.pop("envFrom") == [{"secretRef": {"name": "ice-servers-secrets"}}, {"configMapRef": {"name": "ice-servers-settings"}}]
     env = {
         **settings,
         "ICE_TRUSTED_PROXIES": "127.0.0.1",
@@ -332,7 +332,7 @@ def test_the_kubernetes_pod_template_plays_under_podman_ready_serving_turn_non_r
     container["env"] = [{"name": name, "value": value} for name, value in env.items()]
     # On the host's network podman publishes nothing (it refuses port mappings there): the probes name the port itself.
     assert container.pop("ports") == [{"name": "http", "containerPort": 8000}]
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
         container[probe]["httpGet"]["port"] = port
     name = f"ice-servers-kube-{uuid.uuid4().hex[:6]}"
@@ -367,11 +367,17 @@ def test_the_kubernetes_pod_template_plays_under_podman_ready_serving_turn_non_r
         refused = podman("exec", inside, "touch", "/opt/ice-servers/new-file", check=False)
         assert refused.returncode != 0 and "Read-only file system" in refused.stderr
         assert podman("exec", inside, "touch", "/tmp/scratch", check=False).returncode == 0  # the emptyDir
-        assert "CapEff:\t0000000000000000" in podman("exec", inside, "cat", "/proc/1/status").stdout
-        assert "NoNewPrivs:\t1" in podman("exec", inside, "cat", "/proc/1/status").stdout
+        status = podman("exec", inside, "cat", "/proc/1/status").stdout
+        assert "CapBnd:\t0000000000000000" in status and "NoNewPrivs:\t1" in status  # drop ALL, no escalation
+        played_as = inspect(inside)
+        assert played_as["Config"]["User"].split(":")[0] == "10001"  # runAsUser (the image's USER is a name)
+        assert played_as["HostConfig"]["ReadonlyRootfs"] is True
+        assert [mount["Destination"] for mount in played_as["Mounts"]] == ["/tmp"]  # the emptyDir, and nothing else
         for _ in range(200):
             requests.get(f"{base}/api/ice-servers", timeout=10)
         stats = json.loads(podman("stats", "--no-stream", "--format", "json", inside).stdout)[0]
-        print(f"pod memory after 200 requests: {stats.get('mem_usage') or stats}")
+        print(f"pod memory after 200 requests: {stats.get('mem_usage')}")
+        used = float(re.match(r"([0-9.]+)MB", stats["mem_usage"]).group(1))
+        assert used < 128 * 1.048576  # under the Deployment's memory request (128 Mi)
     finally:
         podman("pod", "rm", "--force", "--time", "0", name, check=False)

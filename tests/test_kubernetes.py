@@ -21,7 +21,7 @@ MANIFESTS = sorted(path for path in KUBERNETES.glob("*.yaml") if path.name != "k
 # The volume kinds the restricted profile allows (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSWORD|KEY|REDIS_URL|CREDENTIAL", re.IGNORECASE)
-GRACEFUL_TIMEOUT = 8  # the image's GUNICORN_CMD_ARGS (Dockerfile)
+GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py's (the image's GUNICORN_CMD_ARGS says 8, unless an operator replaces it)
 
 
 def documents(path) -> list[dict]:
@@ -60,7 +60,10 @@ def test_strict_validation_refuses_a_field_the_schema_lacks():
 
 def test_kustomization_lists_the_core_manifests_and_leaves_the_examples_out():
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    assert set(kustomization["resources"]) == {"configmap.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"}
+    assert set(kustomization["resources"]) == {"namespace.yaml", "configmap.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"}
+    assert kustomization["namespace"] == "ice-servers"
+    namespace = next(r for r in resources() if r["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert all((KUBERNETES / name).is_file() for name in kustomization["resources"])
 
 
@@ -88,7 +91,8 @@ def test_every_pod_template_meets_the_restricted_pod_security_profile(name, spec
 def test_secrets_come_only_from_a_secret_and_no_manifest_holds_one():
     assert not [r for r in resources() if r["kind"] == "Secret"]  # made from the user's .env (docs/kubernetes.md)
     container = app_deployment()["spec"]["template"]["spec"]["containers"][0]
-    assert {"secretRef": {"name": "ice-servers-secrets"}} in container["envFrom"]
+    # The ConfigMap last: where a Secret made from a whole .env names a setting too, the ConfigMap's wins.
+    assert container["envFrom"] == [{"secretRef": {"name": "ice-servers-secrets"}}, {"configMapRef": {"name": "ice-servers-settings"}}]
     literals = [variable["name"] for variable in container.get("env", []) if "value" in variable]
     assert not [name for name in literals if SECRET_WORDS.search(name)]
     configmap = next(r for r in resources() if r["kind"] == "ConfigMap")
@@ -109,7 +113,9 @@ def test_probes_replicas_spread_and_graceful_shutdown():
     assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pause >= 5 and spec["terminationGracePeriodSeconds"] >= pause + GRACEFUL_TIMEOUT
-    assert f"--graceful-timeout {GRACEFUL_TIMEOUT}" in (ROOT / "Dockerfile").read_text()
+    assert f"graceful_timeout = {GRACEFUL_TIMEOUT}" in (ROOT / "gunicorn.conf.py").read_text()
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["timeoutSeconds"] >= 7  # a cold pod's first /readyz may wait 6 s for a credential
 
 
 def test_the_service_and_the_disruption_budget_select_the_deployments_pods():
@@ -117,5 +123,14 @@ def test_the_service_and_the_disruption_budget_select_the_deployments_pods():
     service = next(r for r in resources() if r["kind"] == "Service" and r["metadata"]["name"] == "ice-servers")
     budget = next(r for r in resources() if r["kind"] == "PodDisruptionBudget")
     assert service["spec"]["selector"].items() <= labels.items()
-    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items() and budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["spec"]["maxUnavailable"] == 1 and budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_the_configmaps_settings_are_valid_settings():
+    from app.config import load_settings
+
+    configmap = next(r for r in resources() if r["kind"] == "ConfigMap")
+    settings = load_settings(configmap["data"])
+    assert "192.168.0.0/16" in settings.trusted_proxies and "127.0.0.1" in settings.metrics_allow
