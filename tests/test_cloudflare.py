@@ -122,3 +122,11 @@ def test_token_appears_in_no_error(client):
 @pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0660", "1e3", "-5"])
 def test_a_retry_after_that_is_neither_digits_nor_a_date_is_ignored(value):
     assert retry_after(value) is None
+
+
+@responses.activate
+def test_an_answer_that_is_not_json_is_described_in_our_words_not_the_decoders(client):
+    responses.post(URL, body='{"iceServers": [ "fake-secret-looking-fragment', status=201, content_type="application/json")
+    with pytest.raises(UpstreamInvalid) as failure:
+        client.issue(3600)
+    assert str(failure.value) == "Cloudflare answered 201 without usable ICE servers: the answer is not a JSON object"

@@ -71,7 +71,7 @@ class CloudflareClient:
                 retry_after=retry_after(response.headers.get("Retry-After")),
             )
         try:
-            payload = response.json() if len(response.content) <= MAX_ANSWER_BYTES else None
+            payload = json_answer(response)
             if not isinstance(payload, dict):
                 raise ValueError("the answer is not a JSON object")
             return parse_ice_servers(payload.get("iceServers"))
@@ -127,3 +127,13 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def json_answer(response: requests.Response) -> object:
+    """Return the answer's JSON, or None when it is too large or not JSON (a decoder's message never reaches a log line)."""
+    if len(response.content) > MAX_ANSWER_BYTES:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -16,10 +16,9 @@ from app.config.ice_servers import parse_ice_servers
 from app.core.errors import UpstreamInvalid, UpstreamRejected, UpstreamUnavailable
 from app.core.numbers import parse_digits
 from app.core.ports import Issued
-from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, redact, retry_after
+from app.providers.cloudflare import CONNECT_TIMEOUT, READ_TIMEOUT, json_answer, redact, retry_after
 
 MAX_TTL = 86_400  # Twilio's tokens live "up to 24 hours"
-MAX_ANSWER_BYTES = 64 * 1024
 
 
 class TwilioProvider:
@@ -67,7 +66,7 @@ class TwilioProvider:
                 retry_after=retry_after(response.headers.get("Retry-After")),
             )
         try:
-            payload = response.json() if len(response.content) <= MAX_ANSWER_BYTES else None
+            payload = json_answer(response)
             if not isinstance(payload, dict) or not isinstance(payload.get("ice_servers"), list):
                 raise ValueError("the answer has no ice_servers list")
             granted = parse_digits(str(payload.get("ttl", "")), max_digits=9)
