@@ -20,12 +20,15 @@ from urllib.parse import urlsplit
 from dotenv import load_dotenv
 
 from app.config.ice_servers import parse_ice_servers
+from app.config.platform import serverless_platform
 from app.config.rates import parse_rates
 from app.config.redis_url import RedisTarget, parse_redis_url
 from app.config.vendors import (
+    KEY_ID_VARS,
     VENDOR_SECRETS,
     MeteredSettings,
     TwilioSettings,
+    cloudflare_settings,
     metered_settings,
     provider_order,
     turn_secret_settings,
@@ -43,8 +46,6 @@ LOG_FORMATS = ("text", "json")
 DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / ".env"
 
 # (primary name, alias): the second guide's names first, the first guide's as aliases.
-KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")
-API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
 # Per client address on the credential endpoints. A page load asks once and keepFresh at half-life,
 # so 200 people behind one NAT address starting a meeting at once stay well under it.
 DEFAULT_RATE_LIMIT = "600 per minute"
@@ -162,12 +163,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     _flag(env, "ICE_SERVERLESS")  # refuse a value that is neither on nor off
     serverless = serverless_platform(env)
 
-    key_id = _aliased(env, *KEY_ID_VARS)
-    api_token = _aliased(env, *API_TOKEN_VARS)
-    if bool(key_id) != bool(api_token):
-        missing = API_TOKEN_VARS[0] if key_id else KEY_ID_VARS[0]
-        present = KEY_ID_VARS[0] if key_id else API_TOKEN_VARS[0]
-        raise ConfigError(f"{missing} is not set but {present} is: set both, or neither for STUN only")
+    key_id, api_token = cloudflare_settings(env, ConfigError)
 
     credential_ttl = _integer(env, "TURN_CREDENTIAL_TTL", DEFAULT_CREDENTIAL_TTL, 1, MAX_CREDENTIAL_TTL)
     cache_ttl = _integer(env, "ICE_CACHE_TTL", DEFAULT_CACHE_TTL, 1, MAX_CREDENTIAL_TTL)
@@ -216,36 +212,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def serverless_platform(environ: Mapping[str, str] | None = None) -> str | None:
-    """Name the serverless platform this process runs on, from its own variables or ICE_SERVERLESS; None: a server.
-
-    Readable before the other settings are (a bad setting is then reported the platform's way).
-    """
-    environ = os.environ if environ is None else environ
-    forced = (environ.get("ICE_SERVERLESS") or "").strip().lower()
-    if forced in ("0", "false", "no", "off"):
-        return None
-    if (environ.get("VERCEL") or "").strip():
-        return "vercel"
-    if (environ.get("AWS_LAMBDA_FUNCTION_NAME") or "").strip():
-        return "aws-lambda"
-    return "ICE_SERVERLESS" if forced in ("1", "true", "yes", "on") else None
-
-
 def env_file_problem(path: str | None) -> str | None:
     """Say what is wrong with the dotenv file's mode (it holds the API token): readable by group or others."""
     if path is None:
         return None
     mode = stat.S_IMODE(os.stat(path).st_mode)
     return f"{path} is readable by group or others (mode {mode:03o}): run chmod 600 {path}" if mode & 0o077 else None
-
-
-def _aliased(env: Mapping[str, str], name: str, alias: str) -> str | None:
-    """Return the value of ``name`` or its alias; refuse two different values."""
-    value, alias_value = env.get(name), env.get(alias)
-    if value and alias_value and value != alias_value:
-        raise ConfigError(f"{name} and {alias} are both set, to different values: keep one")
-    return value or alias_value
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int, unit: str = "seconds") -> int:

@@ -1,4 +1,4 @@
-"""The TURN providers' settings beside Cloudflare's key: Twilio, Metered, a TURN server's shared secret; the chain's order.
+"""The TURN providers' settings: Cloudflare's key, Twilio, Metered, a TURN server's shared secret; the chain's order.
 
 A vendor is configured when its settings are there; an incomplete one stops the start with one line
 naming what is missing. Its secrets are declared once (VENDOR_SECRETS): the ``_FILE`` form, the
@@ -17,6 +17,8 @@ DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 TWILIO_SID = re.compile(r"^(AC|SK)[0-9A-Za-z]{32}$")  # an account SID (AC...) or an API key SID (SK...): 34 characters
 METERED_APP = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a subdomain of metered.live
 
+KEY_ID_VARS = ("CLOUDFLARE_TURN_TOKEN_ID", "TURN_KEY_ID")  # the name, then the first guide's alias
+API_TOKEN_VARS = ("CLOUDFLARE_API_TOKEN", "TURN_KEY_API_TOKEN")
 PROVIDERS = ("cloudflare", "twilio", "metered", "turn-secret")  # the default order of those configured
 NEEDED = {  # what each provider needs, as a refusal names it
     "cloudflare": "CLOUDFLARE_TURN_TOKEN_ID and CLOUDFLARE_API_TOKEN are",
@@ -47,6 +49,24 @@ class MeteredSettings:
     api_base: str
     secret_key: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+
+
+def cloudflare_settings(env: Mapping[str, str], error) -> tuple[str | None, str | None]:
+    """Return Cloudflare's TURN key id and API token (each under its name or the first guide's alias), or neither."""
+    key_id, api_token = _aliased(env, *KEY_ID_VARS, error), _aliased(env, *API_TOKEN_VARS, error)
+    if bool(key_id) != bool(api_token):
+        missing = API_TOKEN_VARS[0] if key_id else KEY_ID_VARS[0]
+        present = KEY_ID_VARS[0] if key_id else API_TOKEN_VARS[0]
+        raise error(f"{missing} is not set but {present} is: set both, or neither for STUN only")
+    return key_id, api_token
+
+
+def _aliased(env: Mapping[str, str], name: str, alias: str, error) -> str | None:
+    """Return the value of ``name`` or its alias; refuse two different values."""
+    value, alias_value = env.get(name), env.get(alias)
+    if value and alias_value and value != alias_value:
+        raise error(f"{name} and {alias} are both set, to different values: keep one")
+    return value or alias_value
 
 
 def twilio_settings(env: Mapping[str, str], url: Callable[[Mapping[str, str], str, str], str], error) -> TwilioSettings | None:
