@@ -45,6 +45,37 @@ def tls_request(port: int, method: str, path: str, body: bytes | None = None, he
         connection.close()
 
 
+class KeptAlive:
+    """GET requests to one nginx server over one kept-alive connection from ``source``, opened again once if nginx closed it."""
+
+    def __init__(self, port: int, tls: bool = True, source: str = "127.0.0.1"):
+        """Connect lazily to ``port`` (HTTPS with the test's self-signed certificate when ``tls``)."""
+        self.port = port
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self.connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, source_address=(source, 0), timeout=10)
+        else:
+            self.connection = http.client.HTTPConnection("127.0.0.1", port, source_address=(source, 0), timeout=10)
+
+    def get(self, path: str = "/api/ice-servers", headers=None) -> tuple[int, dict, bytes]:
+        """GET ``path``; return (status, headers, body)."""
+        for attempt in (1, 2):
+            try:
+                self.connection.request("GET", path, headers=headers or {})
+                response = self.connection.getresponse()
+                return response.status, dict(response.getheaders()), response.read()
+            except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
+                self.connection.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+
 class NginxSite:
     """Debian's nginx with the shipped site in front of the app on ``app_port``, on free loopback ports."""
 

@@ -6,12 +6,10 @@ npm, the systemd unit, and Debian's nginx (its stock default site beside ours) w
 certificate in front of gunicorn.
 """
 
-import http.client
 import json
 import os
 import pwd
 import shutil
-import ssl
 import stat
 import subprocess
 from pathlib import Path
@@ -21,7 +19,7 @@ import requests
 
 from tests.cloudflare_stub import API_TOKEN
 from tests.deployments import PM2_BIN, TEST_APP_USER, app_user, deploy, deployment_dir, fresh_clone, release
-from tests.nginx_site import NGINX, NginxSite, stock_default_site, tls_request
+from tests.nginx_site import NGINX, KeptAlive, NginxSite, stock_default_site, tls_request
 from tests.servers import ROOT, app_env, clean_environ, free_port, wait_until
 
 # One worker runs the tests that share this module fixture (make test runs them in parallel).
@@ -294,49 +292,18 @@ def test_no_nginx_server_on_a_stock_debian_box_answers_any_file_of_the_deploymen
     files = [path for path in app_dir.rglob("*") if path.is_file() and ".venv" not in path.parts and "__pycache__" not in path.parts]
     assert (app_dir / ".env") in files and len(files) > 50
     # One kept-alive connection per server (a new TLS handshake per request made this the suite's slowest test).
-    servers = [_KeptAlive(nginx["default"]), _KeptAlive(nginx["http"]), _KeptAlive(nginx["https"], tls=True)]
+    servers = [KeptAlive(nginx["default"], tls=False), KeptAlive(nginx["http"], tls=False), KeptAlive(nginx["https"])]
     try:
         for path in files:
             secret = path.read_bytes()
             relative = path.relative_to(app_dir).as_posix()
             for url in (f"/{relative}", f"/{app_dir.name}/{relative}", str(path), f"/../../..{path}", f"/%2e%2e/%2e%2e{path}"):
                 for server in servers:
-                    status, body = server.get(url)
+                    status, _, body = server.get(url)
                     assert status != 200 or (secret[:200] not in body), (url, server.port, status)
     finally:
         for server in servers:
             server.close()
-
-
-class _KeptAlive:
-    """GET requests to one nginx server over one kept-alive connection, opened again whenever nginx closes it."""
-
-    def __init__(self, port: int, tls: bool = False):
-        """Connect lazily to ``port`` (HTTPS with the test's self-signed certificate when ``tls``)."""
-        self.port = port
-        if tls:
-            context = ssl.create_default_context()
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-            self.connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
-        else:
-            self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-
-    def get(self, url: str) -> tuple[int, bytes]:
-        """Return the status and body of GET ``url``; a connection nginx closed is opened again once."""
-        for attempt in (1, 2):
-            try:
-                self.connection.request("GET", url)
-                response = self.connection.getresponse()
-                return response.status, response.read()
-            except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
-                self.connection.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.connection.close()
 
 
 def test_the_site_denies_dot_files_itself(nginx):

@@ -8,10 +8,8 @@ An operator's cache for the whole box (ignoring Cache-Control) runs beside it: n
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
-import ssl
 import threading
 import time
 
@@ -19,7 +17,7 @@ import pytest
 
 from app.web.endpoint import CredentialEndpoint
 from tests.jwt_tools import HS_SECRET, bearer, hs_token
-from tests.nginx_site import NginxSite
+from tests.nginx_site import KeptAlive, NginxSite
 from tests.servers import app_env, run_cli
 
 APP_A, APP_B, STRANGER = "https://a.example.test", "https://b.example.test", "https://stranger.example.test"
@@ -52,22 +50,6 @@ def app_hits(tmp_path, path="/api/ice-servers") -> int:
 def username(body: bytes) -> str:
     """Return the TURN username of an answer."""
     return next(server["username"] for server in json.loads(body)["iceServers"] if "username" in server)
-
-
-class KeptAlive:
-    """HTTPS requests to the site over one kept-alive connection from ``source`` (a flood, as a client sends it)."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1"):
-        """Connect lazily."""
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        self.connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, source_address=(source, 0), timeout=10)
-
-    def get(self, path: str = "/api/ice-servers", headers=None) -> tuple[int, dict, bytes]:
-        """GET ``path``; return (status, headers, body)."""
-        self.connection.request("GET", path, headers=headers or {})
-        response = self.connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
 
 
 @pytest.mark.deploy
