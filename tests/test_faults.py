@@ -17,6 +17,7 @@ import pytest
 import redis
 import requests
 
+from app.providers.cloudflare import READ_TIMEOUT
 from app.store.redis import store_key
 from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
 
@@ -101,7 +102,9 @@ def test_hanging_upstream_on_a_cold_cache_is_bounded_then_answered_at_once(start
 
     later = run_load(host, 5, clients=4)
     assert {s.status for s in later} == {200}
-    assert max(s.latency for s in later) < 1  # no request waits on the hanging upstream again
+    # No request waits on the hanging upstream again: one that did would take the read timeout (3.5 s) at least. The
+    # bound leaves room for a loaded machine (the suite runs four tests on two cores; 1.08 s was seen), not for a wait.
+    assert max(s.latency for s in later) < READ_TIMEOUT * 0.75
     assert cloudflare.call_count <= 4
 
 

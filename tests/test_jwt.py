@@ -238,7 +238,7 @@ def test_service_starts_and_stays_up_while_the_jwks_url_hangs(make_service, jwks
     jwks.hang = True
     started = time.monotonic()
     client = jwks_client(make_service, jwks)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3  # a start that waited on the hanging fetch would take its timeouts (5 s)
     assert client.get("/healthz").status_code == 200
     asked = time.monotonic()
     assert_refused(client.get("/api/ice-servers", headers=bearer(rs_key.token())))
