@@ -5,18 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PM2_VERSION := 7.0.4
-PM2 := .tools/node_modules/.bin/pm2
 # Drives Debian's firefox-esr over WebDriver BiDi (puppeteer, not the browser-downloading package), and
-# checks the client's TypeScript declarations; pinned, without install scripts, in .tools/ like pm2.
+# checks the client's TypeScript declarations.
 PUPPETEER_VERSION := 24.43.1
 TYPESCRIPT_VERSION := 5.9.3
-BROWSER_TOOLS := .tools/.browser-tools-$(PUPPETEER_VERSION)-$(TYPESCRIPT_VERSION)
-# The Node peer `make bench` runs beside the app (bench/peer/server.js), pinned in .tools/ as well.
+# The Node peer `make bench` runs beside the app (bench/peer/server.js).
 EXPRESS_VERSION := 5.3.0
-EXPRESS := .tools/.express-$(EXPRESS_VERSION)
 # Vercel's CLI for the serverless tests (`vercel build`, offline, no account): 58.10.0 is the newest that installs here.
 VERCEL_VERSION := 58.10.0
-VERCEL := .tools/.vercel-$(VERCEL_VERSION)
+# All of them pinned in .tools/ (not global), in one npm install without install scripts (none of them needs one).
+TOOLS := .tools/.installed-pm2-$(PM2_VERSION)-puppeteer-core-$(PUPPETEER_VERSION)-typescript-$(TYPESCRIPT_VERSION)-express-$(EXPRESS_VERSION)-vercel-$(VERCEL_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -31,7 +29,8 @@ run: $(STAMP)
 TEST_WORKERS ?= 4
 
 ## test: install what the tests need (redis-server, the venv) and run them all, in parallel
-test: system-deps lint $(PM2) $(BROWSER_TOOLS) $(EXPRESS) $(VERCEL)
+test: system-deps
+	@$(MAKE) --no-print-directory -j2 lint $(TOOLS)  # the venv and the Node tools download side by side
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-fast: the unit tests only (in process, fakes and stand-ins: no servers, no browsers), in seconds
@@ -39,7 +38,7 @@ test-fast: $(STAMP)
 	FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -m unit
 
 ## bench: the app against a bare-Flask floor (sync and gthread) and an Express peer (wrk), the default configuration, cold burst, expiry crossing, outage, memory; the box (the nginx site) against the peer; the serverless cold start
-bench: system-deps $(STAMP) $(EXPRESS) $(VERCEL)
+bench: system-deps $(STAMP) $(TOOLS)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/box.py
 	$(BIN)/python bench/cold_start.py
@@ -62,20 +61,10 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-## pm2 for the deployment tests, pinned, in .tools/ (not global)
-$(PM2):
-	npm install --silent --no-audit --no-fund --prefix .tools pm2@$(PM2_VERSION)
-
-$(BROWSER_TOOLS): $(PM2)
-	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools puppeteer-core@$(PUPPETEER_VERSION) typescript@$(TYPESCRIPT_VERSION)
-	touch $@
-
-$(EXPRESS): $(PM2)
-	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools express@$(EXPRESS_VERSION)
-	touch $@
-
-$(VERCEL): $(PM2)
-	npm install --silent --no-audit --no-fund --ignore-scripts --prefix .tools vercel@$(VERCEL_VERSION)
+## the Node tools the tests and the benchmark run (pm2, puppeteer-core, typescript, express, vercel), pinned
+$(TOOLS):
+	npm install --silent --no-audit --no-fund --ignore-scripts --save-exact --prefix .tools \
+		pm2@$(PM2_VERSION) puppeteer-core@$(PUPPETEER_VERSION) typescript@$(TYPESCRIPT_VERSION) express@$(EXPRESS_VERSION) vercel@$(VERCEL_VERSION)
 	touch $@
 
 $(STAMP): requirements.txt requirements-dev.txt
