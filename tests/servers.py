@@ -34,6 +34,10 @@ if int(_worker[2:]) >= 9:
     raise RuntimeError("at most 9 test workers: their port bands would overlap (TEST_WORKERS <= 9)")
 _ports = itertools.cycle(range(10000 + PORT_BAND * int(_worker[2:]), 10000 + PORT_BAND * (int(_worker[2:]) + 1)))
 _ports_lock = threading.Lock()
+# Requests per second of run_load's clients together. Closed-loop clients ask as fast as they are answered: on
+# two cores a load test then takes both (the client alone about a core: 970 req/s against two workers here), and
+# every other test of the suite waits on it. 250 req/s is still thousands of requests a test.
+LOAD_RATE = 250.0
 
 
 def free_port() -> int:
@@ -262,20 +266,30 @@ def run_load(
     samples: list | None = None,
     stop: threading.Event | None = None,
     addresses: int = 0,
+    rate: float | None = LOAD_RATE,
 ) -> list[Sample]:
     """Keep ``clients`` keep-alive clients busy on /api/ice-servers for ``seconds``; return every sample.
 
     ``samples``: a list to append to as they come, and ``stop``: an event that ends the load sooner, for a
     test that acts on the load's progress. ``addresses``: forward that many client addresses in turn
-    (X-Forwarded-For, trusted from loopback), as a proxy in front of many callers would.
+    (X-Forwarded-For, trusted from loopback), as a proxy in front of many callers would. ``rate``: the
+    requests per second of all clients together, each client on its own schedule (a client that falls
+    behind goes on at once, never in a burst); None: each asks again the moment it has its answer.
     """
     samples = [] if samples is None else samples
     stop_at = time.monotonic() + seconds
     turns = itertools.count()
+    interval = clients / rate if rate else 0.0
 
-    def client() -> None:
+    def client(index: int) -> None:
+        next_at = time.monotonic() + interval * index / clients
         with requests.Session() as session:
             while time.monotonic() < stop_at and not (stop is not None and stop.is_set()):
+                if interval:
+                    now = time.monotonic()
+                    if next_at > now:
+                        time.sleep(next_at - now)
+                    next_at = max(next_at, now - interval) + interval
                 sent_at, started = time.time(), time.monotonic()
                 n = next(turns) % addresses if addresses else 0
                 headers = {"X-Forwarded-For": f"198.51.{100 + n // 250}.{n % 250 + 1}"} if addresses else None
@@ -286,7 +300,7 @@ def run_load(
                     status, body = 0, None
                 samples.append(Sample(sent_at, time.monotonic() - started, status, body))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:

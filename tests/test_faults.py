@@ -257,7 +257,7 @@ def test_a_redis_that_hangs_costs_one_probe_per_process_not_a_wait_per_request(s
 
         chaos = threading.Thread(target=hang)
         chaos.start()
-        run_load(host, 60, clients=16, samples=samples, stop=done, addresses=500)
+        run_load(host, 60, clients=16, samples=samples, stop=done, addresses=500, rate=400)
         chaos.join()
 
         assert {s.status for s in samples} == {200}
