@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,6 +72,13 @@ def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "c
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
         time.sleep(interval)
+
+
+def every_worker_holds_a_credential(log_text: str) -> bool:
+    """Tell from gunicorn's log (ICE_LOG_LEVEL=DEBUG) whether every worker has read or fetched the credential."""
+    ready = set(re.findall(r"Worker ready \(pid: (\d+)\)", log_text))
+    holding = set(re.findall(r"\[(\d+)\] ice_servers: (?:Using cached|Generated new) Cloudflare TURN credentials", log_text))
+    return bool(ready) and ready <= holding
 
 
 class RedisServer:

@@ -8,7 +8,6 @@ Upstream calls are counted from the stand-in; the only time bounds are the behav
 import contextlib
 import datetime
 import os
-import re
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ import requests
 
 from app.providers.cloudflare import READ_TIMEOUT
 from app.store.redis import store_key
-from tests.servers import RedisServer, app_env, concurrent_get, run_load, wait_until
+from tests.servers import RedisServer, app_env, concurrent_get, every_worker_holds_a_credential, run_load, wait_until
 
 SHORT = {"TURN_CREDENTIAL_TTL": "24", "ICE_CACHE_TTL": "12"}
 
@@ -106,13 +105,6 @@ def test_hanging_upstream_on_a_cold_cache_is_bounded_then_answered_at_once(start
     # bound leaves room for a loaded machine (the suite runs four tests on two cores; 1.08 s was seen), not for a wait.
     assert max(s.latency for s in later) < READ_TIMEOUT * 0.75
     assert cloudflare.call_count <= 4
-
-
-def every_worker_holds_a_credential(log_text: str) -> bool:
-    """Tell from gunicorn's log (ICE_LOG_LEVEL=DEBUG) whether every worker has read or fetched the credential."""
-    ready = set(re.findall(r"Worker ready \(pid: (\d+)\)", log_text))
-    holding = set(re.findall(r"\[(\d+)\] ice_servers: (?:Using cached|Generated new) Cloudflare TURN credentials", log_text))
-    return bool(ready) and ready <= holding
 
 
 def test_redis_killed_under_load_then_restarted_keeps_serving_credentials(start_host, cloudflare, tmp_path):

@@ -9,7 +9,7 @@ import redis
 
 from tests.cloudflare_stub import API_TOKEN
 from tests.redis_topologies import ACL_PASSWORD, SentinelGroup
-from tests.servers import app_env, concurrent_get, flood, run_cli, run_load, turn_username, wait_until
+from tests.servers import app_env, concurrent_get, every_worker_holds_a_credential, flood, run_cli, run_load, turn_username, wait_until
 
 # One worker runs the tests that share this session fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("redis-topologies")
@@ -72,7 +72,15 @@ def test_sentinel_failover_under_load_drops_nothing(start_host, cloudflare, tmp_
     try:
         env = app_env(cloudflare.base_url, group.url)
         host_a, host_b = start_host(env, "a"), start_host(env, "b")
-        assert {turn_username(r) for r in concurrent_get(host_a, 20) + concurrent_get(host_b, 20)} == {"stub-user-1"}
+        for host in (host_a, host_b):  # a worker that never served would rightly fetch its own while Redis is away
+            wait_until(
+                lambda host=host: (
+                    all(turn_username(r) == "stub-user-1" for r in concurrent_get(host, 20))
+                    and every_worker_holds_a_credential(host.log_path.read_text())
+                ),
+                20,
+                what="every worker holding the credential",
+            )
         old_primary = group.current_primary_port()
         samples, killed = {}, {}
 
