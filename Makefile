@@ -14,7 +14,7 @@ EXPRESS_VERSION := 5.3.0
 # Vercel's CLI for the serverless tests (`vercel build`, offline, no account): 58.10.0 is the newest that installs here.
 VERCEL_VERSION := 58.10.0
 # All of them pinned in .tools/ (not global), in one npm install without install scripts (none of them needs one).
-TOOLS := .tools/.installed-pm2-$(PM2_VERSION)-puppeteer-core-$(PUPPETEER_VERSION)-typescript-$(TYPESCRIPT_VERSION)-express-$(EXPRESS_VERSION)-vercel-$(VERCEL_VERSION)
+TOOLS := .tools/node_modules/.installed-pm2-$(PM2_VERSION)-puppeteer-core-$(PUPPETEER_VERSION)-typescript-$(TYPESCRIPT_VERSION)-express-$(EXPRESS_VERSION)-vercel-$(VERCEL_VERSION)
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -30,7 +30,7 @@ TEST_WORKERS ?= 4
 
 ## test: install what the tests need (redis-server, the venv) and run them all, in parallel
 test: system-deps
-	@$(MAKE) --no-print-directory -j2 lint $(TOOLS)  # the venv and the Node tools download side by side
+	@$(MAKE) --no-print-directory --output-sync=target -j2 lint $(TOOLS)  # the venv and the Node tools download side by side
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-fast: the unit tests only (in process, fakes and stand-ins: no servers, no browsers), in seconds
@@ -63,7 +63,7 @@ system-deps:
 
 ## the Node tools the tests and the benchmark run (pm2, puppeteer-core, typescript, express, vercel), pinned
 $(TOOLS):
-	npm install --silent --no-audit --no-fund --ignore-scripts --save-exact --prefix .tools \
+	npm install --silent --no-audit --no-fund --prefer-offline --ignore-scripts --save-exact --prefix .tools \
 		pm2@$(PM2_VERSION) puppeteer-core@$(PUPPETEER_VERSION) typescript@$(TYPESCRIPT_VERSION) express@$(EXPRESS_VERSION) vercel@$(VERCEL_VERSION)
 	touch $@
 

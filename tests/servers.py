@@ -282,22 +282,25 @@ def run_load(
     test that acts on the load's progress. ``addresses``: forward that many client addresses in turn
     (X-Forwarded-For, trusted from loopback), as a proxy in front of many callers would. ``rate``: the
     requests per second of all clients together, each client on its own schedule (a client that falls
-    behind goes on at once, never in a burst); None: each asks again the moment it has its answer.
+    behind goes on from where it is, without making up what it missed); None: each asks again the moment
+    it has its answer.
     """
     samples = [] if samples is None else samples
     stop_at = time.monotonic() + seconds
     turns = itertools.count()
     interval = clients / rate if rate else 0.0
 
+    def ended(wait: float = 0.0) -> bool:
+        if stop is not None:
+            return stop.wait(wait) or time.monotonic() >= stop_at
+        time.sleep(wait)
+        return time.monotonic() >= stop_at
+
     def client(index: int) -> None:
         next_at = time.monotonic() + interval * index / clients
         with requests.Session() as session:
-            while time.monotonic() < stop_at and not (stop is not None and stop.is_set()):
-                if interval:
-                    now = time.monotonic()
-                    if next_at > now:
-                        time.sleep(next_at - now)
-                    next_at = max(next_at, now - interval) + interval
+            while not ended(max(0.0, next_at - time.monotonic()) if interval else 0.0):
+                next_at = max(next_at, time.monotonic()) + interval
                 sent_at, started = time.time(), time.monotonic()
                 n = next(turns) % addresses if addresses else 0
                 headers = {"X-Forwarded-For": f"198.51.{100 + n // 250}.{n % 250 + 1}"} if addresses else None

@@ -72,15 +72,14 @@ def test_sentinel_failover_under_load_drops_nothing(start_host, cloudflare, tmp_
     try:
         env = app_env(cloudflare.base_url, group.url)
         host_a, host_b = start_host(env, "a"), start_host(env, "b")
+        served = []
         for host in (host_a, host_b):  # a worker that never served would rightly fetch its own while Redis is away
             wait_until(
-                lambda host=host: (
-                    all(turn_username(r) == "stub-user-1" for r in concurrent_get(host, 20))
-                    and every_worker_holds_a_credential(host.log_path.read_text())
-                ),
+                lambda host=host: served.extend(concurrent_get(host, 20)) or every_worker_holds_a_credential(host.log_path.read_text()),
                 20,
                 what="every worker holding the credential",
             )
+        assert {turn_username(r) for r in served} == {"stub-user-1"}
         old_primary = group.current_primary_port()
         samples, killed = {}, {}
 
