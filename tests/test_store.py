@@ -3,6 +3,7 @@
 import json
 import socket
 import time
+from dataclasses import replace
 
 import fakeredis
 import pytest
@@ -222,6 +223,17 @@ def test_silent_redis_times_out_within_a_second():
             store.get()
         # One read timeout plus one reconnect-and-retry: about a second, never redis-py's default retries.
         assert time.monotonic() - started < 2.5
+
+
+def test_a_silent_redis_is_reported_with_the_timeout_in_force_serverless_too():
+    # Failed before: the message said 0.5 s whatever the timeout, so a serverless log (1 s per command) misled the reader.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        target = replace(parse_redis_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0"), cold_connections=True)
+        with pytest.raises(StoreUnavailable) as failure:
+            RedisStore.from_target(target).get()
+        assert str(failure.value) == "Redis did not answer within 1 s"
 
 
 def test_a_tombstone_written_before_records_were_ordered_by_issue_still_blocks_its_credential(redis_url):

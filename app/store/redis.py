@@ -21,7 +21,7 @@ from app.core.errors import StoreUnavailable
 from app.core.ice import Credential, Revoked, parse_record
 from app.core.numbers import parse_digits
 from app.core.ports import Snapshot
-from app.store.connect import SOCKET_TIMEOUT, Connection
+from app.store.connect import SOCKET_TIMEOUT, Connection, timeouts
 from app.store.memory import MemoryStore
 
 KEY_PREFIX = "ice-servers:"
@@ -93,6 +93,8 @@ class RedisStore:
         self._redis = client
         self._clock = clock
         self.connection: Connection | None = connection
+        # What a timeout took, for the messages: the connect's and a command's (longer serverless).
+        self._timeouts = timeouts(connection.target) if connection is not None else (SOCKET_TIMEOUT, SOCKET_TIMEOUT)
         scripts = (_PUT_IF_NEWER, _RELEASE_IF_OWNER, _START_COOLDOWN, _ADMIT_USER)
         self._scripts = _scripts or tuple(client.register_script(script) for script in scripts)
         self._put_if_newer, self._release_if_owner, self._start_cooldown, self._admit_user = self._scripts
@@ -149,7 +151,7 @@ class RedisStore:
         raw, cooldown_ms, failures = results
         for result in results:
             if isinstance(result, Exception) and not _wrong_type(result):  # NOPERM, READONLY...: not a miss
-                raise StoreUnavailable(_describe(result), answered=isinstance(result, redis.ResponseError))
+                raise StoreUnavailable(_describe(result, self._timeouts), answered=isinstance(result, redis.ResponseError))
         record = parse_record(raw) if isinstance(raw, bytes | str) else None
         return Snapshot(
             credential=record if isinstance(record, Credential) else None,
@@ -231,7 +233,7 @@ class RedisStore:
         try:
             return function(*args, **kwargs)
         except (redis.RedisError, RedisClusterException) as exc:
-            raise StoreUnavailable(_describe(exc), answered=answered(exc)) from None
+            raise StoreUnavailable(_describe(exc, self._timeouts), answered=answered(exc)) from None
 
 
 def _or_error(call, *args):
@@ -260,11 +262,14 @@ def _wrong_type(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
-def _describe(exc: Exception) -> str:
-    """Describe a Redis failure in one line, naming the cause, without the URL or its password."""
+def _describe(exc: Exception, timeouts: tuple[float, float] = (SOCKET_TIMEOUT, SOCKET_TIMEOUT)) -> str:
+    """Describe a Redis failure in one line, naming the cause, without the URL or its password.
+
+    ``timeouts``: the connect's and a command's, in force for the connection that failed.
+    """
     text = str(exc).lower()
     if isinstance(exc, redis.TimeoutError):
-        return f"Redis did not answer within {SOCKET_TIMEOUT:g} s"
+        return f"Redis did not answer within {timeouts[0] if 'connecting' in text else timeouts[1]:g} s"
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in text or "noauth" in text:
         return "Redis refused the user or password in REDIS_URL (authentication)"
     if "certificate verify failed" in text or "certificate_verify_failed" in text:
