@@ -213,6 +213,21 @@ def test_a_flood_from_one_address_is_refused_by_the_site_with_the_apps_json_429(
     assert proxy.get(headers={"X-Forwarded-For": "203.0.113.51"})[0] == 200
 
 
+@pytest.mark.deploy
+@pytest.mark.parametrize("network", ["2001:db8::", "2001:db8:0:0:", "2001:db8:7:0:", "2001:db8:7:8:", "a0a:a0a::"])  # a0a: newline bytes
+def test_an_ipv6_caller_is_counted_by_its_64_however_its_addresses_are_written(site, network):
+    # Failed before for a network with a zero third or fourth group: nginx writes 2001:db8::5, not 2001:db8:0:0:0:0:0:5, and
+    # the site's text pattern (the first four groups) counted each such address alone: a /64 had 2^64 counts.
+    nginx, _, _ = site()
+    proxy = KeptAlive(nginx.https_port)  # a trusted proxy (loopback) naming its clients: one /64, a new address each time
+    statuses = [
+        proxy.get(headers={"X-Forwarded-For": f"{network}{'' if network.endswith('::') else '0:0:0:'}{n:x}"})[0] for n in range(1, 621)
+    ]
+    assert statuses[:600] == [200] * 600 and 429 in statuses[600:]
+    assert proxy.get(headers={"X-Forwarded-For": "2001:db8:0:1::5"})[0] == 200  # the next /64 has its own count
+    assert proxy.get(headers={"X-Forwarded-For": "198.51.100.7"})[0] == 200  # and an IPv4 caller its own
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("shareable", "per_user", "method", "path", "limited", "expected"),
