@@ -13,7 +13,10 @@
 // page's clock would fail the offsets. Every run must last to its end (two credentials and an hour)
 // and swap at least twice. Prints one JSON line: the runs, the smallest lead, fetches per credential.
 
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 
 const options = JSON.parse(process.argv[2] || "{}");
 const CREDENTIAL_TTL = options.credentialTtl ?? 86400;
@@ -24,6 +27,12 @@ const LOCAL_STALENESS = 2;
 const CALL_LENGTH = 2 * CREDENTIAL_TTL + 3600;
 // SIM_MODULE: another copy of the module to sweep (a negative control: an older or a broken one).
 const SOURCE = readFileSync(process.env.SIM_MODULE || new URL("../app/web/static/ice-servers.js", import.meta.url), "utf8");
+// The module as an .mjs file of its own, imported with a new query each run: a fresh instance (its cache is module-wide)
+// under a short key. A data: URL of the whole source did the same, but Node's module map hashed it on every import.
+const MODULE_DIR = mkdtempSync(join(tmpdir(), "keepfresh-sim-"));
+const MODULE = pathToFileURL(join(MODULE_DIR, "ice-servers.mjs")).href;
+writeFileSync(new URL(MODULE), SOURCE);
+process.on("exit", () => rmSync(MODULE_DIR, { recursive: true, force: true }));
 
 const EPOCH = 1_800_000_000 - 1_000_000; // real time = EPOCH + virtual seconds
 let now = 0; // virtual seconds
@@ -89,8 +98,7 @@ async function run(arrival, index) {
     expiries.set(body.iceServers[0].username, service.current.expiresAt);
     return { ok: true, status: 200, json: async () => body };
   };
-  // A fresh instance of the module per run (its cache is module-wide), as a data: URL: Node takes it as ES.
-  const { getIceServers, keepFresh } = await import(`data:text/javascript,${encodeURIComponent(`${SOURCE}\n// run ${index}`)}`);
+  const { getIceServers, keepFresh } = await import(`${MODULE}?run=${index}`);
   let configuration = { iceServers: await getIceServers() };
   const swaps = [];
   const peer = {
