@@ -228,6 +228,19 @@ def test_an_ipv6_caller_is_counted_by_its_64_however_its_addresses_are_written(s
     assert proxy.get(headers={"X-Forwarded-For": "198.51.100.7"})[0] == 200  # and an IPv4 caller its own
 
 
+@pytest.mark.deploy
+def test_an_ipv4_caller_written_as_an_ipv4_mapped_address_is_counted_as_its_ipv4_address(site):
+    # A proxy may name IPv4 clients as ::ffff:a.b.c.d (as the app does, tests/test_access.py): nginx keeps those IPv6, whose
+    # first 8 bytes are zero for every IPv4 client. Failed before: all of them shared one count, the ::/64's.
+    nginx, _, _ = site()
+    proxy = KeptAlive(nginx.https_port)
+    statuses = [proxy.get(headers={"X-Forwarded-For": "::ffff:198.51.100.7"})[0] for _ in range(620)]
+    assert statuses[:600] == [200] * 600 and 429 in statuses[600:]
+    assert proxy.get(headers={"X-Forwarded-For": "198.51.100.7"})[0] == 429  # the same client, written plainly
+    assert proxy.get(headers={"X-Forwarded-For": "::ffff:198.51.100.8"})[0] == 200  # another client
+    assert proxy.get(headers={"X-Forwarded-For": "::5"})[0] == 200  # and the ::/64 its own
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("shareable", "per_user", "method", "path", "limited", "expected"),

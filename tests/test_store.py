@@ -13,7 +13,7 @@ from app.config.redis_url import parse_redis_url
 from app.core.errors import StoreUnavailable
 from app.core.ice import new_credential
 from app.store.memory import MemoryStore
-from app.store.redis import RedisStore, store_key
+from app.store.redis import RedisStore, _describe, store_key
 
 # One worker runs the tests that share this session fixture (make test runs them in parallel).
 pytestmark = pytest.mark.xdist_group("redis-topologies")
@@ -234,6 +234,19 @@ def test_a_silent_redis_is_reported_with_the_timeout_in_force_serverless_too():
         with pytest.raises(StoreUnavailable) as failure:
             RedisStore.from_target(target).get()
         assert str(failure.value) == "Redis did not answer within 1 s"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("error", "timeouts", "expected"),
+    [
+        ("Timeout connecting to server", (0.5, 0.5), "Redis did not answer within 0.5 s"),
+        ("Timeout connecting to server", (2.0, 1.0), "Redis did not answer within 2 s to connect (1 s for the TLS handshake)"),
+        ("Timeout reading from connecting.example.test:6379", (2.0, 1.0), "Redis did not answer within 1 s"),
+    ],
+)
+def test_a_timeout_names_the_connects_or_a_commands_limit(error, timeouts, expected):
+    assert _describe(redis.TimeoutError(error), timeouts) == expected
 
 
 def test_a_tombstone_written_before_records_were_ordered_by_issue_still_blocks_its_credential(redis_url):

@@ -269,7 +269,10 @@ def _describe(exc: Exception, timeouts: tuple[float, float] = (SOCKET_TIMEOUT, S
     """
     text = str(exc).lower()
     if isinstance(exc, redis.TimeoutError):
-        return f"Redis did not answer within {timeouts[0] if 'connecting' in text else timeouts[1]:g} s"
+        connect, command = timeouts
+        if text.startswith("timeout connecting") and connect != command:  # redis-py's text; TLS is part of its connect
+            return f"Redis did not answer within {connect:g} s to connect ({command:g} s for the TLS handshake)"
+        return f"Redis did not answer within {command:g} s"
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in text or "noauth" in text:
         return "Redis refused the user or password in REDIS_URL (authentication)"
     if "certificate verify failed" in text or "certificate_verify_failed" in text:
