@@ -146,6 +146,18 @@ as_app_user() {  # run a command as APP_USER, as the service would (when we are 
     if [ "$(id -u)" = 0 ] && [ "$APP_USER" != root ]; then runuser -u "$APP_USER" -- "$@"; else "$@"; fi
 }
 
+nginx_limit_check() {  # warn when the nginx site counts callers otherwise than ICE_RATE_LIMIT (its limit is in front of the cache)
+    local release=$1 dump rate burst problem
+    if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then return 0; fi
+    dump=$(PATH="$PATH:/usr/sbin" nginx -T 2>/dev/null | sed -e 's/#.*//') || return 0
+    rate=$(printf '%s\n' "$dump" | sed -n 's/.*limit_req_zone[^;]*zone=ice_servers_per_address:[^;]*rate=\([^;[:space:]]*\).*/\1/p' | sed -n 1p)
+    burst=$(printf '%s\n' "$dump" | sed -n 's/.*limit_req[[:space:]][^;]*zone=ice_servers_per_address[[:space:]][^;]*burst=\([^;[:space:]]*\).*/\1/p' | sed -n 1p)
+    # (sed -n 1p, not head: it reads to the end, so no SIGPIPE fails the pipeline under pipefail)
+    [ -n "$rate" ] && [ -n "$burst" ] || return 0  # not the shipped site (or not readable): nothing to compare
+    problem=$(cd "$release" && as_app_user env ICE_ENV_FILE="$ENV_FILE" .venv/bin/python -m app.settings_check --nginx-limit "$rate" "$burst" 2>/dev/null) || return 0
+    if [ -n "$problem" ]; then warn "$problem"; fi
+}
+
 check_release() {  # the settings, then the app imported and built, as a worker of APP_USER would
     local release=$1 out
     if ! out=$(cd "$release" && as_app_user env ICE_ENV_FILE="$ENV_FILE" .venv/bin/python -m app.settings_check 2>&1 >/dev/null); then
@@ -205,6 +217,7 @@ else
         || die "pip could not install requirements.txt; nothing was switched"
     if ! why=$(check_release "$release"); then die "${why}; nothing was switched, restarted or reloaded"; fi
 fi
+nginx_limit_check "$APP_DIR/$new"
 [ "$(env_digest)" = "$env_before" ] || die ".env changed during the deploy; this must never happen"
 
 # -- 4. Switch: one rename, so a worker starting at any moment sees one whole release. --------------

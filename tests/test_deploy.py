@@ -141,6 +141,29 @@ def test_deploy_refuses_an_app_dir_under_an_enabled_nginx_web_root_and_changes_n
         shutil.rmtree(www, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx -T reads its configuration as root")
+def test_deploy_warns_when_the_shipped_sites_limit_is_not_ice_rate_limits_twin(deployed, tmp_path):
+    source, app_dir, _ = deployed
+    site = NginxSite(tmp_path, free_port())  # the shipped site as installed (600r/m, burst 599), certificates of the test's
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nginx").write_text(f'#!/bin/sh\nexec {NGINX} -p {site.workdir} -c {site.workdir}/nginx.conf "$@"\n')
+    (tmp_path / "bin" / "nginx").chmod(0o755)
+    path = f"{tmp_path}/bin:{PM2_BIN}:{os.environ['PATH']}"
+    try:
+        (app_dir / ".env").write_bytes(FAKE_ENV + b"ICE_RATE_LIMIT=100 per minute\n")
+        lowered = deploy(source, app_dir, path=path)
+        assert lowered.returncode == 0, lowered.stderr  # a warning, not a refusal: the app's own limit still holds
+        assert (
+            "deploy: WARNING: the nginx site counts rate=600r/m burst=599 in front of its cache, but ICE_RATE_LIMIT=100 per "
+            "minute means rate=100r/m burst=99: edit limit_req_zone and both limit_req lines of ice-servers.conf, then reload nginx"
+        ) in lowered.stderr.splitlines()
+        (app_dir / ".env").write_bytes(FAKE_ENV + b"ICE_RATE_LIMIT=600 per 60 seconds\n")  # the default, written otherwise
+        alike = deploy(source, app_dir, path=path)
+        assert alike.returncode == 0 and "nginx site" not in alike.stderr, alike.stderr
+    finally:
+        (app_dir / ".env").write_bytes(FAKE_ENV)
+
+
 def test_deploy_refuses_the_web_servers_user(deployed):
     source, app_dir, _ = deployed
     before = os.readlink(app_dir / "current")

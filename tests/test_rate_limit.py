@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from app.config.rates import Rate, parse_rates
+from app.config.rates import Rate, nginx_twin_problem, parse_rates
 from app.config.redis_url import parse_redis_url
 from app.limits import gcra, rate_limit
 from app.limits.gcra import MemoryLimit, step
@@ -230,3 +230,25 @@ def test_a_new_caller_of_one_per_period_is_always_admitted():
 def test_a_new_caller_of_one_per_period_is_always_admitted_in_redis(own_redis):
     limit = SharedLimit(redis.Redis(port=own_redis.port), rates("1 per hour"))
     assert all(limit.check(f"caller-{index}")[0] is None for index in range(500))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("rate_limit", "nginx_rate", "nginx_burst", "expected"),
+    [
+        ("600 per minute", "600r/m", 599, None),  # the shipped site and the default
+        ("600/minute", "10r/s", 599, None),
+        ("10 per second", "600r/m", 9, None),
+        ("100 per 5 minutes", "20r/m", 99, None),
+        ("100 per minute", "600r/m", 599, "means rate=100r/m burst=99"),  # lowered in .env only
+        ("600 per minute", "600r/m", 10, "means rate=600r/m burst=599"),
+        ("600 per minute", "60r/m", 599, "means rate=600r/m burst=599"),
+        ("10/second; 100 per 5 minutes", "600r/m", 599, "has no nginx twin"),
+        ("7 per hour", "600r/m", 599, "has no nginx twin"),
+        (None, "600r/m", 599, "ICE_RATE_LIMIT=0 turns the app's limit off"),
+        ("600 per minute", "600r/h", 599, "is not like 600r/m"),
+    ],
+)
+def test_the_nginx_sites_limit_is_compared_with_ice_rate_limit(rate_limit, nginx_rate, nginx_burst, expected):
+    problem = nginx_twin_problem(rate_limit, nginx_rate, nginx_burst)
+    assert problem is None if expected is None else expected in problem

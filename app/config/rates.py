@@ -45,3 +45,35 @@ def parse_rates(value: str) -> tuple[Rate, ...]:
             raise ValueError(f"{part.strip()[:40]!r} would refuse every request (set ICE_RATE_LIMIT=0 to turn the limit off)")
         rates.append(Rate(amount, multiple * UNITS[unit], part.strip()))
     return tuple(rates)
+
+
+def nginx_twin_problem(rate_limit: str | None, nginx_rate: str, nginx_burst: int) -> str | None:
+    """Compare ICE_RATE_LIMIT with the shipped nginx site's limit in front of its cache; None: they count alike.
+
+    ``nginx_rate`` is limit_req_zone's ``rate=`` ("600r/m", "10r/s") and ``nginx_burst`` limit_req's ``burst=``. The
+    twin of "N per P seconds" (a burst of N, then one every P/N) is a rate of N per P and a burst of N - 1 (the
+    request the rate lets by is not part of nginx's burst). A limit nginx cannot write (several rates, or not a
+    whole number a minute) is named as such.
+    """
+    match = re.fullmatch(r"([0-9]{1,9})r/([sm])", nginx_rate)
+    if not match:
+        return f"the nginx site's rate={nginx_rate} is not like 600r/m"
+    site = f"rate={nginx_rate} burst={nginx_burst}"
+    if rate_limit is None:
+        return f"ICE_RATE_LIMIT=0 turns the app's limit off, but the nginx site still counts {site} in front of its cache"
+    rates = parse_rates(rate_limit)
+    per_minute = [rate.amount * 60 / rate.period for rate in rates]
+    if len(rates) > 1 or not per_minute[0].is_integer():
+        return (
+            f"ICE_RATE_LIMIT={rate_limit} has no nginx twin (one rate, a whole number a minute); the nginx site counts "
+            f"{site} in front of its cache: set it to the limit you mean for the answers it keeps"
+        )
+    amount, period = rates[0].amount, rates[0].period
+    count, unit = int(match.group(1)), 60 if match.group(2) == "m" else 1
+    if count * period == amount * unit and nginx_burst == amount - 1:
+        return None
+    return (
+        f"the nginx site counts {site} in front of its cache, but ICE_RATE_LIMIT={rate_limit} means "
+        f"rate={int(per_minute[0])}r/m burst={amount - 1}: edit limit_req_zone and both limit_req lines of "
+        "ice-servers.conf, then reload nginx"
+    )
