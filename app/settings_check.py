@@ -2,9 +2,10 @@
 
     python -m app.settings_check                   one line per .env value, secrets not shown; exit 0
     python -m app.settings_check --handover-fd N   the .env values as JSON on file descriptor N
-    python -m app.settings_check --nginx-limit RATE BURST
-                                                   one line if the nginx site's limit (rate=RATE, burst=BURST) is
-                                                   not ICE_RATE_LIMIT's twin, else nothing; exit 0 (deploy.sh asks)
+    python -m app.settings_check --nginx-limit RATE LIMIT_REQ...
+                                                   one line if the nginx site's limit (limit_req_zone's rate=, each
+                                                   limit_req line's parameters) is not ICE_RATE_LIMIT's twin, else
+                                                   nothing; exit 0 (deploy.sh asks)
 
 On a bad setting both print the one-line configuration error on stderr and exit 2. The gunicorn
 master runs the second form in a subprocess at start and on every reload (HUP), so that workers
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Validate the settings; print them (secrets redacted) or hand them over on a descriptor, or print the error as one line."""
     parser = argparse.ArgumentParser(prog="python -m app.settings_check", description=__doc__.splitlines()[0])
     parser.add_argument("--handover-fd", type=int, metavar="N", help="write the .env values as JSON to file descriptor N")
-    parser.add_argument("--nginx-limit", nargs=2, metavar=("RATE", "BURST"), help="compare the nginx site's limit with ICE_RATE_LIMIT")
+    parser.add_argument("--nginx-limit", nargs="+", metavar="RATE LIMIT_REQ", help="compare the nginx site's limit with ICE_RATE_LIMIT")
     args = parser.parse_args(argv)
     path = dotenv_file()
     values = {name: value for name, value in (dotenv_values(path) if path else {}).items() if value is not None}
@@ -72,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ice-servers: configuration error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     if args.nginx_limit is not None:
-        rate, burst = args.nginx_limit
-        problem = nginx_twin_problem(settings.rate_limit, rate, int(burst)) if burst.isdigit() else f"burst={burst} is not a number"
-        if problem:
+        rate, *limit_lines = args.nginx_limit
+        if problem := nginx_twin_problem(settings.rate_limit, rate, limit_lines):
             print(problem)
         return 0
     warnings = [problem] if (problem := env_file_problem(settings.env_file)) else []

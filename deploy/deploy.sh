@@ -147,14 +147,16 @@ as_app_user() {  # run a command as APP_USER, as the service would (when we are 
 }
 
 nginx_limit_check() {  # warn when the nginx site counts callers otherwise than ICE_RATE_LIMIT (its limit is in front of the cache)
-    local release=$1 dump rate burst problem
+    local release=$1 dump rate problem
+    local -a limits
     if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then return 0; fi
     dump=$(PATH="$PATH:/usr/sbin" nginx -T 2>/dev/null | sed -e 's/#.*//') || return 0
-    rate=$(printf '%s\n' "$dump" | sed -n 's/.*limit_req_zone[^;]*zone=ice_servers_per_address:[^;]*rate=\([^;[:space:]]*\).*/\1/p' | sed -n 1p)
-    burst=$(printf '%s\n' "$dump" | sed -n 's/.*limit_req[[:space:]][^;]*zone=ice_servers_per_address[[:space:]][^;]*burst=\([^;[:space:]]*\).*/\1/p' | sed -n 1p)
-    # (sed -n 1p, not head: it reads to the end, so no SIGPIPE fails the pipeline under pipefail)
-    [ -n "$rate" ] && [ -n "$burst" ] || return 0  # not the shipped site (or not readable): nothing to compare
-    problem=$(cd "$release" && as_app_user env ICE_ENV_FILE="$ENV_FILE" .venv/bin/python -m app.settings_check --nginx-limit "$rate" "$burst" 2>/dev/null) || return 0
+    # sed, not grep (no match is not a failure under pipefail), and sed -n 1p, not head (no SIGPIPE).
+    rate=$(printf '%s\n' "$dump" | sed -n '/limit_req_zone[[:space:]][^;]*zone=ice_servers_per_address:/s/.*[[:space:]]rate=\([^;[:space:]]*\).*/\1/p' | sed -n 1p)
+    [ -n "$rate" ] || return 0  # not the shipped site (or not readable): nothing to compare
+    mapfile -t limits < <(printf '%s\n' "$dump" | sed -n '/limit_req[[:space:]][^;]*zone=ice_servers_per_address[[:space:];]/s/.*limit_req[[:space:]]\+\([^;]*\);.*/\1/p' \
+        | tr -s ' \t' '  ' | sed -e 's/^ //' -e 's/ $//' | sort -u)
+    problem=$(cd "$release" && as_app_user env ICE_ENV_FILE="$ENV_FILE" .venv/bin/python -m app.settings_check --nginx-limit "$rate" "${limits[@]}" 2>/dev/null) || return 0
     if [ -n "$problem" ]; then warn "$problem"; fi
 }
 

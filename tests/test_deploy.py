@@ -154,8 +154,8 @@ def test_deploy_warns_when_the_shipped_sites_limit_is_not_ice_rate_limits_twin(d
         lowered = deploy(source, app_dir, path=path)
         assert lowered.returncode == 0, lowered.stderr  # a warning, not a refusal: the app's own limit still holds
         assert (
-            "deploy: WARNING: the nginx site counts rate=600r/m burst=599 in front of its cache, but ICE_RATE_LIMIT=100 per "
-            "minute means rate=100r/m burst=99: edit limit_req_zone and both limit_req lines of ice-servers.conf, then reload nginx"
+            "deploy: WARNING: the nginx site counts rate=600r/m burst=599 nodelay in front of its cache, but ICE_RATE_LIMIT=100 per "
+            "minute means rate=100r/m burst=99 nodelay: edit limit_req_zone and both limit_req lines of ice-servers.conf, then reload nginx"
         ) in lowered.stderr.splitlines()
         (app_dir / ".env").write_bytes(FAKE_ENV + b"ICE_RATE_LIMIT=600 per 60 seconds\n")  # the default, written otherwise
         alike = deploy(source, app_dir, path=path)

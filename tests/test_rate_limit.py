@@ -232,23 +232,32 @@ def test_a_new_caller_of_one_per_period_is_always_admitted_in_redis(own_redis):
     assert all(limit.check(f"caller-{index}")[0] is None for index in range(500))
 
 
+SHIPPED = ["zone=ice_servers_per_address burst=599 nodelay"]  # both limit_req lines of the shipped site, as deploy.sh passes them
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("rate_limit", "nginx_rate", "nginx_burst", "expected"),
+    ("rate_limit", "nginx_rate", "limit_lines", "expected"),
     [
-        ("600 per minute", "600r/m", 599, None),  # the shipped site and the default
-        ("600/minute", "10r/s", 599, None),
-        ("10 per second", "600r/m", 9, None),
-        ("100 per 5 minutes", "20r/m", 99, None),
-        ("100 per minute", "600r/m", 599, "means rate=100r/m burst=99"),  # lowered in .env only
-        ("600 per minute", "600r/m", 10, "means rate=600r/m burst=599"),
-        ("600 per minute", "60r/m", 599, "means rate=600r/m burst=599"),
-        ("10/second; 100 per 5 minutes", "600r/m", 599, "has no nginx twin"),
-        ("7 per hour", "600r/m", 599, "has no nginx twin"),
-        (None, "600r/m", 599, "ICE_RATE_LIMIT=0 turns the app's limit off"),
-        ("600 per minute", "600r/h", 599, "is not like 600r/m"),
+        ("600 per minute", "600r/m", SHIPPED, None),  # the shipped site and the default
+        ("600/minute", "10r/s", ["burst=599 zone=ice_servers_per_address nodelay"], None),
+        ("10 per second", "600r/m", ["zone=ice_servers_per_address burst=9 nodelay"], None),
+        ("100 per 5 minutes", "20r/m", ["zone=ice_servers_per_address burst=99 nodelay"], None),  # nginx's nearest
+        ("1 per second", "1r/s", ["zone=ice_servers_per_address nodelay"], None),  # burst=0 is refused by nginx: none
+        ("1 per second", "600r/m", SHIPPED, "means rate=1r/s (no burst=) nodelay"),
+        ("100 per minute", "600r/m", SHIPPED, "means rate=100r/m burst=99 nodelay"),  # lowered in .env only
+        ("600 per minute", "600r/m", ["zone=ice_servers_per_address burst=10 nodelay"], "means rate=10r/s burst=599 nodelay"),
+        ("600 per minute", "60r/m", SHIPPED, "means rate=10r/s burst=599 nodelay"),
+        ("600 per minute", "600r/m", ["zone=ice_servers_per_address burst=599"], "means rate=10r/s burst=599 nodelay"),  # queues
+        ("600 per minute", "600r/m", [*SHIPPED, "zone=ice_servers_per_address burst=5 nodelay"], "lines for its zone differ"),
+        ("600 per minute", "600r/m", [], "lines for its zone differ (or there is none)"),
+        ("600 per minute", "600r/m", ["zone=ice_servers_per_address burst=x nodelay"], "has no whole burst="),
+        ("10/second; 100 per 5 minutes", "600r/m", SHIPPED, "has no nginx twin"),
+        ("7 per hour", "600r/m", SHIPPED, "has no nginx twin"),
+        (None, "600r/m", SHIPPED, "remove its limit_req lines too"),
+        ("600 per minute", "600r/h", SHIPPED, "is not like 600r/m"),
     ],
 )
-def test_the_nginx_sites_limit_is_compared_with_ice_rate_limit(rate_limit, nginx_rate, nginx_burst, expected):
-    problem = nginx_twin_problem(rate_limit, nginx_rate, nginx_burst)
-    assert problem is None if expected is None else expected in problem
+def test_the_nginx_sites_limit_is_compared_with_ice_rate_limit(rate_limit, nginx_rate, limit_lines, expected):
+    problem = nginx_twin_problem(rate_limit, nginx_rate, limit_lines)
+    assert problem is None if expected is None else expected in problem, problem
