@@ -252,6 +252,7 @@ SHIPPED = ["zone=ice_servers_per_address burst=599 nodelay"]  # both limit_req l
         ("600 per minute", "600r/m", [*SHIPPED, "zone=ice_servers_per_address burst=5 nodelay"], "lines for its zone differ"),
         ("600 per minute", "600r/m", [], "lines for its zone differ (or there is none)"),
         ("600 per minute", "600r/m", ["zone=ice_servers_per_address burst=x nodelay"], "has no whole burst="),
+        ("600 per minute", "600r/m", ["zone=ice_servers_per_address burst=٥٩٩ nodelay"], "has no whole burst="),  # not ASCII
         ("10/second; 100 per 5 minutes", "600r/m", SHIPPED, "has no nginx twin"),
         ("7 per hour", "600r/m", SHIPPED, "has no nginx twin"),
         (None, "600r/m", SHIPPED, "remove its limit_req lines too"),

@@ -76,7 +76,7 @@ def nginx_twin_problem(rate_limit: str | None, nginx_rate: str, limit_lines: lis
     for line in limit_lines:
         words = line.split()
         burst = next((word.removeprefix("burst=") for word in words if word.startswith("burst=")), "0")
-        if not burst.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", burst):  # ASCII digits only (str.isdigit takes '٥' and '²')
             return f"the nginx site's limit_req line '{line[:80]}' has no whole burst=: ICE_RATE_LIMIT's twin was not checked"
         limits.add((int(burst), "nodelay" in words))
     if len(limits) != 1:
